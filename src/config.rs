@@ -1,0 +1,240 @@
+//! The command line and the server's configuration, with every default named in one place.
+//!
+//! `readyloop` with no arguments is `readyloop serve` with the defaults below, so the first run
+//! needs no reading. Every flag also reads a `READYLOOP_*` environment variable (the flag wins),
+//! which suits service managers and containers. Durations take a unit (`300s`, `50ms`, `2m`); a
+//! bare number is seconds.
+
+use std::net::{IpAddr, Ipv4Addr};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::buffer::Watermarks;
+
+/// Address every service binds: all IPv4 interfaces, as the tutorial's servers do.
+pub const DEFAULT_BIND: IpAddr = IpAddr::V4(Ipv4Addr::UNSPECIFIED);
+/// TCP echo port (RFC 862 uses 7; 7788 is the tutorial's TCP server and needs no privilege).
+pub const DEFAULT_ECHO_PORT: u16 = 7788;
+/// TCP file download port: the tutorial's downloader is started as `server.py 7890`.
+pub const DEFAULT_FILES_PORT: u16 = 7890;
+/// UDP chat relay port: the tutorial's UDP programs send to port 8080.
+pub const DEFAULT_CHAT_PORT: u16 = 8080;
+/// Seconds without any byte moving before a connection is closed: 300 s outlasts any
+/// interactive pause yet frees slots that dead peers would hold forever.
+pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(300);
+/// Open client connections: 10 000 fits in a default `ulimit -n` raised to 16 Ki with room for
+/// files and listeners, and costs well under 10 MiB of server memory when idle.
+pub const DEFAULT_MAX_CONNS: usize = 10_000;
+/// Bytes owed to one client at which the server stops reading from it: 64 KiB is one default
+/// socket send buffer, enough to keep a fast reader busy.
+pub const DEFAULT_HIGH_WATER: usize = 64 * 1024;
+/// Bytes owed below which a paused client is read again: a quarter of the high mark.
+pub const DEFAULT_LOW_WATER: usize = 16 * 1024;
+/// Seconds that open connections get to finish after SIGINT/SIGTERM.
+pub const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+/// Seconds a closing connection keeps draining input after its FIN, so unread input does not
+/// make the kernel answer with RST and destroy output the peer has not read yet.
+pub const DEFAULT_LINGER: Duration = Duration::from_secs(2);
+
+/// `readyloop [serve] [FLAGS]` or a subcommand.
+#[derive(Debug, Parser)]
+#[command(name = "readyloop", version, about, args_conflicts_with_subcommands = true)]
+pub struct Cli {
+    /// What to run; without one, `serve`.
+    #[command(subcommand)]
+    pub command: Option<Command>,
+    /// The server's flags, accepted without the word `serve`.
+    #[command(flatten)]
+    pub serve: Config,
+    /// More log output: -v debug, -vv trace (RUST_LOG, when set, wins).
+    #[arg(short, long, action = clap::ArgAction::Count, global = true)]
+    pub verbose: u8,
+    /// Less log output: -q warnings only, -qq errors only.
+    #[arg(short, long, action = clap::ArgAction::Count, global = true, conflicts_with = "verbose")]
+    pub quiet: u8,
+}
+
+/// The subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the server (the default).
+    Serve(Config),
+}
+
+impl Cli {
+    /// The log filter the flags ask for, used when `RUST_LOG` is not set.
+    pub fn log_level(&self) -> log::LevelFilter {
+        use log::LevelFilter::*;
+        match (self.verbose, self.quiet) {
+            (0, 0) => Info,
+            (1, _) => Debug,
+            (_, 0) => Trace,
+            (_, 1) => Warn,
+            _ => Error,
+        }
+    }
+}
+
+/// Everything `serve` needs.
+#[derive(Debug, Clone, PartialEq, Eq, Args)]
+pub struct Config {
+    /// Address the services listen on.
+    #[arg(long, env = "READYLOOP_BIND", default_value_t = DEFAULT_BIND)]
+    pub bind: IpAddr,
+    /// TCP echo port (0: any free port).
+    #[arg(long, env = "READYLOOP_ECHO_PORT", default_value_t = DEFAULT_ECHO_PORT)]
+    pub echo_port: u16,
+    /// TCP file download port (0: any free port).
+    #[arg(long, env = "READYLOOP_FILES_PORT", default_value_t = DEFAULT_FILES_PORT)]
+    pub files_port: u16,
+    /// UDP chat relay port (0: any free port).
+    #[arg(long, env = "READYLOOP_CHAT_PORT", default_value_t = DEFAULT_CHAT_PORT)]
+    pub chat_port: u16,
+    /// Directory served by the download service.
+    #[arg(long, env = "READYLOOP_ROOT", default_value = ".")]
+    pub root: PathBuf,
+    /// Close a connection after this long without traffic.
+    #[arg(long, env = "READYLOOP_IDLE_TIMEOUT", value_parser = parse_duration, default_value = "300s")]
+    pub idle_timeout: Duration,
+    /// Most client connections open at once; more are accepted and closed at once.
+    #[arg(long, env = "READYLOOP_MAX_CONNS", default_value_t = DEFAULT_MAX_CONNS)]
+    pub max_conns: usize,
+    /// Bytes owed to one client at which the server stops reading from it.
+    #[arg(long, env = "READYLOOP_HIGH_WATER", default_value_t = DEFAULT_HIGH_WATER)]
+    pub high_water: usize,
+    /// Bytes owed below which a paused client is read again.
+    #[arg(long, env = "READYLOOP_LOW_WATER", default_value_t = DEFAULT_LOW_WATER)]
+    pub low_water: usize,
+    /// Time open connections get to finish after SIGINT/SIGTERM.
+    #[arg(long, env = "READYLOOP_SHUTDOWN_GRACE", value_parser = parse_duration, default_value = "5s")]
+    pub shutdown_grace: Duration,
+    /// Time a closing connection keeps draining input after sending FIN.
+    #[arg(long, env = "READYLOOP_LINGER", value_parser = parse_duration, default_value = "2s")]
+    pub linger: Duration,
+    /// Log a line of statistics this often (0: never).
+    #[arg(long, env = "READYLOOP_STATS_INTERVAL", value_parser = parse_duration, default_value = "0")]
+    pub stats_interval: Duration,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            bind: DEFAULT_BIND,
+            echo_port: DEFAULT_ECHO_PORT,
+            files_port: DEFAULT_FILES_PORT,
+            chat_port: DEFAULT_CHAT_PORT,
+            root: PathBuf::from("."),
+            idle_timeout: DEFAULT_IDLE_TIMEOUT,
+            max_conns: DEFAULT_MAX_CONNS,
+            high_water: DEFAULT_HIGH_WATER,
+            low_water: DEFAULT_LOW_WATER,
+            shutdown_grace: DEFAULT_SHUTDOWN_GRACE,
+            linger: DEFAULT_LINGER,
+            stats_interval: Duration::ZERO,
+        }
+    }
+}
+
+impl Config {
+    /// The output-buffer marks every connection uses.
+    pub fn watermarks(&self) -> Watermarks {
+        Watermarks {
+            high: self.high_water,
+            low: self.low_water,
+        }
+    }
+
+    /// Checks the values that clap's types alone cannot.
+    ///
+    /// # Errors
+    /// A sentence naming the flag and what is wrong with it.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.high_water == 0 {
+            return Err("--high-water must be at least 1 byte".into());
+        }
+        if self.low_water > self.high_water {
+            return Err(format!(
+                "--low-water ({}) must not exceed --high-water ({})",
+                self.low_water, self.high_water
+            ));
+        }
+        if self.max_conns == 0 {
+            return Err("--max-conns must be at least 1".into());
+        }
+        if self.idle_timeout.is_zero() {
+            return Err("--idle-timeout must be longer than 0".into());
+        }
+        Ok(())
+    }
+}
+
+/// Parses `300`, `300s`, `50ms` or `2m` into a duration; a bare number is seconds.
+///
+/// # Errors
+/// A message for clap to print when the text is not a number with one of those units.
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let text = text.trim();
+    let split = text
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let value: f64 = number
+        .parse()
+        .map_err(|_| format!("`{text}` is not a duration like 300s, 50ms or 2m"))?;
+    let seconds = match unit.trim() {
+        "" | "s" => value,
+        "ms" => value / 1000.0,
+        "m" => value * 60.0,
+        other => return Err(format!("unknown unit `{other}` in `{text}`: use ms, s or m")),
+    };
+    Duration::try_from_secs_f64(seconds).map_err(|e| format!("`{text}`: {e}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn no_arguments_means_serve_with_the_named_defaults() {
+        let cli = Cli::try_parse_from(["readyloop"]).unwrap();
+        assert!(cli.command.is_none());
+        // Environment fallbacks would change the parsed values; none are set under `cargo test`.
+        assert_eq!(cli.serve, Config::default());
+        assert_eq!(cli.log_level(), log::LevelFilter::Info);
+    }
+
+    #[test]
+    fn serve_subcommand_takes_the_same_flags() {
+        let cli = Cli::try_parse_from(["readyloop", "serve", "--echo-port", "0", "-vv"]).unwrap();
+        let Some(Command::Serve(config)) = cli.command else {
+            panic!("expected serve");
+        };
+        assert_eq!(config.echo_port, 0);
+        assert_eq!(cli.log_level(), log::LevelFilter::Trace);
+    }
+
+    #[test]
+    fn durations_take_units_and_bare_seconds() {
+        assert_eq!(parse_duration("300"), Ok(Duration::from_secs(300)));
+        assert_eq!(parse_duration("50ms"), Ok(Duration::from_millis(50)));
+        assert_eq!(parse_duration("1.5s"), Ok(Duration::from_millis(1500)));
+        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
+        assert!(parse_duration("fast").is_err());
+        assert!(parse_duration("5h").is_err());
+    }
+
+    #[test]
+    fn validate_rejects_inverted_watermarks_and_zero_limits() {
+        let mut config = Config {
+            low_water: 10,
+            high_water: 5,
+            ..Config::default()
+        };
+        assert!(config.validate().unwrap_err().contains("--low-water"));
+        config.low_water = 1;
+        config.max_conns = 0;
+        assert!(config.validate().unwrap_err().contains("--max-conns"));
+    }
+}

@@ -1,0 +1,42 @@
+//! readyloop: one thread, one hand-written mio readiness loop, several protocols at once.
+//!
+//! A tour of the modules, in the order a reader should go:
+//!
+//! - [`event_loop`]: the loop itself: `poll`, dispatch by token, deadlines, the shutdown phase.
+//!   Start here; it fits on a few screens.
+//! - [`endpoint`]: the table of every socket (a slab), tokens with generations so a stale event
+//!   never reaches the wrong connection, and the only code that talks to the `Registry`.
+//! - [`service`]: what lives in the table and the contract between the loop and a handler; one
+//!   module per protocol beneath it ([`service::echo`]).
+//! - [`listener`]: accepting connections, the connection limit, and backing off when out of file
+//!   descriptors.
+//! - [`buffer`]: the bounded output buffer and its water marks: why memory stays bounded.
+//! - [`timers`]: deadlines without threads, turned into the `poll` timeout.
+//! - [`stats`]: what is counted, and why connections close.
+//! - [`config`]: the command line, defaults and environment fallbacks.
+//! - [`server`]: binding the services, the start-up line, and the [`Handle`] for other threads.
+//! - [`sys`]: socket options and the OS error kinds the loop tells apart.
+//!
+//! ```no_run
+//! let server = readyloop::Server::bind(readyloop::Config::default())?;
+//! println!("readyloop listening {}", server.addresses());
+//! server.run()?;
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+
+#![deny(missing_docs, missing_debug_implementations, rust_2018_idioms)]
+
+pub mod buffer;
+pub mod config;
+pub mod endpoint;
+pub mod event_loop;
+pub mod listener;
+pub mod server;
+pub mod service;
+pub mod stats;
+pub mod sys;
+pub mod timers;
+
+pub use config::Config;
+pub use server::{Addresses, Handle, Server, StartError};
+pub use stats::{CloseReason, Metric, Snapshot};

@@ -1,0 +1,217 @@
+//! Start-up and control: binding every service, the addresses actually bound, and the [`Handle`]
+//! other threads use to read the figures and ask for shutdown.
+//!
+//! Binding is separate from running so that a caller learns the real ports (port 0 means "any
+//! free port") and every start-up failure before a single event is served. Tests run the server
+//! in-process this way; `main` does the same and prints the addresses.
+
+use std::fmt;
+use std::io;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use mio::Waker;
+use signal_hook::consts::{SIGINT, SIGTERM};
+use signal_hook_mio::v1_0::Signals;
+
+use crate::config::Config;
+use crate::event_loop::EventLoop;
+use crate::listener::{Listener, Service};
+use crate::service::Endpoint;
+use crate::stats::{Snapshot, Stats};
+use crate::sys;
+
+/// Why the server could not start. Each message names what to fix.
+#[derive(Debug)]
+pub enum StartError {
+    /// A flag has a value that makes no sense (the message names the flag).
+    Config(String),
+    /// A service's port could not be bound.
+    Bind {
+        /// The service that wanted the port.
+        service: Service,
+        /// The address asked for.
+        addr: SocketAddr,
+        /// What the kernel said.
+        source: io::Error,
+    },
+    /// The poll instance, the waker or the signal handlers could not be set up.
+    Setup {
+        /// What was being set up.
+        what: &'static str,
+        /// What the kernel said.
+        source: io::Error,
+    },
+}
+
+impl fmt::Display for StartError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            StartError::Config(message) => write!(f, "invalid configuration: {message}"),
+            StartError::Bind {
+                service,
+                addr,
+                source,
+            } => write!(
+                f,
+                "cannot listen for {service} on port {} ({addr}): {source}",
+                addr.port()
+            ),
+            StartError::Setup { what, source } => write!(f, "cannot set up {what}: {source}"),
+        }
+    }
+}
+
+impl std::error::Error for StartError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            StartError::Config(_) => None,
+            StartError::Bind { source, .. } | StartError::Setup { source, .. } => Some(source),
+        }
+    }
+}
+
+/// The addresses the services actually bound.
+///
+/// Its `Display` is the start-up line's payload, `echo=ADDR`, space-separated `service=address`
+/// pairs that scripts and tests parse: keep it stable.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Addresses {
+    /// TCP echo.
+    pub echo: SocketAddr,
+}
+
+impl fmt::Display for Addresses {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "echo={}", self.echo)
+    }
+}
+
+/// Reads the figures of a running server and asks it to stop; cheap to clone, usable from any
+/// thread.
+#[derive(Debug, Clone)]
+pub struct Handle {
+    waker: Arc<Waker>,
+    stop_requests: Arc<AtomicUsize>,
+    stats: Arc<Stats>,
+}
+
+impl Handle {
+    /// Asks the server to shut down, as SIGTERM does: the first request lets open connections
+    /// finish within the grace period, a second one stops at once.
+    ///
+    /// # Errors
+    /// The loop could not be woken (its poll instance is gone).
+    pub fn shutdown(&self) -> io::Result<()> {
+        self.stop_requests.fetch_add(1, Ordering::AcqRel);
+        self.waker.wake()
+    }
+
+    /// The server's figures now.
+    pub fn stats(&self) -> Snapshot {
+        self.stats.snapshot()
+    }
+}
+
+/// A bound server, ready to run.
+#[derive(Debug)]
+pub struct Server {
+    event_loop: EventLoop,
+    addresses: Addresses,
+    handle: Handle,
+}
+
+impl Server {
+    /// Checks the configuration and binds every service.
+    ///
+    /// # Errors
+    /// An invalid flag, a port that cannot be bound, or a failed poll/waker set-up.
+    pub fn bind(config: Config) -> Result<Server, StartError> {
+        config.validate().map_err(StartError::Config)?;
+        let echo_addr = SocketAddr::new(config.bind, config.echo_port);
+
+        let stats = Arc::new(Stats::default());
+        let stop_requests = Arc::new(AtomicUsize::new(0));
+        let mut event_loop = EventLoop::new(config, Arc::clone(&stats), Arc::clone(&stop_requests))
+            .map_err(|source| StartError::Setup {
+                what: "the poll instance",
+                source,
+            })?;
+
+        let echo = bind_listener(&mut event_loop, Service::Echo, echo_addr)?;
+
+        let waker = event_loop
+            .insert(Endpoint::Waker)
+            .and_then(|token| Waker::new(event_loop.registry(), token))
+            .map_err(|source| StartError::Setup {
+                what: "the shutdown waker",
+                source,
+            })?;
+        Ok(Server {
+            event_loop,
+            addresses: Addresses { echo },
+            handle: Handle {
+                waker: Arc::new(waker),
+                stop_requests,
+                stats,
+            },
+        })
+    }
+
+    /// The addresses actually bound.
+    pub fn addresses(&self) -> Addresses {
+        self.addresses
+    }
+
+    /// A handle for other threads.
+    pub fn handle(&self) -> Handle {
+        self.handle.clone()
+    }
+
+    /// Makes SIGINT and SIGTERM shut the server down: the first gracefully, the second at once.
+    ///
+    /// Signal handlers belong to the whole process, so this is for the binary; tests running
+    /// several servers in one process use [`Handle::shutdown`] instead.
+    ///
+    /// # Errors
+    /// The handlers could not be installed or registered.
+    pub fn watch_signals(&mut self) -> Result<(), StartError> {
+        let setup = |source| StartError::Setup {
+            what: "signal handling",
+            source,
+        };
+        let signals = Signals::new([SIGINT, SIGTERM]).map_err(setup)?;
+        self.event_loop
+            .insert(Endpoint::Signals(signals))
+            .map_err(setup)?;
+        Ok(())
+    }
+
+    /// Serves until shut down; returns the final figures.
+    ///
+    /// # Errors
+    /// `poll` failed: the server cannot go on.
+    pub fn run(mut self) -> io::Result<Snapshot> {
+        self.event_loop.run()
+    }
+}
+
+/// Binds one service's listener and puts it in the loop; returns the address actually bound.
+fn bind_listener(
+    event_loop: &mut EventLoop,
+    service: Service,
+    addr: SocketAddr,
+) -> Result<SocketAddr, StartError> {
+    let bind_error = |source| StartError::Bind {
+        service,
+        addr,
+        source,
+    };
+    let socket = sys::tcp_listener(addr).map_err(bind_error)?;
+    let bound = socket.local_addr().map_err(bind_error)?;
+    event_loop
+        .insert(Endpoint::Listener(Listener::new(socket, service)))
+        .map_err(bind_error)?;
+    Ok(bound)
+}

@@ -1,0 +1,179 @@
+//! What lives in the endpoint table, and the contract between the loop and every handler.
+//!
+//! The loop knows nothing about echo or downloads. It finds an [`Endpoint`] by token, hands it the
+//! event through the `match` in [`Endpoint::on_event`], and applies the [`Next`] it gets back:
+//! keep the endpoint (registered for whatever [`Endpoint::interest`] now says), or close it for a
+//! named [`CloseReason`]. Handlers never touch the slab or the `Registry`; that is
+//! [`endpoint`](crate::endpoint)'s job alone.
+
+pub mod echo;
+
+use std::fmt;
+use std::io::{self, Read, Write};
+use std::net::Shutdown;
+use std::ops::ControlFlow;
+use std::time::Instant;
+
+use mio::event::{Event, Source};
+use mio::net::TcpStream;
+use mio::{Interest, Token};
+use signal_hook_mio::v1_0::Signals;
+
+use crate::config::Config;
+use crate::listener::Listener;
+use crate::stats::{CloseReason, Stats};
+
+/// What a handler tells the loop: `Continue(())` keeps the endpoint, `Break(reason)` closes it.
+///
+/// `ControlFlow` lets a handler leave early with `?` from any helper that decided to close.
+pub type Next = ControlFlow<CloseReason>;
+
+/// Keep the endpoint open.
+pub const KEEP: Next = ControlFlow::Continue(());
+
+/// Everything a handler may use besides its own endpoint, for one event.
+#[derive(Debug)]
+pub struct Context<'a> {
+    /// The time the loop woke up; one clock read serves the whole batch of events.
+    pub now: Instant,
+    /// The endpoint's token, for log lines.
+    pub token: Token,
+    /// The server's configuration (water marks, timeouts).
+    pub config: &'a Config,
+    /// Counters to add to.
+    pub stats: &'a Stats,
+    /// One read buffer shared by every connection: input is read here and written straight back,
+    /// so a connection owns heap memory only while the peer is slow to take its output.
+    pub scratch: &'a mut [u8],
+}
+
+/// A byte stream a connection can run on: a TCP stream in the server, a scripted fake in the
+/// state-machine tests.
+pub trait Stream: Read + Write {
+    /// Sends FIN: no more output, while input may still be read.
+    ///
+    /// # Errors
+    /// As `shutdown(2)`; `ENOTCONN` when the peer is already gone.
+    fn shutdown_write(&mut self) -> io::Result<()>;
+}
+
+impl Stream for TcpStream {
+    fn shutdown_write(&mut self) -> io::Result<()> {
+        self.shutdown(Shutdown::Write)
+    }
+}
+
+/// One entry of the endpoint table: every source the loop polls.
+pub enum Endpoint {
+    /// A TCP listener for one of the services.
+    Listener(Listener),
+    /// A TCP echo client (RFC 862).
+    Echo(echo::Connection),
+    /// SIGINT and SIGTERM, delivered as readiness.
+    Signals(Signals),
+    /// The `mio::Waker` that a [`Handle`](crate::Handle) uses to ask for shutdown; the waker
+    /// itself is owned by the handles, so this entry only reserves its token.
+    Waker,
+}
+
+impl fmt::Debug for Endpoint {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Endpoint::Listener(listener) => listener.fmt(f),
+            Endpoint::Echo(connection) => connection.fmt(f),
+            Endpoint::Signals(_) | Endpoint::Waker => f.write_str(self.kind()),
+        }
+    }
+}
+
+impl Endpoint {
+    /// A short name for log lines.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Endpoint::Listener(_) => "listener",
+            Endpoint::Echo(_) => "echo",
+            Endpoint::Signals(_) => "signals",
+            Endpoint::Waker => "waker",
+        }
+    }
+
+    /// Client connections count against `--max-conns` and are drained at shutdown.
+    pub fn is_client(&self) -> bool {
+        match self {
+            Endpoint::Echo(_) => true,
+            Endpoint::Listener(_) | Endpoint::Signals(_) | Endpoint::Waker => false,
+        }
+    }
+
+    /// The I/O source to register, or `None` for the waker, which registers itself.
+    pub fn source(&mut self) -> Option<&mut dyn Source> {
+        match self {
+            Endpoint::Listener(listener) => Some(listener.source()),
+            Endpoint::Echo(connection) => Some(connection.source()),
+            Endpoint::Signals(signals) => Some(signals),
+            Endpoint::Waker => None,
+        }
+    }
+
+    /// The readiness this endpoint wants now, derived from its state; `None` wants no events at all
+    /// (a listener backing off), and the endpoint is then deregistered until it wants some again.
+    pub fn interest(&self) -> Option<Interest> {
+        match self {
+            Endpoint::Listener(listener) => listener.interest(),
+            Endpoint::Echo(connection) => Some(connection.interest()),
+            Endpoint::Signals(_) | Endpoint::Waker => Some(Interest::READABLE),
+        }
+    }
+
+    /// When this endpoint next needs [`Endpoint::on_timeout`], if ever.
+    pub fn deadline(&self) -> Option<Instant> {
+        match self {
+            Endpoint::Listener(listener) => listener.deadline(),
+            Endpoint::Echo(connection) => Some(connection.deadline()),
+            Endpoint::Signals(_) | Endpoint::Waker => None,
+        }
+    }
+
+    /// Hands a readiness event to a client connection.
+    ///
+    /// Errors and hang-ups are passed on as readiness too: the next read or write reports them, and
+    /// the handler closes with the right reason. Reads go first, so input that arrived with a
+    /// hang-up is still echoed. Listeners, signals and the waker are the loop's own business and
+    /// are not handled here.
+    pub fn on_event(&mut self, event: &Event, ctx: &mut Context<'_>) -> Next {
+        match self {
+            Endpoint::Echo(connection) => {
+                if event.is_readable() || event.is_read_closed() || event.is_error() {
+                    connection.on_readable(ctx)?;
+                }
+                if event.is_writable() || event.is_write_closed() || event.is_error() {
+                    connection.on_writable(ctx)?;
+                }
+                KEEP
+            }
+            Endpoint::Listener(_) | Endpoint::Signals(_) | Endpoint::Waker => KEEP,
+        }
+    }
+
+    /// The endpoint's deadline has passed.
+    pub fn on_timeout(&mut self, ctx: &mut Context<'_>) -> Next {
+        match self {
+            Endpoint::Listener(listener) => {
+                listener.on_timeout(ctx);
+                KEEP
+            }
+            Endpoint::Echo(connection) => connection.on_timeout(ctx),
+            Endpoint::Signals(_) | Endpoint::Waker => KEEP,
+        }
+    }
+
+    /// The server is shutting down: listeners close at once, so new clients are refused;
+    /// connections finish what they owe, then close; signals stay, to hear a second signal.
+    pub fn on_shutdown(&mut self, ctx: &mut Context<'_>) -> Next {
+        match self {
+            Endpoint::Listener(_) => ControlFlow::Break(CloseReason::Shutdown),
+            Endpoint::Echo(connection) => connection.on_shutdown(ctx),
+            Endpoint::Signals(_) | Endpoint::Waker => KEEP,
+        }
+    }
+}

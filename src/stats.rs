@@ -1,0 +1,206 @@
+//! What the server counts, why connections close, and the one-line summary it logs.
+//!
+//! One [`Metric`] enum names every figure, so adding a figure is one new variant and its name: the
+//! periodic line, the final summary and test snapshots all follow from that list.
+//!
+//! The loop's thread is the only writer. Other threads (tests, a caller holding a
+//! [`Handle`](crate::Handle)) only read, so each counter is an atomic updated with a plain
+//! load-then-store: no locked instruction on the hot path, yet every read sees a whole value.
+
+use std::fmt;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+
+/// Why a connection was closed. Each reason is counted separately.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CloseReason {
+    /// The peer finished (read returned zero) and everything owed was delivered.
+    PeerClosed,
+    /// The peer reset or abandoned the connection (`ECONNRESET`, `EPIPE`).
+    Reset,
+    /// Nothing moved for longer than the idle timeout.
+    Idle,
+    /// Refused at once because the server was at `--max-conns`.
+    Limit,
+    /// An unexpected I/O error on this connection alone.
+    Error,
+    /// Closed because the server shut down (gracefully, or when the grace period ran out).
+    Shutdown,
+}
+
+impl CloseReason {
+    /// The counter this reason adds to.
+    pub fn metric(self) -> Metric {
+        match self {
+            CloseReason::PeerClosed => Metric::ClosedPeer,
+            CloseReason::Reset => Metric::ClosedReset,
+            CloseReason::Idle => Metric::ClosedIdle,
+            CloseReason::Limit => Metric::ClosedLimit,
+            CloseReason::Error => Metric::ClosedError,
+            CloseReason::Shutdown => Metric::ClosedShutdown,
+        }
+    }
+}
+
+/// Declares [`Metric`] with its printed names, in the order the summary prints them.
+macro_rules! metrics {
+    ($($(#[$doc:meta])* $variant:ident => $name:literal,)+) => {
+        /// One figure the server keeps.
+        #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+        pub enum Metric {
+            $($(#[$doc])* $variant,)+
+        }
+
+        impl Metric {
+            /// Every metric, in summary order.
+            pub const ALL: &'static [Metric] = &[$(Metric::$variant,)+];
+
+            /// The name used in log lines: `name=value`.
+            pub fn name(self) -> &'static str {
+                match self {
+                    $(Metric::$variant => $name,)+
+                }
+            }
+        }
+    };
+}
+
+metrics! {
+    /// Client connections accepted and kept.
+    Accepted => "accepted",
+    /// Client connections open now.
+    Open => "open",
+    /// Closed: the peer finished.
+    ClosedPeer => "closed_peer",
+    /// Closed: the peer reset.
+    ClosedReset => "closed_reset",
+    /// Closed: idle timeout.
+    ClosedIdle => "closed_idle",
+    /// Closed at once: `--max-conns` reached.
+    ClosedLimit => "closed_limit",
+    /// Closed: unexpected I/O error.
+    ClosedError => "closed_error",
+    /// Closed: the server shut down.
+    ClosedShutdown => "closed_shutdown",
+    /// Bytes read from clients.
+    BytesIn => "bytes_in",
+    /// Bytes written to clients.
+    BytesOut => "bytes_out",
+    /// The most bytes any one connection has held in its output buffer.
+    BufferedPeak => "buffered_peak",
+    /// Times `accept` ran out of descriptors and the listener backed off.
+    AcceptBackoffs => "accept_backoffs",
+    /// Passes of the loop (one `poll` each).
+    LoopIterations => "loop_iterations",
+    /// Readiness events handled.
+    Events => "events",
+    /// Events dropped because their token's endpoint had been closed.
+    StaleEvents => "stale_events",
+}
+
+/// The live figures, written by the loop's thread only.
+#[derive(Debug)]
+pub struct Stats {
+    values: Vec<AtomicU64>,
+}
+
+impl Default for Stats {
+    fn default() -> Self {
+        Stats {
+            values: Metric::ALL.iter().map(|_| AtomicU64::new(0)).collect(),
+        }
+    }
+}
+
+impl Stats {
+    /// Adds `n` to a metric.
+    pub fn add(&self, metric: Metric, n: u64) {
+        let cell = &self.values[metric as usize];
+        // Single writer: a load and a store need no read-modify-write instruction.
+        cell.store(cell.load(Relaxed).wrapping_add(n), Relaxed);
+    }
+
+    /// Subtracts `n` from a gauge.
+    pub fn sub(&self, metric: Metric, n: u64) {
+        let cell = &self.values[metric as usize];
+        cell.store(cell.load(Relaxed).wrapping_sub(n), Relaxed);
+    }
+
+    /// Raises a high-water figure to `value` if it is higher.
+    pub fn raise(&self, metric: Metric, value: u64) {
+        let cell = &self.values[metric as usize];
+        if value > cell.load(Relaxed) {
+            cell.store(value, Relaxed);
+        }
+    }
+
+    /// Counts one connection closed for `reason`.
+    pub fn count_close(&self, reason: CloseReason) {
+        self.add(reason.metric(), 1);
+    }
+
+    /// The current value of one metric.
+    pub fn get(&self, metric: Metric) -> u64 {
+        self.values[metric as usize].load(Relaxed)
+    }
+
+    /// A copy of every figure, taken now.
+    pub fn snapshot(&self) -> Snapshot {
+        Snapshot(self.values.iter().map(|v| v.load(Relaxed)).collect())
+    }
+}
+
+/// Every figure at one moment, printed as `name=value` pairs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Snapshot(Vec<u64>);
+
+impl Snapshot {
+    /// The value of one metric.
+    pub fn get(&self, metric: Metric) -> u64 {
+        self.0[metric as usize]
+    }
+}
+
+impl fmt::Display for Snapshot {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, metric) in Metric::ALL.iter().enumerate() {
+            if i > 0 {
+                f.write_str(" ")?;
+            }
+            write!(f, "{}={}", metric.name(), self.get(*metric))?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn metrics_are_listed_in_declaration_order() {
+        for (i, metric) in Metric::ALL.iter().enumerate() {
+            assert_eq!(*metric as usize, i);
+        }
+    }
+
+    #[test]
+    fn counters_gauges_and_peaks_update_as_named() {
+        let stats = Stats::default();
+        stats.add(Metric::Open, 3);
+        stats.sub(Metric::Open, 1);
+        stats.raise(Metric::BufferedPeak, 10);
+        stats.raise(Metric::BufferedPeak, 4);
+        stats.count_close(CloseReason::Idle);
+        let snap = stats.snapshot();
+        assert_eq!(snap.get(Metric::Open), 2);
+        assert_eq!(snap.get(Metric::BufferedPeak), 10);
+        assert_eq!(snap.get(Metric::ClosedIdle), 1);
+    }
+
+    #[test]
+    fn summary_line_names_every_metric() {
+        let line = Stats::default().snapshot().to_string();
+        assert!(line.starts_with("accepted=0 open=0 "));
+        assert_eq!(line.split(' ').count(), Metric::ALL.len());
+    }
+}
