@@ -149,7 +149,10 @@ mod tests {
             if std::mem::take(&mut self.interrupt_next) {
                 return Err(io::ErrorKind::Interrupted.into());
             }
-            let n = buf.len().min(self.chunk).min(self.capacity - self.taken.len());
+            let n = buf
+                .len()
+                .min(self.chunk)
+                .min(self.capacity - self.taken.len());
             if n == 0 {
                 return Err(io::ErrorKind::WouldBlock.into());
             }
@@ -222,7 +225,10 @@ mod tests {
         assert_eq!(marks.room(&buffer), 0);
         buffer.consume(6);
         assert!(!marks.is_full(&buffer));
-        assert!(!marks.has_drained(&buffer), "4 owed is not below the low mark");
+        assert!(
+            !marks.has_drained(&buffer),
+            "4 owed is not below the low mark"
+        );
         buffer.consume(1);
         assert!(marks.has_drained(&buffer));
     }

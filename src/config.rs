@@ -40,7 +40,12 @@ pub const DEFAULT_LINGER: Duration = Duration::from_secs(2);
 
 /// `readyloop [serve] [FLAGS]` or a subcommand.
 #[derive(Debug, Parser)]
-#[command(name = "readyloop", version, about, args_conflicts_with_subcommands = true)]
+#[command(
+    name = "readyloop",
+    version,
+    about,
+    args_conflicts_with_subcommands = true
+)]
 pub struct Cli {
     /// What to run; without one, `serve`.
     #[command(subcommand)]
@@ -187,7 +192,11 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
         "" | "s" => value,
         "ms" => value / 1000.0,
         "m" => value * 60.0,
-        other => return Err(format!("unknown unit `{other}` in `{text}`: use ms, s or m")),
+        other => {
+            return Err(format!(
+                "unknown unit `{other}` in `{text}`: use ms, s or m"
+            ));
+        }
     };
     Duration::try_from_secs_f64(seconds).map_err(|e| format!("`{text}`: {e}"))
 }
@@ -208,7 +217,7 @@ mod tests {
     #[test]
     fn serve_subcommand_takes_the_same_flags() {
         let cli = Cli::try_parse_from(["readyloop", "serve", "--echo-port", "0", "-vv"]).unwrap();
-        let Some(Command::Serve(config)) = cli.command else {
+        let Some(Command::Serve(config)) = &cli.command else {
             panic!("expected serve");
         };
         assert_eq!(config.echo_port, 0);

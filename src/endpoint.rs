@@ -257,9 +257,13 @@ mod tests {
         let poll = Poll::new().unwrap();
         let stats = Stats::default();
         let mut table = EndpointTable::with_capacity(4);
-        let old = table.insert(poll.registry(), listener_endpoint(), &stats).unwrap();
+        let old = table
+            .insert(poll.registry(), listener_endpoint(), &stats)
+            .unwrap();
         table.close(poll.registry(), old, CloseReason::Shutdown, &stats);
-        let new = table.insert(poll.registry(), listener_endpoint(), &stats).unwrap();
+        let new = table
+            .insert(poll.registry(), listener_endpoint(), &stats)
+            .unwrap();
 
         assert_eq!(old.0 & KEY_MASK, new.0 & KEY_MASK, "slab reuses the key");
         assert!(table.get_mut(old).is_none(), "the old token is stale");
@@ -274,10 +278,18 @@ mod tests {
         let poll = Poll::new().unwrap();
         let stats = Stats::default();
         let mut table = EndpointTable::with_capacity(4);
-        let a = table.insert(poll.registry(), listener_endpoint(), &stats).unwrap();
-        let b = table.insert(poll.registry(), Endpoint::Waker, &stats).unwrap();
+        let a = table
+            .insert(poll.registry(), listener_endpoint(), &stats)
+            .unwrap();
+        let b = table
+            .insert(poll.registry(), Endpoint::Waker, &stats)
+            .unwrap();
         assert_eq!(table.tokens(), vec![a, b]);
-        assert_eq!(table.clients(), 0, "listeners and the waker are not clients");
+        assert_eq!(
+            table.clients(),
+            0,
+            "listeners and the waker are not clients"
+        );
         assert_eq!(Id(b).to_string(), "#1.1");
     }
 }

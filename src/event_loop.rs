@@ -18,10 +18,11 @@
 //! done. A handler that stops early waits forever. Compare Redis's `ae_epoll.c`, level-triggered,
 //! where reading once per wake-up is enough because the kernel keeps reporting leftover input.
 
+use std::io;
 use std::mem;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use log::{info, trace, warn};
 use mio::event::Event;
@@ -94,7 +95,11 @@ impl EventLoop {
     ///
     /// # Errors
     /// The poll instance could not be created.
-    pub fn new(config: Config, stats: Arc<Stats>, stop_requests: Arc<AtomicUsize>) -> std::io::Result<Self> {
+    pub fn new(
+        config: Config,
+        stats: Arc<Stats>,
+        stop_requests: Arc<AtomicUsize>,
+    ) -> io::Result<Self> {
         Ok(EventLoop {
             poll: Poll::new()?,
             events: Events::with_capacity(EVENTS_PER_POLL),
@@ -119,40 +124,53 @@ impl EventLoop {
     ///
     /// # Errors
     /// Registration failed.
-    pub fn insert(&mut self, endpoint: Endpoint) -> std::io::Result<Token> {
-        self.table.insert(self.poll.registry(), endpoint, &self.shared.stats)
+    pub fn insert(&mut self, endpoint: Endpoint) -> io::Result<Token> {
+        self.table
+            .insert(self.poll.registry(), endpoint, &self.shared.stats)
     }
 
     /// Runs until shutdown completes, then returns the final figures.
     ///
     /// # Errors
     /// `poll` itself failed (other than `EINTR`): the server cannot go on.
-    pub fn run(&mut self) -> std::io::Result<Snapshot> {
+    pub fn run(&mut self) -> io::Result<Snapshot> {
         let interval = self.shared.config.stats_interval;
         self.next_stats_line = (!interval.is_zero()).then(|| Instant::now() + interval);
         while self.phase != Phase::Stopped {
-            let deadlines = [self.table.next_deadline(), self.next_stats_line, self.drain_deadline()];
-            let timeout = poll_timeout(Instant::now(), deadlines);
-            if let Err(e) = self.poll.poll(&mut self.events, timeout) {
-                if interrupted(&e) {
-                    continue;
-                }
-                return Err(e);
-            }
+            let deadlines = [
+                self.table.next_deadline(),
+                self.next_stats_line,
+                self.drain_deadline(),
+            ];
+            self.wait(poll_timeout(Instant::now(), deadlines))?;
             let now = Instant::now();
-            self.shared.stats.add(Metric::LoopIterations, 1);
-            // Handlers need `&mut self`; lend them the events by moving the batch out meanwhile.
-            let events = mem::replace(&mut self.events, Events::with_capacity(0));
-            for event in events.iter() {
-                self.dispatch(event, now);
-            }
-            self.events = events;
+            self.handle_events(now);
             self.fire_due_deadlines(now);
             self.advance_phase(now);
         }
         let summary = self.shared.stats.snapshot();
         info!("stopped: {summary}");
         Ok(summary)
+    }
+
+    /// Waits for readiness or the timeout, and takes the batch of events.
+    fn wait(&mut self, timeout: Option<Duration>) -> io::Result<()> {
+        self.shared.stats.add(Metric::LoopIterations, 1);
+        match self.poll.poll(&mut self.events, timeout) {
+            // A signal interrupted the wait: an empty batch. The signal itself comes as an event.
+            Err(e) if interrupted(&e) => Ok(()),
+            result => result,
+        }
+    }
+
+    /// Dispatches every event of the batch `wait` took.
+    fn handle_events(&mut self, now: Instant) {
+        // Handlers need `&mut self`; lend them the events by moving the batch out meanwhile.
+        let events = mem::replace(&mut self.events, Events::with_capacity(0));
+        for event in events.iter() {
+            self.dispatch(event, now);
+        }
+        self.events = events;
     }
 
     /// Hands one event to the endpoint its token names.
@@ -258,7 +276,8 @@ impl EventLoop {
                 for token in self.table.tokens() {
                     if let Some(endpoint) = self.table.get_mut(token) {
                         let next = endpoint.on_shutdown(&mut self.shared.context(now, token));
-                        self.table.settle(self.poll.registry(), token, next, &self.shared.stats);
+                        self.table
+                            .settle(self.poll.registry(), token, next, &self.shared.stats);
                     }
                 }
             }
@@ -291,7 +310,12 @@ impl EventLoop {
         }
         if self.phase == Phase::Stopped {
             for token in self.table.tokens() {
-                self.table.close(self.poll.registry(), token, CloseReason::Shutdown, &self.shared.stats);
+                self.table.close(
+                    self.poll.registry(),
+                    token,
+                    CloseReason::Shutdown,
+                    &self.shared.stats,
+                );
             }
         }
     }
@@ -303,3 +327,6 @@ impl EventLoop {
         }
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -137,7 +137,10 @@ impl Listener {
                 self.state = State::Accepting;
             }
             State::Retrying => {
-                info!("{}: accepting again after running out of resources", self.service);
+                info!(
+                    "{}: accepting again after running out of resources",
+                    self.service
+                );
                 self.state = State::Accepting;
             }
             State::BackingOff { .. } => unreachable!("accept returns nothing while backing off"),

@@ -241,7 +241,8 @@ impl<S: Stream> Connection<S> {
         }
         if written < n {
             self.owed.extend(&input[written..]);
-            ctx.stats.raise(Metric::BufferedPeak, self.owed.len() as u64);
+            ctx.stats
+                .raise(Metric::BufferedPeak, self.owed.len() as u64);
         }
         KEEP
     }

@@ -1,0 +1,565 @@
+//! The echo state machine, state by state, on a scripted fake socket.
+//!
+//! Each state has a fixture that builds a connection already in it; every (state, input) pair has a
+//! test below its state's banner. Water marks are tiny (high 16, low 8) so a few bytes reach them.
+
+use std::collections::VecDeque;
+use std::io::{self, Read, Write};
+use std::ops::ControlFlow;
+use std::time::{Duration, Instant};
+
+use mio::{Interest, Token};
+
+use super::{Connection, State};
+use crate::config::Config;
+use crate::service::{Context, KEEP, Stream};
+use crate::stats::{CloseReason, Metric, Stats};
+
+/// What the fake socket answers to the next read.
+enum Input {
+    Bytes(Vec<u8>),
+    Fin,
+    Fail(io::ErrorKind),
+}
+
+/// A socket whose input is a script and whose send buffer takes `window` more bytes.
+#[derive(Default)]
+struct Fake {
+    /// Empty means `WouldBlock`.
+    input: VecDeque<Input>,
+    output: Vec<u8>,
+    window: usize,
+    write_error: Option<io::ErrorKind>,
+    fin_sent: bool,
+    /// Answer the next read or write with `Interrupted` first.
+    interrupt: bool,
+}
+
+impl Fake {
+    fn with_input(chunks: &[&[u8]]) -> Self {
+        Fake {
+            input: chunks.iter().map(|c| Input::Bytes(c.to_vec())).collect(),
+            window: usize::MAX,
+            ..Fake::default()
+        }
+    }
+}
+
+impl Read for Fake {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        if std::mem::take(&mut self.interrupt) {
+            return Err(io::ErrorKind::Interrupted.into());
+        }
+        match self.input.pop_front() {
+            None => Err(io::ErrorKind::WouldBlock.into()),
+            Some(Input::Fin) => {
+                self.input.push_front(Input::Fin);
+                Ok(0)
+            }
+            Some(Input::Fail(kind)) => Err(kind.into()),
+            Some(Input::Bytes(mut bytes)) => {
+                let n = bytes.len().min(buf.len());
+                buf[..n].copy_from_slice(&bytes[..n]);
+                if n < bytes.len() {
+                    self.input.push_front(Input::Bytes(bytes.split_off(n)));
+                }
+                Ok(n)
+            }
+        }
+    }
+}
+
+impl Write for Fake {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        if std::mem::take(&mut self.interrupt) {
+            return Err(io::ErrorKind::Interrupted.into());
+        }
+        if let Some(kind) = self.write_error {
+            return Err(kind.into());
+        }
+        assert!(!self.fin_sent, "wrote after FIN");
+        let n = buf.len().min(self.window);
+        if n == 0 {
+            return Err(io::ErrorKind::WouldBlock.into());
+        }
+        self.window -= n;
+        self.output.extend_from_slice(&buf[..n]);
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Stream for Fake {
+    fn shutdown_write(&mut self) -> io::Result<()> {
+        self.fin_sent = true;
+        Ok(())
+    }
+}
+
+/// The loop's side of one connection: configuration, counters and the shared scratch buffer.
+struct Harness {
+    config: Config,
+    stats: Stats,
+    scratch: Vec<u8>,
+    now: Instant,
+}
+
+impl Harness {
+    fn new() -> Self {
+        Harness {
+            config: Config {
+                high_water: 16,
+                low_water: 8,
+                idle_timeout: Duration::from_secs(10),
+                linger: Duration::from_secs(1),
+                ..Config::default()
+            },
+            stats: Stats::default(),
+            scratch: vec![0; 64],
+            now: Instant::now(),
+        }
+    }
+
+    fn ctx(&mut self) -> Context<'_> {
+        Context {
+            now: self.now,
+            token: Token(0),
+            config: &self.config,
+            stats: &self.stats,
+            scratch: &mut self.scratch,
+        }
+    }
+
+    fn connection(&mut self, fake: Fake) -> Connection<Fake> {
+        Connection::new(fake, self.now, &self.config)
+    }
+}
+
+fn close(reason: CloseReason) -> super::Next {
+    ControlFlow::Break(reason)
+}
+
+// ---- fixtures: one per state -------------------------------------------------------------------
+
+fn open(h: &mut Harness) -> Connection<Fake> {
+    h.connection(Fake::with_input(&[]))
+}
+
+/// 20 bytes arrive and the client reads nothing: 16 (the high mark) are read and owed.
+fn throttled(h: &mut Harness) -> Connection<Fake> {
+    let mut c = h.connection(Fake::with_input(&[&[7; 20]]));
+    c.stream.window = 0;
+    assert_eq!(c.on_readable(&mut h.ctx()), KEEP);
+    assert_eq!(c.state(), State::Throttled);
+    c
+}
+
+/// 5 bytes then FIN arrive and the client reads nothing: the 5 are owed.
+fn half_closed(h: &mut Harness) -> Connection<Fake> {
+    let mut fake = Fake::with_input(&[b"hello"]);
+    fake.input.push_back(Input::Fin);
+    fake.window = 0;
+    let mut c = h.connection(fake);
+    assert_eq!(c.on_readable(&mut h.ctx()), KEEP);
+    assert_eq!(c.state(), State::HalfClosed);
+    c
+}
+
+/// 5 bytes are owed when the server starts shutting down.
+fn flushing(h: &mut Harness) -> Connection<Fake> {
+    let mut fake = Fake::with_input(&[b"hello"]);
+    fake.window = 0;
+    let mut c = h.connection(fake);
+    assert_eq!(c.on_readable(&mut h.ctx()), KEEP);
+    assert_eq!(c.on_shutdown(&mut h.ctx()), KEEP);
+    assert_eq!(c.state(), State::Flushing);
+    c
+}
+
+/// Nothing is owed when the server starts shutting down: FIN goes out at once.
+fn lingering(h: &mut Harness) -> Connection<Fake> {
+    let mut c = open(h);
+    assert_eq!(c.on_shutdown(&mut h.ctx()), KEEP);
+    assert!(matches!(c.state(), State::Lingering { .. }));
+    assert!(c.stream.fin_sent);
+    c
+}
+
+// ---- OPEN --------------------------------------------------------------------------------------
+
+#[test]
+fn open_echoes_input_straight_back_without_buffering() {
+    let mut h = Harness::new();
+    let mut c = h.connection(Fake::with_input(&[b"ping", b" pong"]));
+    assert_eq!(c.on_readable(&mut h.ctx()), KEEP);
+    assert_eq!(c.stream.output, b"ping pong");
+    assert_eq!(c.owed(), 0);
+    assert_eq!(c.interest(), Interest::READABLE);
+    assert_eq!(h.stats.get(Metric::BytesIn), 9);
+    assert_eq!(h.stats.get(Metric::BytesOut), 9);
+}
+
+#[test]
+fn open_keeps_what_the_socket_refuses_and_asks_for_writable() {
+    let mut h = Harness::new();
+    let mut fake = Fake::with_input(&[b"abcdef"]);
+    fake.window = 2;
+    let mut c = h.connection(fake);
+    assert_eq!(c.on_readable(&mut h.ctx()), KEEP);
+    assert_eq!(c.stream.output, b"ab");
+    assert_eq!(c.owed(), 4);
+    assert_eq!(c.state(), State::Open);
+    assert_eq!(c.interest(), Interest::READABLE | Interest::WRITABLE);
+    assert_eq!(h.stats.get(Metric::BufferedPeak), 4);
+}
+
+#[test]
+fn open_queues_new_input_behind_owed_bytes_to_keep_order() {
+    let mut h = Harness::new();
+    let mut fake = Fake::with_input(&[b"abc"]);
+    fake.window = 1;
+    let mut c = h.connection(fake);
+    assert_eq!(c.on_readable(&mut h.ctx()), KEEP);
+    c.stream.window = usize::MAX;
+    c.stream.input.push_back(Input::Bytes(b"def".to_vec()));
+    assert_eq!(c.on_readable(&mut h.ctx()), KEEP);
+    assert_eq!(c.on_writable(&mut h.ctx()), KEEP);
+    assert_eq!(c.stream.output, b"abcdef");
+    assert_eq!(c.interest(), Interest::READABLE);
+}
+
+#[test]
+fn open_stops_reading_at_the_high_water_mark() {
+    let mut h = Harness::new();
+    let c = throttled(&mut h);
+    assert_eq!(c.owed(), 16, "read exactly up to the high mark");
+    assert!(
+        matches!(c.stream.input.front(), Some(Input::Bytes(rest)) if rest.len() == 4),
+        "the rest stays in the kernel"
+    );
+    assert_eq!(h.stats.get(Metric::BufferedPeak), 16);
+}
+
+#[test]
+fn open_closes_on_fin_when_nothing_is_owed() {
+    let mut h = Harness::new();
+    let mut fake = Fake::with_input(&[b"bye"]);
+    fake.input.push_back(Input::Fin);
+    let mut c = h.connection(fake);
+    assert_eq!(c.on_readable(&mut h.ctx()), close(CloseReason::PeerClosed));
+    assert_eq!(c.stream.output, b"bye");
+}
+
+#[test]
+fn open_retries_interrupted_reads_and_writes() {
+    let mut h = Harness::new();
+    let mut fake = Fake::with_input(&[b"x"]);
+    fake.interrupt = true;
+    let mut c = h.connection(fake);
+    assert_eq!(c.on_readable(&mut h.ctx()), KEEP);
+    assert_eq!(c.stream.output, b"x");
+}
+
+#[test]
+fn open_closes_quietly_on_reset_and_as_error_otherwise() {
+    let mut h = Harness::new();
+    let mut fake = Fake::default();
+    fake.input
+        .push_back(Input::Fail(io::ErrorKind::ConnectionReset));
+    let mut c = h.connection(fake);
+    assert_eq!(c.on_readable(&mut h.ctx()), close(CloseReason::Reset));
+
+    let mut fake = Fake::default();
+    fake.input
+        .push_back(Input::Fail(io::ErrorKind::InvalidData));
+    let mut c = h.connection(fake);
+    assert_eq!(c.on_readable(&mut h.ctx()), close(CloseReason::Error));
+
+    let mut fake = Fake::with_input(&[b"x"]);
+    fake.write_error = Some(io::ErrorKind::BrokenPipe);
+    let mut c = h.connection(fake);
+    assert_eq!(c.on_readable(&mut h.ctx()), close(CloseReason::Reset));
+}
+
+#[test]
+fn open_writable_with_nothing_owed_writes_nothing() {
+    let mut h = Harness::new();
+    let mut c = open(&mut h);
+    assert_eq!(c.on_writable(&mut h.ctx()), KEEP);
+    assert!(c.stream.output.is_empty());
+    assert_eq!(c.state(), State::Open);
+}
+
+#[test]
+fn open_activity_pushes_the_idle_deadline() {
+    let mut h = Harness::new();
+    let mut c = open(&mut h);
+    let first = c.deadline();
+    assert_eq!(first, h.now + h.config.idle_timeout);
+    h.now += Duration::from_secs(3);
+    c.stream.input.push_back(Input::Bytes(b"k".to_vec()));
+    assert_eq!(c.on_readable(&mut h.ctx()), KEEP);
+    assert_eq!(c.deadline(), first + Duration::from_secs(3));
+}
+
+#[test]
+fn open_times_out_as_idle() {
+    let mut h = Harness::new();
+    let mut c = open(&mut h);
+    assert_eq!(c.on_timeout(&mut h.ctx()), close(CloseReason::Idle));
+}
+
+#[test]
+fn open_shutdown_echoes_waiting_input_then_sends_fin() {
+    let mut h = Harness::new();
+    let mut c = h.connection(Fake::with_input(&[b"last words"]));
+    assert_eq!(c.on_shutdown(&mut h.ctx()), KEEP);
+    assert_eq!(c.stream.output, b"last words");
+    assert!(c.stream.fin_sent);
+    assert!(matches!(c.state(), State::Lingering { .. }));
+}
+
+#[test]
+fn open_shutdown_with_output_owed_flushes_first() {
+    let mut h = Harness::new();
+    let c = flushing(&mut h);
+    assert!(!c.stream.fin_sent, "no FIN before the owed bytes");
+    assert_eq!(c.interest(), Interest::WRITABLE);
+}
+
+#[test]
+fn open_shutdown_after_the_clients_fin_closes_at_once() {
+    let mut h = Harness::new();
+    let mut fake = Fake::with_input(&[b"x"]);
+    fake.input.push_back(Input::Fin);
+    let mut c = h.connection(fake);
+    assert_eq!(c.on_shutdown(&mut h.ctx()), close(CloseReason::PeerClosed));
+}
+
+// ---- THROTTLED ---------------------------------------------------------------------------------
+
+#[test]
+fn throttled_wants_only_writable_and_ignores_readable() {
+    let mut h = Harness::new();
+    let mut c = throttled(&mut h);
+    assert_eq!(c.interest(), Interest::WRITABLE);
+    assert_eq!(c.on_readable(&mut h.ctx()), KEEP);
+    assert_eq!(c.owed(), 16, "nothing more was read");
+}
+
+#[test]
+fn throttled_stays_paused_until_below_the_low_mark() {
+    let mut h = Harness::new();
+    let mut c = throttled(&mut h);
+    c.stream.window = 8; // 8 owed left: not below the low mark of 8
+    assert_eq!(c.on_writable(&mut h.ctx()), KEEP);
+    assert_eq!(c.state(), State::Throttled);
+    assert_eq!(c.owed(), 8);
+}
+
+#[test]
+fn throttled_resumes_and_reads_waiting_input_at_once() {
+    let mut h = Harness::new();
+    let mut c = throttled(&mut h);
+    c.stream.window = usize::MAX;
+    assert_eq!(c.on_writable(&mut h.ctx()), KEEP);
+    assert_eq!(c.state(), State::Open);
+    assert_eq!(
+        c.stream.output,
+        vec![7; 20],
+        "the 4 waiting bytes were read without a new event"
+    );
+    assert_eq!(c.owed(), 0);
+}
+
+#[test]
+fn throttled_closes_on_write_error() {
+    let mut h = Harness::new();
+    let mut c = throttled(&mut h);
+    c.stream.write_error = Some(io::ErrorKind::ConnectionReset);
+    assert_eq!(c.on_writable(&mut h.ctx()), close(CloseReason::Reset));
+}
+
+#[test]
+fn throttled_times_out_as_idle() {
+    let mut h = Harness::new();
+    let mut c = throttled(&mut h);
+    assert_eq!(c.on_timeout(&mut h.ctx()), close(CloseReason::Idle));
+}
+
+#[test]
+fn throttled_shutdown_flushes_before_fin() {
+    let mut h = Harness::new();
+    let mut c = throttled(&mut h);
+    assert_eq!(c.on_shutdown(&mut h.ctx()), KEEP);
+    assert_eq!(c.state(), State::Flushing);
+}
+
+// ---- HALF-CLOSED -------------------------------------------------------------------------------
+
+#[test]
+fn half_closed_wants_only_writable_and_reads_nothing() {
+    let mut h = Harness::new();
+    let mut c = half_closed(&mut h);
+    assert_eq!(c.interest(), Interest::WRITABLE);
+    assert_eq!(c.on_readable(&mut h.ctx()), KEEP);
+    assert_eq!(c.owed(), 5);
+}
+
+#[test]
+fn half_closed_delivers_partially_then_closes_when_done() {
+    let mut h = Harness::new();
+    let mut c = half_closed(&mut h);
+    c.stream.window = 2;
+    assert_eq!(c.on_writable(&mut h.ctx()), KEEP);
+    assert_eq!(c.state(), State::HalfClosed);
+    c.stream.window = usize::MAX;
+    assert_eq!(c.on_writable(&mut h.ctx()), close(CloseReason::PeerClosed));
+    assert_eq!(c.stream.output, b"hello");
+}
+
+#[test]
+fn half_closed_closes_on_write_error() {
+    let mut h = Harness::new();
+    let mut c = half_closed(&mut h);
+    c.stream.write_error = Some(io::ErrorKind::BrokenPipe);
+    assert_eq!(c.on_writable(&mut h.ctx()), close(CloseReason::Reset));
+}
+
+#[test]
+fn half_closed_times_out_as_idle() {
+    let mut h = Harness::new();
+    let mut c = half_closed(&mut h);
+    assert_eq!(c.on_timeout(&mut h.ctx()), close(CloseReason::Idle));
+}
+
+#[test]
+fn half_closed_shutdown_keeps_delivering() {
+    let mut h = Harness::new();
+    let mut c = half_closed(&mut h);
+    assert_eq!(c.on_shutdown(&mut h.ctx()), KEEP);
+    assert_eq!(c.state(), State::HalfClosed);
+}
+
+// ---- FLUSHING ----------------------------------------------------------------------------------
+
+#[test]
+fn flushing_reads_nothing() {
+    let mut h = Harness::new();
+    let mut c = flushing(&mut h);
+    c.stream.input.push_back(Input::Bytes(b"late".to_vec()));
+    assert_eq!(c.on_readable(&mut h.ctx()), KEEP);
+    assert_eq!(c.owed(), 5);
+}
+
+#[test]
+fn flushing_sends_fin_once_everything_is_delivered() {
+    let mut h = Harness::new();
+    let mut c = flushing(&mut h);
+    c.stream.window = usize::MAX;
+    assert_eq!(c.on_writable(&mut h.ctx()), KEEP);
+    assert_eq!(c.stream.output, b"hello");
+    assert!(c.stream.fin_sent);
+    assert_eq!(
+        c.state(),
+        State::Lingering {
+            until: h.now + h.config.linger
+        }
+    );
+}
+
+#[test]
+fn flushing_closes_on_write_error() {
+    let mut h = Harness::new();
+    let mut c = flushing(&mut h);
+    c.stream.write_error = Some(io::ErrorKind::ConnectionReset);
+    assert_eq!(c.on_writable(&mut h.ctx()), close(CloseReason::Reset));
+}
+
+#[test]
+fn flushing_times_out_as_idle() {
+    let mut h = Harness::new();
+    let mut c = flushing(&mut h);
+    assert_eq!(c.on_timeout(&mut h.ctx()), close(CloseReason::Idle));
+}
+
+#[test]
+fn flushing_ignores_a_second_shutdown() {
+    let mut h = Harness::new();
+    let mut c = flushing(&mut h);
+    assert_eq!(c.on_shutdown(&mut h.ctx()), KEEP);
+    assert_eq!(c.state(), State::Flushing);
+}
+
+// ---- LINGERING ---------------------------------------------------------------------------------
+
+#[test]
+fn lingering_discards_input_until_the_clients_fin() {
+    let mut h = Harness::new();
+    let mut c = lingering(&mut h);
+    assert_eq!(c.interest(), Interest::READABLE);
+    c.stream.input.push_back(Input::Bytes(b"unread".to_vec()));
+    assert_eq!(c.on_readable(&mut h.ctx()), KEEP);
+    assert!(c.stream.output.is_empty(), "nothing is echoed after FIN");
+    c.stream.input.push_back(Input::Fin);
+    assert_eq!(c.on_readable(&mut h.ctx()), close(CloseReason::Shutdown));
+}
+
+#[test]
+fn lingering_writable_writes_nothing() {
+    let mut h = Harness::new();
+    let mut c = lingering(&mut h);
+    assert_eq!(c.on_writable(&mut h.ctx()), KEEP);
+    assert!(c.stream.output.is_empty());
+}
+
+#[test]
+fn lingering_ends_at_its_deadline() {
+    let mut h = Harness::new();
+    let mut c = lingering(&mut h);
+    assert_eq!(c.deadline(), h.now + h.config.linger);
+    assert_eq!(c.on_timeout(&mut h.ctx()), close(CloseReason::Shutdown));
+}
+
+#[test]
+fn lingering_closes_on_reset() {
+    let mut h = Harness::new();
+    let mut c = lingering(&mut h);
+    c.stream
+        .input
+        .push_back(Input::Fail(io::ErrorKind::ConnectionReset));
+    assert_eq!(c.on_readable(&mut h.ctx()), close(CloseReason::Reset));
+}
+
+#[test]
+fn lingering_ignores_a_second_shutdown() {
+    let mut h = Harness::new();
+    let mut c = lingering(&mut h);
+    assert_eq!(c.on_shutdown(&mut h.ctx()), KEEP);
+    assert!(matches!(c.state(), State::Lingering { .. }));
+}
+
+// ---- names -------------------------------------------------------------------------------------
+
+#[test]
+fn states_print_the_names_of_the_design_diagram() {
+    let names: Vec<String> = [
+        State::Open,
+        State::Throttled,
+        State::HalfClosed,
+        State::Flushing,
+        State::Lingering {
+            until: Instant::now(),
+        },
+    ]
+    .iter()
+    .map(ToString::to_string)
+    .collect();
+    assert_eq!(
+        names,
+        ["OPEN", "THROTTLED", "HALF-CLOSED", "FLUSHING", "LINGERING"]
+    );
+}

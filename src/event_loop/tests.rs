@@ -1,0 +1,129 @@
+//! Loop behaviour that needs to stand between `poll` and dispatch, where integration tests cannot.
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener as StdListener, TcpStream as StdStream};
+use std::sync::Arc;
+use std::sync::atomic::AtomicUsize;
+use std::time::{Duration, Instant};
+
+use mio::Token;
+use mio::net::TcpStream;
+
+use super::EventLoop;
+use crate::config::Config;
+use crate::listener::{Listener, Service};
+use crate::service::{Endpoint, echo};
+use crate::stats::{CloseReason, Metric, Stats};
+use crate::sys::tcp_listener;
+
+/// Every wait in these tests ends by this bound.
+const BOUND: Duration = Duration::from_secs(5);
+
+fn test_loop() -> (EventLoop, Arc<Stats>, SocketAddr) {
+    let stats = Arc::new(Stats::default());
+    let mut event_loop = EventLoop::new(
+        Config::default(),
+        Arc::clone(&stats),
+        Arc::new(AtomicUsize::new(0)),
+    )
+    .unwrap();
+    let socket = tcp_listener("127.0.0.1:0".parse().unwrap()).unwrap();
+    let addr = socket.local_addr().unwrap();
+    event_loop
+        .insert(Endpoint::Listener(Listener::new(socket, Service::Echo)))
+        .unwrap();
+    (event_loop, stats, addr)
+}
+
+/// Runs passes of the loop until `done` holds, failing after [`BOUND`].
+fn turn_until(event_loop: &mut EventLoop, mut done: impl FnMut(&mut EventLoop) -> bool) {
+    let start = Instant::now();
+    while !done(event_loop) {
+        assert!(
+            start.elapsed() < BOUND,
+            "the loop did not get there in time"
+        );
+        event_loop.wait(Some(Duration::from_millis(10))).unwrap();
+        event_loop.handle_events(Instant::now());
+    }
+}
+
+fn echo_tokens(event_loop: &mut EventLoop) -> Vec<Token> {
+    event_loop
+        .table
+        .tokens()
+        .into_iter()
+        .filter(|t| matches!(event_loop.table.get_mut(*t), Some(Endpoint::Echo(_))))
+        .collect()
+}
+
+/// A server-side echo connection made outside the loop, to insert by hand.
+fn accepted_pair() -> (StdStream, TcpStream) {
+    let listener = StdListener::bind("127.0.0.1:0").unwrap();
+    let client = StdStream::connect(listener.local_addr().unwrap()).unwrap();
+    let (server, _) = listener.accept().unwrap();
+    server.set_nonblocking(true).unwrap();
+    (client, TcpStream::from_std(server))
+}
+
+/// The scenario the generation in each token exists for: within one batch, connection A's
+/// event is queued, then an earlier event closes A and a new connection B takes A's slab slot.
+/// A's event must be dropped, not handed to B.
+#[test]
+fn an_event_for_a_closed_connection_never_reaches_the_one_reusing_its_slot() {
+    let (mut event_loop, stats, addr) = test_loop();
+    let mut a = StdStream::connect(addr).unwrap();
+    turn_until(&mut event_loop, |l| !echo_tokens(l).is_empty());
+    let a_token = echo_tokens(&mut event_loop)[0];
+
+    // A's input makes the kernel queue a readable event for A's token; take that batch.
+    a.write_all(b"for A").unwrap();
+    event_loop.wait(Some(BOUND)).unwrap();
+    assert!(event_loop.events.iter().any(|e| e.token() == a_token));
+
+    // Before the batch is dispatched, A closes and B lands in the same slot.
+    let registry = event_loop.poll.registry();
+    event_loop
+        .table
+        .close(registry, a_token, CloseReason::Reset, &stats);
+    let (mut b, b_stream) = accepted_pair();
+    let b_endpoint = Endpoint::Echo(echo::Connection::new(
+        b_stream,
+        Instant::now(),
+        &event_loop.shared.config,
+    ));
+    let b_token = event_loop.insert(b_endpoint).unwrap();
+    assert_eq!(
+        b_token.0 & 0xffff_ffff,
+        a_token.0 & 0xffff_ffff,
+        "B reuses A's slab key"
+    );
+    assert_ne!(b_token, a_token);
+
+    event_loop.handle_events(Instant::now());
+    assert_eq!(stats.get(Metric::StaleEvents), 1, "A's event was dropped");
+
+    // B was not disturbed and echoes its own bytes only.
+    b.set_read_timeout(Some(BOUND)).unwrap();
+    b.write_all(b"for B").unwrap();
+    turn_until(&mut event_loop, |_| stats.get(Metric::BytesOut) >= 5);
+    let mut reply = [0; 5];
+    b.read_exact(&mut reply).unwrap();
+    assert_eq!(&reply, b"for B");
+}
+
+/// Connections refused at `--max-conns` are closed without entering the table.
+#[test]
+fn connections_past_max_conns_are_closed_at_once_and_counted() {
+    let (mut event_loop, stats, addr) = test_loop();
+    event_loop.shared.config.max_conns = 1;
+    let _kept = StdStream::connect(addr).unwrap();
+    turn_until(&mut event_loop, |l| l.table.clients() == 1);
+    let mut refused = StdStream::connect(addr).unwrap();
+    turn_until(&mut event_loop, |_| stats.get(Metric::ClosedLimit) == 1);
+    assert_eq!(event_loop.table.clients(), 1);
+    refused.set_read_timeout(Some(BOUND)).unwrap();
+    let mut buf = [0; 1];
+    // EOF, or a reset if the close raced with the client's handshake bookkeeping.
+    assert!(matches!(refused.read(&mut buf), Ok(0) | Err(_)));
+}
