@@ -34,6 +34,14 @@ pub const DEFAULT_HIGH_WATER: usize = 64 * 1024;
 pub const DEFAULT_LOW_WATER: usize = 16 * 1024;
 /// Seconds that open connections get to finish after SIGINT/SIGTERM.
 pub const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+/// How long a download client may pause after sending part of a request before that part counts
+/// as the whole request: the tutorial's downloader sends a bare name with no newline, in one
+/// packet; 50 ms is far above loopback and LAN jitter, yet unnoticeable to a person.
+pub const DEFAULT_REQUEST_GRACE: Duration = Duration::from_millis(50);
+/// Files open for downloads at once: 1 024 leaves most of a 16 Ki descriptor limit to sockets.
+pub const DEFAULT_MAX_OPEN_FILES: usize = 1024;
+/// Entries in a `LIST` reply: bounds the directory walk and the reply's memory.
+pub const DEFAULT_LIST_MAX: usize = 10_000;
 /// Seconds a closing connection keeps draining input after its FIN, so unread input does not
 /// make the kernel answer with RST and destroy output the peer has not read yet.
 pub const DEFAULT_LINGER: Duration = Duration::from_secs(2);
@@ -118,6 +126,21 @@ pub struct Config {
     /// Time a closing connection keeps draining input after sending FIN.
     #[arg(long, env = "READYLOOP_LINGER", value_parser = parse_duration, default_value = "2s")]
     pub linger: Duration,
+    /// A download request ends when the client pauses this long after sending part of it.
+    #[arg(long, env = "READYLOOP_REQUEST_GRACE", value_parser = parse_duration, default_value = "50ms")]
+    pub request_grace: Duration,
+    /// Most files open for downloads at once; past it, requests get `ERR 503`.
+    #[arg(long, env = "READYLOOP_MAX_OPEN_FILES", default_value_t = DEFAULT_MAX_OPEN_FILES)]
+    pub max_open_files: usize,
+    /// Most entries in a `LIST` reply.
+    #[arg(long, env = "READYLOOP_LIST_MAX", default_value_t = DEFAULT_LIST_MAX)]
+    pub list_max: usize,
+    /// Serve and list names with a component starting with `.`.
+    #[arg(long, env = "READYLOOP_SERVE_HIDDEN")]
+    pub serve_hidden: bool,
+    /// Send file bodies with read/write instead of zero-copy sendfile(2).
+    #[arg(long, env = "READYLOOP_NO_SENDFILE")]
+    pub no_sendfile: bool,
     /// Log a line of statistics this often (0: never).
     #[arg(long, env = "READYLOOP_STATS_INTERVAL", value_parser = parse_duration, default_value = "0")]
     pub stats_interval: Duration,
@@ -137,6 +160,11 @@ impl Default for Config {
             low_water: DEFAULT_LOW_WATER,
             shutdown_grace: DEFAULT_SHUTDOWN_GRACE,
             linger: DEFAULT_LINGER,
+            request_grace: DEFAULT_REQUEST_GRACE,
+            max_open_files: DEFAULT_MAX_OPEN_FILES,
+            list_max: DEFAULT_LIST_MAX,
+            serve_hidden: false,
+            no_sendfile: false,
             stats_interval: Duration::ZERO,
         }
     }

@@ -31,7 +31,7 @@ use mio::{Events, Poll, Registry, Token};
 use crate::config::Config;
 use crate::endpoint::{EndpointTable, Id};
 use crate::listener::Service;
-use crate::service::{Context, Endpoint, KEEP, echo};
+use crate::service::{Context, Endpoint, KEEP, download, echo};
 use crate::stats::{CloseReason, Metric, Snapshot, Stats};
 use crate::sys::interrupted;
 use crate::timers::poll_timeout;
@@ -202,7 +202,7 @@ impl EventLoop {
                 let requests = self.stop_requests.swap(0, Ordering::AcqRel);
                 (0..requests).for_each(|_| self.request_stop(now));
             }
-            Endpoint::Echo(_) => {
+            Endpoint::Echo(_) | Endpoint::Download(_) => {
                 let next = endpoint.on_event(event, &mut self.shared.context(now, token));
                 self.table.settle(self.poll.registry(), token, next, &stats);
             }
@@ -229,6 +229,12 @@ impl EventLoop {
             listener.on_admitted();
             let endpoint = match listener.service() {
                 Service::Echo => Endpoint::Echo(echo::Connection::new(stream, now, ctx.config)),
+                Service::Download(files) => Endpoint::Download(download::Connection::new(
+                    stream,
+                    now,
+                    ctx.config,
+                    Arc::clone(files),
+                )),
             };
             ctx.stats.add(Metric::Accepted, 1);
             match self.table.insert(registry, endpoint, ctx.stats) {

@@ -10,6 +10,7 @@
 use std::fmt;
 use std::io;
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use log::{debug, info, warn};
@@ -17,6 +18,7 @@ use mio::Interest;
 use mio::net::{TcpListener, TcpStream};
 
 use crate::service::Context;
+use crate::service::download::files::Files;
 use crate::stats::Metric;
 use crate::sys::{interrupted, out_of_resources, peer_gone, would_block};
 
@@ -24,18 +26,28 @@ use crate::sys::{interrupted, out_of_resources, peer_gone, would_block};
 /// clients barely notice once descriptors free up, long enough to cost nothing while they don't.
 pub const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 
-/// The TCP services a listener can hand its connections to.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// The TCP services a listener can hand its connections to, with what they share.
+#[derive(Debug, Clone)]
 pub enum Service {
     /// TCP echo (RFC 862).
     Echo,
+    /// TCP file download from the served root.
+    Download(Arc<Files>),
+}
+
+impl Service {
+    /// The service's name in log lines and on the start-up line.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Service::Echo => "echo",
+            Service::Download(_) => "files",
+        }
+    }
 }
 
 impl fmt::Display for Service {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            Service::Echo => "echo",
-        })
+        f.write_str(self.name())
     }
 }
 
@@ -75,8 +87,8 @@ impl Listener {
     }
 
     /// The service accepted clients get.
-    pub fn service(&self) -> Service {
-        self.service
+    pub fn service(&self) -> &Service {
+        &self.service
     }
 
     /// Where the listener is in its accept cycle.

@@ -8,6 +8,7 @@
 use std::fmt;
 use std::io;
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
@@ -19,6 +20,7 @@ use crate::config::Config;
 use crate::event_loop::EventLoop;
 use crate::listener::{Listener, Service};
 use crate::service::Endpoint;
+use crate::service::download::files::Files;
 use crate::stats::{Snapshot, Stats};
 use crate::sys;
 
@@ -30,10 +32,17 @@ pub enum StartError {
     /// A service's port could not be bound.
     Bind {
         /// The service that wanted the port.
-        service: Service,
+        service: &'static str,
         /// The address asked for.
         addr: SocketAddr,
         /// What the kernel said.
+        source: io::Error,
+    },
+    /// The directory to serve cannot be opened.
+    Root {
+        /// The `--root` given.
+        path: PathBuf,
+        /// What the file system said.
         source: io::Error,
     },
     /// The poll instance, the waker or the signal handlers could not be set up.
@@ -58,6 +67,9 @@ impl fmt::Display for StartError {
                 "cannot listen for {service} on port {} ({addr}): {source}",
                 addr.port()
             ),
+            StartError::Root { path, source } => {
+                write!(f, "cannot serve --root {}: {source}", path.display())
+            }
             StartError::Setup { what, source } => write!(f, "cannot set up {what}: {source}"),
         }
     }
@@ -67,24 +79,28 @@ impl std::error::Error for StartError {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
         match self {
             StartError::Config(_) => None,
-            StartError::Bind { source, .. } | StartError::Setup { source, .. } => Some(source),
+            StartError::Bind { source, .. }
+            | StartError::Root { source, .. }
+            | StartError::Setup { source, .. } => Some(source),
         }
     }
 }
 
 /// The addresses the services actually bound.
 ///
-/// Its `Display` is the start-up line's payload, `echo=ADDR`, space-separated `service=address`
-/// pairs that scripts and tests parse: keep it stable.
+/// Its `Display` is the start-up line's payload, `echo=ADDR files=ADDR`: space-separated
+/// `service=address` pairs that scripts and tests parse. Keep it stable; new services add pairs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Addresses {
     /// TCP echo.
     pub echo: SocketAddr,
+    /// TCP file download.
+    pub files: SocketAddr,
 }
 
 impl fmt::Display for Addresses {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "echo={}", self.echo)
+        write!(f, "echo={} files={}", self.echo, self.files)
     }
 }
 
@@ -130,8 +146,14 @@ impl Server {
     pub fn bind(config: Config) -> Result<Server, StartError> {
         config.validate().map_err(StartError::Config)?;
         let echo_addr = SocketAddr::new(config.bind, config.echo_port);
+        let files_addr = SocketAddr::new(config.bind, config.files_port);
 
         let stats = Arc::new(Stats::default());
+        let files =
+            Files::open(&config, Arc::clone(&stats)).map_err(|source| StartError::Root {
+                path: config.root.clone(),
+                source,
+            })?;
         let stop_requests = Arc::new(AtomicUsize::new(0));
         let mut event_loop = EventLoop::new(config, Arc::clone(&stats), Arc::clone(&stop_requests))
             .map_err(|source| StartError::Setup {
@@ -140,6 +162,11 @@ impl Server {
             })?;
 
         let echo = bind_listener(&mut event_loop, Service::Echo, echo_addr)?;
+        let files = bind_listener(
+            &mut event_loop,
+            Service::Download(Arc::new(files)),
+            files_addr,
+        )?;
 
         let waker = event_loop
             .insert(Endpoint::Waker)
@@ -150,7 +177,7 @@ impl Server {
             })?;
         Ok(Server {
             event_loop,
-            addresses: Addresses { echo },
+            addresses: Addresses { echo, files },
             handle: Handle {
                 waker: Arc::new(waker),
                 stop_requests,
@@ -203,8 +230,9 @@ fn bind_listener(
     service: Service,
     addr: SocketAddr,
 ) -> Result<SocketAddr, StartError> {
+    let name = service.name();
     let bind_error = |source| StartError::Bind {
-        service,
+        service: name,
         addr,
         source,
     };

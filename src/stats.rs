@@ -15,6 +15,8 @@ use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 pub enum CloseReason {
     /// The peer finished (read returned zero) and everything owed was delivered.
     PeerClosed,
+    /// The server finished the exchange (a download sent, a refusal reported) and closed.
+    Finished,
     /// The peer reset or abandoned the connection (`ECONNRESET`, `EPIPE`).
     Reset,
     /// Nothing moved for longer than the idle timeout.
@@ -32,6 +34,7 @@ impl CloseReason {
     pub fn metric(self) -> Metric {
         match self {
             CloseReason::PeerClosed => Metric::ClosedPeer,
+            CloseReason::Finished => Metric::ClosedFinished,
             CloseReason::Reset => Metric::ClosedReset,
             CloseReason::Idle => Metric::ClosedIdle,
             CloseReason::Limit => Metric::ClosedLimit,
@@ -71,6 +74,8 @@ metrics! {
     Open => "open",
     /// Closed: the peer finished.
     ClosedPeer => "closed_peer",
+    /// Closed: the server finished the exchange.
+    ClosedFinished => "closed_finished",
     /// Closed: the peer reset.
     ClosedReset => "closed_reset",
     /// Closed: idle timeout.
@@ -87,6 +92,24 @@ metrics! {
     BytesOut => "bytes_out",
     /// The most bytes any one connection has held in its output buffer.
     BufferedPeak => "buffered_peak",
+    /// Downloads whose file was opened and whose header (if any) was queued.
+    DownloadsStarted => "downloads_started",
+    /// Downloads whose every byte was sent.
+    DownloadsCompleted => "downloads_completed",
+    /// Download requests answered with `ERR` (or, in the bare form, closed without a reply).
+    DownloadsRefused => "downloads_refused",
+    /// Downloads cut short by the client (gone, idle) or by shutdown.
+    DownloadsAborted => "downloads_aborted",
+    /// Downloads ended early because the file shrank while being sent.
+    DownloadsTruncated => "downloads_truncated",
+    /// `LIST` replies.
+    Listings => "listings",
+    /// Files open for downloads now.
+    OpenFiles => "open_files",
+    /// Body bytes sent with `sendfile(2)`.
+    BodyBytesSendfile => "body_bytes_sendfile",
+    /// Body bytes copied through user space (`--no-sendfile`, or no `sendfile` here).
+    BodyBytesCopied => "body_bytes_copied",
     /// Times `accept` ran out of descriptors and the listener backed off.
     AcceptBackoffs => "accept_backoffs",
     /// Passes of the loop (one `poll` each).

@@ -1,12 +1,16 @@
 //! The operating system's edges: socket options and the error kinds the loop must tell apart.
 //!
 //! Everything that depends on what the kernel says or offers beyond `std` and mio lives here, so
-//! the rest of the crate reads as portable logic. Errors are classified once, in this file, and every
+//! the rest of the crate reads as portable logic: listener options, opening a file without leaving
+//! the served root or blocking on a FIFO, and zero-copy `sendfile`. Errors are classified once, in this file, and every
 //! read, write and accept loop asks the same questions: "is this the end of the drain?" (`would_block`),
 //! "should I simply try again?" (`interrupted`), "did the peer go away?" (`peer_gone`).
 
+use std::fs::File;
 use std::io;
 use std::net::SocketAddr;
+use std::os::fd::AsRawFd;
+use std::path::Path;
 
 use mio::net::TcpListener;
 use socket2::{Domain, Protocol, Socket, Type};
@@ -62,4 +66,186 @@ pub fn tcp_listener(addr: SocketAddr) -> io::Result<TcpListener> {
     socket.bind(&addr.into())?;
     socket.listen(LISTEN_BACKLOG)?;
     Ok(TcpListener::from_std(socket.into()))
+}
+
+/// What [`open_beneath`] found at a name.
+#[derive(Debug)]
+pub enum Opened {
+    /// A regular file, opened for reading.
+    Regular(File),
+    /// A directory: not served.
+    Directory,
+    /// A FIFO, socket or device: not served, and never opened in a way that could block.
+    Special,
+    /// Nothing there.
+    Missing,
+    /// The name resolves outside the root (through a symlink), or loops.
+    Outside,
+    /// The file system refused (permissions).
+    Denied,
+}
+
+/// Opens `name`, a relative path already checked for `..` and the like, beneath the directory
+/// `root` (whose canonical path is `root_path`), for reading.
+///
+/// On Linux `openat2(RESOLVE_BENEATH)` lets the kernel resolve the name and refuse any step out of
+/// the root, symlinks included, with no window between check and open. The name is first opened
+/// with `O_PATH`, which opens nothing and so has no side effect on devices; only a regular file is
+/// then opened for reading, with `O_NONBLOCK` so that even a FIFO swapped in meanwhile cannot
+/// block the loop. Elsewhere (or where `openat2` is unavailable) the path is canonicalised and
+/// checked against the root before opening, which leaves a short race with a concurrent
+/// `rename`; the served root is expected not to be writable by clients.
+///
+/// # Errors
+/// Unexpected I/O errors only; expected outcomes are [`Opened`] variants.
+pub fn open_beneath(root: &File, root_path: &Path, name: &str) -> io::Result<Opened> {
+    #[cfg(target_os = "linux")]
+    match linux::open_beneath(root, name) {
+        Err(e) if e.raw_os_error() == Some(libc::ENOSYS) => {}
+        result => return classify_open(result),
+    }
+    let _ = root;
+    classify_open(portable_open_beneath(root_path, name))
+}
+
+/// Maps the errors of opening a requested file to what they mean for the client.
+fn classify_open(result: io::Result<Opened>) -> io::Result<Opened> {
+    match result {
+        Ok(opened) => Ok(opened),
+        Err(e) => match e.raw_os_error() {
+            Some(libc::ENOENT | libc::ENOTDIR | libc::ENAMETOOLONG) => Ok(Opened::Missing),
+            Some(libc::EXDEV | libc::ELOOP) => Ok(Opened::Outside),
+            Some(libc::EACCES | libc::EPERM) => Ok(Opened::Denied),
+            // Opening a socket file fails this way; it is not servable either.
+            Some(libc::ENXIO | libc::ENODEV) => Ok(Opened::Special),
+            _ => Err(e),
+        },
+    }
+}
+
+fn kind_of(file: File) -> io::Result<Opened> {
+    let file_type = file.metadata()?.file_type();
+    Ok(if file_type.is_file() {
+        Opened::Regular(file)
+    } else if file_type.is_dir() {
+        Opened::Directory
+    } else {
+        Opened::Special
+    })
+}
+
+fn portable_open_beneath(root_path: &Path, name: &str) -> io::Result<Opened> {
+    use std::os::unix::fs::OpenOptionsExt;
+
+    let real = std::fs::canonicalize(root_path.join(name))?;
+    if !real.starts_with(root_path) {
+        return Ok(Opened::Outside);
+    }
+    let metadata = std::fs::metadata(&real)?;
+    if !metadata.is_file() {
+        return Ok(if metadata.is_dir() {
+            Opened::Directory
+        } else {
+            Opened::Special
+        });
+    }
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY)
+        .open(&real)?;
+    kind_of(file)
+}
+
+/// Sends up to `count` bytes of `file` from `*offset` to `socket` without copying them through
+/// user space, and advances `*offset`. Returns 0 when `*offset` is at or past the file's end.
+///
+/// # Errors
+/// As `sendfile(2)`: `WouldBlock` when the socket is full; `Unsupported` off Linux or for a file
+/// system without it, in which case the caller copies instead.
+pub fn sendfile(
+    socket: &impl AsRawFd,
+    file: &File,
+    offset: &mut u64,
+    count: usize,
+) -> io::Result<usize> {
+    #[cfg(target_os = "linux")]
+    {
+        linux::sendfile(socket, file, offset, count)
+    }
+    #[cfg(not(target_os = "linux"))]
+    {
+        let _ = (socket, file, offset, count);
+        Err(io::ErrorKind::Unsupported.into())
+    }
+}
+
+#[cfg(target_os = "linux")]
+mod linux {
+    use std::ffi::CString;
+    use std::fs::File;
+    use std::io;
+    use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+
+    use super::{Opened, kind_of};
+
+    pub fn open_beneath(root: &File, name: &str) -> io::Result<Opened> {
+        let name = CString::new(name).map_err(|_| io::Error::from_raw_os_error(libc::ENOENT))?;
+        let look = openat2(root, &name, libc::O_PATH)?;
+        match kind_of(File::from(look))? {
+            Opened::Regular(_) => {}
+            other => return Ok(other),
+        }
+        let file = openat2(
+            root,
+            &name,
+            libc::O_RDONLY | libc::O_NONBLOCK | libc::O_NOCTTY,
+        )?;
+        kind_of(File::from(file))
+    }
+
+    fn openat2(root: &File, name: &CString, flags: libc::c_int) -> io::Result<OwnedFd> {
+        // SAFETY: `open_how` is plain data for which all-zero is valid (no flags, no mode).
+        let mut how: libc::open_how = unsafe { std::mem::zeroed() };
+        how.flags = (flags | libc::O_CLOEXEC) as u64;
+        how.resolve = libc::RESOLVE_BENEATH | libc::RESOLVE_NO_MAGICLINKS;
+        // SAFETY: the descriptor and the NUL-terminated name outlive the call, and `how` is a
+        // valid `open_how` whose size is passed alongside it, as openat2(2) requires.
+        let fd = unsafe {
+            libc::syscall(
+                libc::SYS_openat2,
+                root.as_raw_fd(),
+                name.as_ptr(),
+                &how as *const libc::open_how,
+                std::mem::size_of::<libc::open_how>(),
+            )
+        };
+        if fd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: openat2 returned a new descriptor that nothing else owns.
+        Ok(unsafe { OwnedFd::from_raw_fd(fd as libc::c_int) })
+    }
+
+    pub fn sendfile(
+        socket: &impl AsRawFd,
+        file: &File,
+        offset: &mut u64,
+        count: usize,
+    ) -> io::Result<usize> {
+        let mut off = libc::off_t::try_from(*offset).map_err(|_| io::ErrorKind::InvalidInput)?;
+        // SAFETY: both descriptors are open for the duration of the call and `off` is a valid
+        // `off_t` the kernel updates in place.
+        let sent = unsafe { libc::sendfile(socket.as_raw_fd(), file.as_raw_fd(), &mut off, count) };
+        if sent < 0 {
+            let err = io::Error::last_os_error();
+            return Err(match err.raw_os_error() {
+                Some(libc::EINVAL | libc::ENOSYS | libc::EOPNOTSUPP) => {
+                    io::ErrorKind::Unsupported.into()
+                }
+                _ => err,
+            });
+        }
+        *offset = off as u64;
+        Ok(sent as usize)
+    }
 }

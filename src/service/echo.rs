@@ -19,16 +19,16 @@ use std::io;
 use std::ops::ControlFlow;
 use std::time::Instant;
 
-use log::{debug, trace};
+use log::trace;
 use mio::Interest;
 use mio::net::TcpStream;
 
-use super::{Context, KEEP, Next, Stream};
+use super::{Context, Handler, KEEP, Next, Stream, discard_input, io_failure};
 use crate::buffer::{Buffer, write_ready};
 use crate::config::Config;
 use crate::endpoint::Id;
 use crate::stats::{CloseReason, Metric};
-use crate::sys::{interrupted, peer_gone, would_block};
+use crate::sys::{interrupted, would_block};
 
 /// Where an echo connection is in its life.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -118,53 +118,6 @@ impl<S: Stream> Connection<S> {
                 self.idle_deadline
             }
             State::Lingering { until } => until,
-        }
-    }
-
-    /// The socket has input (or an error, or the client's FIN).
-    pub fn on_readable(&mut self, ctx: &mut Context<'_>) -> Next {
-        match self.state {
-            State::Open => self.echo_input(ctx),
-            // Paused on purpose: the kernel holds the input and TCP slows the client down.
-            State::Throttled => KEEP,
-            // The client's FIN was read; nothing more can arrive, and errors surface on write.
-            State::HalfClosed => KEEP,
-            // Shutting down: input after the final read pass is discarded once FIN is sent.
-            State::Flushing => KEEP,
-            State::Lingering { .. } => self.discard_input(ctx),
-        }
-    }
-
-    /// The socket can take output (or has an error).
-    pub fn on_writable(&mut self, ctx: &mut Context<'_>) -> Next {
-        match self.state {
-            State::Open => self.flush(ctx),
-            State::Throttled => {
-                self.flush(ctx)?;
-                if ctx.config.watermarks().has_drained(&self.owed) {
-                    self.resume_reading(ctx)
-                } else {
-                    KEEP
-                }
-            }
-            State::HalfClosed => {
-                self.flush(ctx)?;
-                if self.owed.is_empty() {
-                    ControlFlow::Break(CloseReason::PeerClosed)
-                } else {
-                    KEEP
-                }
-            }
-            State::Flushing => {
-                self.flush(ctx)?;
-                if self.owed.is_empty() {
-                    self.start_lingering(ctx)
-                } else {
-                    KEEP
-                }
-            }
-            // FIN is sent: nothing is ever written again.
-            State::Lingering { .. } => KEEP,
         }
     }
 
@@ -261,16 +214,12 @@ impl<S: Stream> Connection<S> {
         }
     }
 
-    /// LINGERING: reads and discards until the client's FIN.
-    fn discard_input(&mut self, ctx: &mut Context<'_>) -> Next {
-        loop {
-            match self.stream.read(ctx.scratch) {
-                Ok(0) => return ControlFlow::Break(CloseReason::Shutdown),
-                Ok(n) => trace!("{} echo discarded {n} bytes while lingering", Id(ctx.token)),
-                Err(e) if would_block(&e) => return KEEP,
-                Err(e) if interrupted(&e) => continue,
-                Err(e) => return self.fail(e, ctx),
-            }
+    /// LINGERING: discards input; the client's FIN ends the connection.
+    fn linger(&mut self, ctx: &mut Context<'_>) -> Next {
+        match discard_input(&mut self.stream, ctx.scratch) {
+            Ok(true) => ControlFlow::Break(CloseReason::Shutdown),
+            Ok(false) => KEEP,
+            Err(e) => self.fail(e, ctx),
         }
     }
 
@@ -306,23 +255,67 @@ impl<S: Stream> Connection<S> {
         let until = ctx.now + ctx.config.linger;
         self.transition(State::Lingering { until }, ctx);
         // Input may already be waiting; it raises no new edge.
-        self.discard_input(ctx)
+        self.linger(ctx)
     }
 
-    /// An I/O error closes this connection alone: quietly when the client went away.
+    /// An I/O error closes this connection alone.
     fn fail(&self, err: io::Error, ctx: &Context<'_>) -> Next {
-        debug!("{} echo in {}: {err}", Id(ctx.token), self.state);
-        if peer_gone(&err) {
-            ControlFlow::Break(CloseReason::Reset)
-        } else {
-            ControlFlow::Break(CloseReason::Error)
-        }
+        io_failure("echo", &self.state, err, ctx)
     }
 
     /// The one place the state changes.
     fn transition(&mut self, next: State, ctx: &Context<'_>) {
         trace!("{} echo {} -> {next}", Id(ctx.token), self.state);
         self.state = next;
+    }
+}
+
+impl<S: Stream> Handler for Connection<S> {
+    /// The socket has input (or an error, or the client's FIN).
+    fn on_readable(&mut self, ctx: &mut Context<'_>) -> Next {
+        match self.state {
+            State::Open => self.echo_input(ctx),
+            // Paused on purpose: the kernel holds the input and TCP slows the client down.
+            State::Throttled => KEEP,
+            // The client's FIN was read; nothing more can arrive, and errors surface on write.
+            State::HalfClosed => KEEP,
+            // Shutting down: input after the final read pass is discarded once FIN is sent.
+            State::Flushing => KEEP,
+            State::Lingering { .. } => self.linger(ctx),
+        }
+    }
+
+    /// The socket can take output (or has an error).
+    fn on_writable(&mut self, ctx: &mut Context<'_>) -> Next {
+        match self.state {
+            State::Open => self.flush(ctx),
+            State::Throttled => {
+                self.flush(ctx)?;
+                if ctx.config.watermarks().has_drained(&self.owed) {
+                    self.resume_reading(ctx)
+                } else {
+                    KEEP
+                }
+            }
+            State::HalfClosed => {
+                self.flush(ctx)?;
+                if self.owed.is_empty() {
+                    ControlFlow::Break(CloseReason::PeerClosed)
+                } else {
+                    KEEP
+                }
+            }
+            State::Flushing => {
+                self.flush(ctx)?;
+                if self.owed.is_empty() {
+                    self.start_lingering(ctx)
+                } else {
+                    KEEP
+                }
+            }
+            // FIN is sent: nothing is ever written again.
+            State::Lingering { .. } => KEEP,
+        }
     }
 }
 

@@ -6,6 +6,7 @@
 //! named [`CloseReason`]. Handlers never touch the slab or the `Registry`; that is
 //! [`endpoint`](crate::endpoint)'s job alone.
 
+pub mod download;
 pub mod echo;
 
 use std::fmt;
@@ -19,9 +20,13 @@ use mio::net::TcpStream;
 use mio::{Interest, Token};
 use signal_hook_mio::v1_0::Signals;
 
+use log::debug;
+
 use crate::config::Config;
+use crate::endpoint::Id;
 use crate::listener::Listener;
 use crate::stats::{CloseReason, Stats};
+use crate::sys::{interrupted, peer_gone, would_block};
 
 /// What a handler tells the loop: `Continue(())` keeps the endpoint, `Break(reason)` closes it.
 ///
@@ -63,12 +68,72 @@ impl Stream for TcpStream {
     }
 }
 
+/// Reads and discards input until `WouldBlock`; `Ok(true)` once the peer's FIN has arrived.
+///
+/// This is the draining half of a lingering close: after our FIN, input the peer still sends is
+/// read and dropped, so that closing does not find unread input and answer with RST.
+///
+/// # Errors
+/// A read error other than `WouldBlock` and `Interrupted`.
+pub fn discard_input(stream: &mut impl Read, scratch: &mut [u8]) -> io::Result<bool> {
+    loop {
+        match stream.read(scratch) {
+            Ok(0) => return Ok(true),
+            Ok(_) => {}
+            Err(e) if would_block(&e) => return Ok(false),
+            Err(e) if interrupted(&e) => {}
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// An I/O error closes this connection alone: as a reset when the peer went away, as an error
+/// otherwise. Either way it is the peer's or the network's business, logged at debug level.
+pub fn io_failure(
+    service: &str,
+    state: &dyn fmt::Display,
+    err: io::Error,
+    ctx: &Context<'_>,
+) -> Next {
+    debug!("{} {service} in {state}: {err}", Id(ctx.token));
+    if peer_gone(&err) {
+        ControlFlow::Break(CloseReason::Reset)
+    } else {
+        ControlFlow::Break(CloseReason::Error)
+    }
+}
+
+/// The two halves of readiness that every client connection handles.
+pub trait Handler {
+    /// The socket has input, the peer's FIN, or an error.
+    fn on_readable(&mut self, ctx: &mut Context<'_>) -> Next;
+    /// The socket can take output, or has an error.
+    fn on_writable(&mut self, ctx: &mut Context<'_>) -> Next;
+}
+
+/// Hands one readiness event to a connection.
+///
+/// Errors and hang-ups are passed on as readiness too: the next read or write reports them, and
+/// the handler closes with the right reason. Reads go first, so input that arrived with a
+/// hang-up is still handled.
+fn deliver(connection: &mut impl Handler, event: &Event, ctx: &mut Context<'_>) -> Next {
+    if event.is_readable() || event.is_read_closed() || event.is_error() {
+        connection.on_readable(ctx)?;
+    }
+    if event.is_writable() || event.is_write_closed() || event.is_error() {
+        connection.on_writable(ctx)?;
+    }
+    KEEP
+}
+
 /// One entry of the endpoint table: every source the loop polls.
 pub enum Endpoint {
     /// A TCP listener for one of the services.
     Listener(Listener),
     /// A TCP echo client (RFC 862).
     Echo(echo::Connection),
+    /// A TCP file download client.
+    Download(download::Connection),
     /// SIGINT and SIGTERM, delivered as readiness.
     Signals(Signals),
     /// The `mio::Waker` that a [`Handle`](crate::Handle) uses to ask for shutdown; the waker
@@ -81,6 +146,7 @@ impl fmt::Debug for Endpoint {
         match self {
             Endpoint::Listener(listener) => listener.fmt(f),
             Endpoint::Echo(connection) => connection.fmt(f),
+            Endpoint::Download(connection) => connection.fmt(f),
             Endpoint::Signals(_) | Endpoint::Waker => f.write_str(self.kind()),
         }
     }
@@ -92,6 +158,7 @@ impl Endpoint {
         match self {
             Endpoint::Listener(_) => "listener",
             Endpoint::Echo(_) => "echo",
+            Endpoint::Download(_) => "download",
             Endpoint::Signals(_) => "signals",
             Endpoint::Waker => "waker",
         }
@@ -100,7 +167,7 @@ impl Endpoint {
     /// Client connections count against `--max-conns` and are drained at shutdown.
     pub fn is_client(&self) -> bool {
         match self {
-            Endpoint::Echo(_) => true,
+            Endpoint::Echo(_) | Endpoint::Download(_) => true,
             Endpoint::Listener(_) | Endpoint::Signals(_) | Endpoint::Waker => false,
         }
     }
@@ -110,6 +177,7 @@ impl Endpoint {
         match self {
             Endpoint::Listener(listener) => Some(listener.source()),
             Endpoint::Echo(connection) => Some(connection.source()),
+            Endpoint::Download(connection) => Some(connection.source()),
             Endpoint::Signals(signals) => Some(signals),
             Endpoint::Waker => None,
         }
@@ -121,6 +189,7 @@ impl Endpoint {
         match self {
             Endpoint::Listener(listener) => listener.interest(),
             Endpoint::Echo(connection) => Some(connection.interest()),
+            Endpoint::Download(connection) => Some(connection.interest()),
             Endpoint::Signals(_) | Endpoint::Waker => Some(Interest::READABLE),
         }
     }
@@ -130,27 +199,17 @@ impl Endpoint {
         match self {
             Endpoint::Listener(listener) => listener.deadline(),
             Endpoint::Echo(connection) => Some(connection.deadline()),
+            Endpoint::Download(connection) => Some(connection.deadline()),
             Endpoint::Signals(_) | Endpoint::Waker => None,
         }
     }
 
-    /// Hands a readiness event to a client connection.
-    ///
-    /// Errors and hang-ups are passed on as readiness too: the next read or write reports them, and
-    /// the handler closes with the right reason. Reads go first, so input that arrived with a
-    /// hang-up is still echoed. Listeners, signals and the waker are the loop's own business and
-    /// are not handled here.
+    /// Hands a readiness event to a client connection. Listeners, signals and the waker are the
+    /// loop's own business and are not handled here.
     pub fn on_event(&mut self, event: &Event, ctx: &mut Context<'_>) -> Next {
         match self {
-            Endpoint::Echo(connection) => {
-                if event.is_readable() || event.is_read_closed() || event.is_error() {
-                    connection.on_readable(ctx)?;
-                }
-                if event.is_writable() || event.is_write_closed() || event.is_error() {
-                    connection.on_writable(ctx)?;
-                }
-                KEEP
-            }
+            Endpoint::Echo(connection) => deliver(connection, event, ctx),
+            Endpoint::Download(connection) => deliver(connection, event, ctx),
             Endpoint::Listener(_) | Endpoint::Signals(_) | Endpoint::Waker => KEEP,
         }
     }
@@ -163,6 +222,7 @@ impl Endpoint {
                 KEEP
             }
             Endpoint::Echo(connection) => connection.on_timeout(ctx),
+            Endpoint::Download(connection) => connection.on_timeout(ctx),
             Endpoint::Signals(_) | Endpoint::Waker => KEEP,
         }
     }
@@ -173,6 +233,7 @@ impl Endpoint {
         match self {
             Endpoint::Listener(_) => ControlFlow::Break(CloseReason::Shutdown),
             Endpoint::Echo(connection) => connection.on_shutdown(ctx),
+            Endpoint::Download(connection) => connection.on_shutdown(ctx),
             Endpoint::Signals(_) | Endpoint::Waker => KEEP,
         }
     }

@@ -12,7 +12,7 @@ use mio::{Interest, Token};
 
 use super::{Connection, State};
 use crate::config::Config;
-use crate::service::{Context, KEEP, Stream};
+use crate::service::{Context, Handler, KEEP, Stream};
 use crate::stats::{CloseReason, Metric, Stats};
 
 /// What the fake socket answers to the next read.

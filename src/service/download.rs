@@ -1,0 +1,399 @@
+//! TCP file download: a client names a file, the server streams it from the served root.
+//!
+//! The protocol is in `docs/PROTOCOL.md`; [`request`] parses it. One [`Connection`] per client, an
+//! explicit state machine:
+//!
+//! ```text
+//!   REQUEST → REPLYING → LINGERING → closed
+//!      │          (header, then body)      ▲
+//!      └── refused, bare form ─────────────┘
+//! ```
+//!
+//! A request ends at `\n`, at the client's FIN, or when the client has sent something and then
+//! stays silent for `--request-grace`: that is how the tutorial's bare file name, sent with no
+//! newline, is recognised without guessing from packet boundaries.
+//!
+//! The body goes out with `sendfile(2)` where there is one (see [`files::Transfer`]): the
+//! connection owns no buffer for it, so a 256 MiB download costs the server a file descriptor and a
+//! few counters. Every exchange ends with a lingering close, so a client that sent more than its
+//! request still reads the whole reply instead of an RST.
+
+pub mod files;
+pub mod listing;
+pub mod request;
+
+use std::fmt;
+use std::io::Read;
+use std::mem;
+use std::ops::ControlFlow;
+use std::sync::Arc;
+use std::time::Instant;
+
+use log::{debug, info, trace, warn};
+use mio::Interest;
+use mio::net::TcpStream;
+
+use self::files::{Files, Progress, Transfer};
+use self::request::{MAX_LINE, Refusal, Request};
+use super::{Context, Handler, KEEP, Next, Stream, discard_input, io_failure};
+use crate::buffer::{Buffer, write_ready};
+use crate::config::Config;
+use crate::endpoint::Id;
+use crate::stats::{CloseReason, Metric};
+use crate::sys::{interrupted, would_block};
+
+/// What follows the status line of a reply.
+#[derive(Debug)]
+pub enum Body {
+    /// Nothing: an `ERR` line.
+    Empty,
+    /// A file, from the requested offset.
+    File(Transfer),
+    /// The listing (its `OK <n>` header included), shared with other `LIST` replies.
+    Listing {
+        /// The whole reply.
+        bytes: Arc<[u8]>,
+        /// Next byte to send.
+        pos: usize,
+    },
+}
+
+/// Where a download connection is in its life.
+#[derive(Debug)]
+pub enum State {
+    /// Reading the request line.
+    Request {
+        /// The bytes so far, without the `\n`; never longer than [`MAX_LINE`] + 1 (for a `\r`).
+        line: Vec<u8>,
+        /// When the request counts as complete if nothing more arrives (`--request-grace` after
+        /// the latest byte); `None` until a byte has arrived.
+        grace: Option<Instant>,
+    },
+    /// Sending the reply: `head` (the status line) first, then `body`.
+    Replying {
+        /// Bytes of the status line not yet written.
+        head: Buffer,
+        /// The rest of the reply.
+        body: Body,
+    },
+    /// FIN sent: discarding input until the client's FIN or the deadline, then closing.
+    Lingering {
+        /// When to stop waiting for the client's FIN.
+        until: Instant,
+        /// What the close will be counted as.
+        reason: CloseReason,
+    },
+}
+
+impl fmt::Display for State {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            State::Request { .. } => "REQUEST",
+            State::Replying { .. } => "REPLYING",
+            State::Lingering { .. } => "LINGERING",
+        })
+    }
+}
+
+/// One download client.
+#[derive(Debug)]
+pub struct Connection {
+    stream: TcpStream,
+    files: Arc<Files>,
+    state: State,
+    /// When the connection counts as idle: pushed forward whenever the client makes progress.
+    idle_deadline: Instant,
+}
+
+impl Connection {
+    /// A new client, waiting for its request.
+    pub fn new(stream: TcpStream, now: Instant, config: &Config, files: Arc<Files>) -> Self {
+        Connection {
+            stream,
+            files,
+            state: State::Request {
+                line: Vec::new(),
+                grace: None,
+            },
+            idle_deadline: now + config.idle_timeout,
+        }
+    }
+
+    /// The socket, for registration.
+    pub fn source(&mut self) -> &mut TcpStream {
+        &mut self.stream
+    }
+
+    /// The current state.
+    pub fn state(&self) -> &State {
+        &self.state
+    }
+
+    /// Readable while reading the request or lingering; writable while replying.
+    pub fn interest(&self) -> Interest {
+        match self.state {
+            State::Request { .. } | State::Lingering { .. } => Interest::READABLE,
+            State::Replying { .. } => Interest::WRITABLE,
+        }
+    }
+
+    /// The request grace, the idle deadline, or the end of lingering.
+    pub fn deadline(&self) -> Instant {
+        match self.state {
+            State::Request { grace, .. } => {
+                grace.map_or(self.idle_deadline, |at| at.min(self.idle_deadline))
+            }
+            State::Replying { .. } => self.idle_deadline,
+            State::Lingering { until, .. } => until,
+        }
+    }
+
+    /// The deadline passed.
+    pub fn on_timeout(&mut self, ctx: &mut Context<'_>) -> Next {
+        match self.state {
+            // The client sent something and then paused: that was its whole request.
+            State::Request {
+                grace: Some(at), ..
+            } if at <= ctx.now => self.respond(ctx),
+            // Nothing moved for the idle timeout: no request, or a reader that stopped reading.
+            State::Request { .. } | State::Replying { .. } => ControlFlow::Break(CloseReason::Idle),
+            State::Lingering { reason, .. } => ControlFlow::Break(reason),
+        }
+    }
+
+    /// The server is shutting down.
+    pub fn on_shutdown(&mut self, ctx: &mut Context<'_>) -> Next {
+        match &self.state {
+            // No request under way: nothing to finish.
+            State::Request { line, .. } if line.is_empty() => {
+                self.start_lingering(CloseReason::Shutdown, ctx)
+            }
+            // A request is arriving or being answered: let it finish within the grace period.
+            State::Request { .. } | State::Replying { .. } | State::Lingering { .. } => KEEP,
+        }
+    }
+
+    /// REQUEST: reads until `WouldBlock`, the end of the line, the client's FIN, or the limit.
+    fn read_request(&mut self, ctx: &mut Context<'_>) -> Next {
+        loop {
+            let State::Request { line, grace } = &mut self.state else {
+                return KEEP;
+            };
+            let n = match self.stream.read(ctx.scratch) {
+                // FIN: whatever arrived is the whole request; nothing at all means goodbye.
+                Ok(0) if line.is_empty() => return ControlFlow::Break(CloseReason::PeerClosed),
+                Ok(0) => return self.respond(ctx),
+                Ok(n) => n,
+                Err(e) if would_block(&e) => return KEEP,
+                Err(e) if interrupted(&e) => continue,
+                Err(e) => return io_failure("download", &self.state, e, ctx),
+            };
+            ctx.stats.add(Metric::BytesIn, n as u64);
+            self.idle_deadline = ctx.now + ctx.config.idle_timeout;
+            let input = &ctx.scratch[..n];
+            let newline = input.iter().position(|&b| b == b'\n');
+            let part = &input[..newline.unwrap_or(n)];
+            // Room for a `\r` beyond the limit; past that, read no further.
+            if line.len() + part.len() > MAX_LINE + 1 {
+                line.extend_from_slice(&part[..MAX_LINE + 1 - line.len()]);
+                return self.respond(ctx);
+            }
+            line.extend_from_slice(part);
+            if newline.is_some() {
+                return self.respond(ctx);
+            }
+            *grace = Some(ctx.now + ctx.config.request_grace);
+            trace!(
+                "{} download request: {} bytes so far",
+                Id(ctx.token),
+                line.len()
+            );
+        }
+    }
+
+    /// The request is complete: REQUEST → REPLYING, or straight to LINGERING for a refused bare
+    /// name, which gets no reply at all.
+    fn respond(&mut self, ctx: &mut Context<'_>) -> Next {
+        let State::Request { line, .. } = &mut self.state else {
+            return KEEP;
+        };
+        let line = mem::take(line);
+        let bare = request::is_bare(&line);
+        let reply = request::parse(&line, self.files.serve_hidden())
+            .and_then(|request| self.prepare(request, ctx));
+        match reply {
+            Ok((head, body)) => {
+                self.transition(State::Replying { head, body }, ctx);
+                self.send(ctx)
+            }
+            Err(refusal) if bare => {
+                ctx.stats.add(Metric::DownloadsRefused, 1);
+                info!(
+                    "{} download of {:?} refused, closing without a reply: {refusal}",
+                    Id(ctx.token),
+                    printable(&line)
+                );
+                self.start_lingering(CloseReason::Finished, ctx)
+            }
+            Err(refusal) => {
+                ctx.stats.add(Metric::DownloadsRefused, 1);
+                debug!(
+                    "{} download of {:?}: {refusal}",
+                    Id(ctx.token),
+                    printable(&line)
+                );
+                let mut head = Buffer::new();
+                head.extend(format!("{refusal}\n").as_bytes());
+                self.transition(
+                    State::Replying {
+                        head,
+                        body: Body::Empty,
+                    },
+                    ctx,
+                );
+                self.send(ctx)
+            }
+        }
+    }
+
+    /// Opens what the request names and builds the reply's status line and body.
+    fn prepare(&self, request: Request, ctx: &Context<'_>) -> Result<(Buffer, Body), Refusal> {
+        let mut head = Buffer::new();
+        let body = match request {
+            Request::Get { name, offset } => {
+                let transfer = self.files.open_file(&name, offset)?;
+                head.extend(format!("OK {}\n", transfer.remaining()).as_bytes());
+                debug!(
+                    "{} GET {name:?} from {offset}: {} bytes",
+                    Id(ctx.token),
+                    transfer.remaining()
+                );
+                Body::File(transfer)
+            }
+            Request::Bare { name } => {
+                let transfer = self.files.open_file(&name, 0)?;
+                debug!(
+                    "{} bare {name:?}: {} bytes",
+                    Id(ctx.token),
+                    transfer.remaining()
+                );
+                Body::File(transfer)
+            }
+            Request::List => {
+                ctx.stats.add(Metric::Listings, 1);
+                Body::Listing {
+                    bytes: self.files.listing(ctx.now),
+                    pos: 0,
+                }
+            }
+        };
+        if let Body::File(_) = body {
+            ctx.stats.add(Metric::DownloadsStarted, 1);
+        }
+        Ok((head, body))
+    }
+
+    /// REPLYING: writes the status line, then the body, until done or the socket is full.
+    fn send(&mut self, ctx: &mut Context<'_>) -> Next {
+        let State::Replying { head, body } = &mut self.state else {
+            return KEEP;
+        };
+        // Writable means the client is reading: that is progress, not idleness.
+        self.idle_deadline = ctx.now + ctx.config.idle_timeout;
+        let progress = head.write_to(&mut self.stream).and_then(|written| {
+            ctx.stats.add(Metric::BytesOut, written as u64);
+            if !head.is_empty() {
+                return Ok(Progress::Blocked);
+            }
+            match body {
+                Body::Empty => Ok(Progress::Done),
+                Body::File(transfer) => transfer.send(&mut self.stream, ctx.scratch),
+                Body::Listing { bytes, pos } => {
+                    let written = write_ready(&mut self.stream, &bytes[*pos..])?;
+                    ctx.stats.add(Metric::BytesOut, written as u64);
+                    *pos += written;
+                    Ok(if *pos == bytes.len() {
+                        Progress::Done
+                    } else {
+                        Progress::Blocked
+                    })
+                }
+            }
+        });
+        match progress {
+            Ok(Progress::Blocked) => KEEP,
+            Ok(Progress::Done) => {
+                if let Body::File(_) = body {
+                    ctx.stats.add(Metric::DownloadsCompleted, 1);
+                }
+                self.start_lingering(CloseReason::Finished, ctx)
+            }
+            Ok(Progress::Truncated) => {
+                ctx.stats.add(Metric::DownloadsTruncated, 1);
+                warn!(
+                    "{} download: the file shrank while being sent; closing early",
+                    Id(ctx.token)
+                );
+                self.start_lingering(CloseReason::Error, ctx)
+            }
+            Err(e) => io_failure("download", &self.state, e, ctx),
+        }
+    }
+
+    /// → LINGERING: sends FIN, then drains input for at most `--linger`.
+    fn start_lingering(&mut self, reason: CloseReason, ctx: &mut Context<'_>) -> Next {
+        if let Err(e) = self.stream.shutdown_write() {
+            return io_failure("download", &self.state, e, ctx);
+        }
+        let until = ctx.now + ctx.config.linger;
+        // Leaving REPLYING drops the body, and with it the open file.
+        self.transition(State::Lingering { until, reason }, ctx);
+        self.linger(ctx)
+    }
+
+    /// LINGERING: discards input; the client's FIN ends the connection.
+    fn linger(&mut self, ctx: &mut Context<'_>) -> Next {
+        let State::Lingering { reason, .. } = self.state else {
+            return KEEP;
+        };
+        match discard_input(&mut self.stream, ctx.scratch) {
+            Ok(true) => ControlFlow::Break(reason),
+            Ok(false) => KEEP,
+            Err(e) => io_failure("download", &self.state, e, ctx),
+        }
+    }
+
+    /// The one place the state changes.
+    fn transition(&mut self, next: State, ctx: &Context<'_>) {
+        trace!("{} download {} -> {next}", Id(ctx.token), self.state);
+        self.state = next;
+    }
+}
+
+impl Handler for Connection {
+    /// The socket has input (or an error, or the client's FIN).
+    fn on_readable(&mut self, ctx: &mut Context<'_>) -> Next {
+        match self.state {
+            State::Request { .. } => self.read_request(ctx),
+            // One request per connection: anything more waits for the lingering drain.
+            State::Replying { .. } => KEEP,
+            State::Lingering { .. } => self.linger(ctx),
+        }
+    }
+
+    /// The socket can take output (or has an error).
+    fn on_writable(&mut self, ctx: &mut Context<'_>) -> Next {
+        match self.state {
+            // Nothing to write before the request is known.
+            State::Request { .. } => KEEP,
+            State::Replying { .. } => self.send(ctx),
+            // FIN is sent: nothing is ever written again.
+            State::Lingering { .. } => KEEP,
+        }
+    }
+}
+
+/// A request line as it may appear in a log: lossy UTF-8, cut to 100 characters.
+fn printable(line: &[u8]) -> String {
+    String::from_utf8_lossy(line).chars().take(100).collect()
+}
