@@ -31,7 +31,7 @@ use mio::{Events, Poll, Registry, Token};
 use crate::config::Config;
 use crate::endpoint::{EndpointTable, Id};
 use crate::listener::Service;
-use crate::service::{Context, Endpoint, KEEP, download, echo};
+use crate::service::{Context, Endpoint, FAIR_SHARE, KEEP, Next, download, echo};
 use crate::stats::{CloseReason, Metric, Snapshot, Stats};
 use crate::sys::interrupted;
 use crate::timers::poll_timeout;
@@ -71,6 +71,7 @@ impl Shared {
             config: &self.config,
             stats: &self.stats,
             scratch: &mut self.scratch,
+            budget: FAIR_SHARE,
         }
     }
 }
@@ -85,6 +86,8 @@ pub struct EventLoop {
     phase: Phase,
     /// When to log the next periodic stats line; `None` when `--stats-interval` is 0.
     next_stats_line: Option<Instant>,
+    /// Connections that spent their budget and must be called again without an event.
+    yielded: Vec<Token>,
     /// Stop requests from [`Handle`](crate::Handle)s, counted so two quick requests still mean
     /// "stop now" even when the waker coalesces them into one event.
     stop_requests: Arc<AtomicUsize>,
@@ -111,6 +114,7 @@ impl EventLoop {
             },
             phase: Phase::Running,
             next_stats_line: None,
+            yielded: Vec::new(),
             stop_requests,
         })
     }
@@ -137,12 +141,7 @@ impl EventLoop {
         let interval = self.shared.config.stats_interval;
         self.next_stats_line = (!interval.is_zero()).then(|| Instant::now() + interval);
         while self.phase != Phase::Stopped {
-            let deadlines = [
-                self.table.next_deadline(),
-                self.next_stats_line,
-                self.drain_deadline(),
-            ];
-            self.wait(poll_timeout(Instant::now(), deadlines))?;
+            self.wait(self.poll_timeout())?;
             let now = Instant::now();
             self.handle_events(now);
             self.fire_due_deadlines(now);
@@ -151,6 +150,20 @@ impl EventLoop {
         let summary = self.shared.stats.snapshot();
         info!("stopped: {summary}");
         Ok(summary)
+    }
+
+    /// How long `poll` may sleep: until the nearest deadline, and not at all while connections
+    /// that spent their budget wait to be resumed.
+    fn poll_timeout(&self) -> Option<Duration> {
+        if !self.yielded.is_empty() {
+            return Some(Duration::ZERO);
+        }
+        let deadlines = [
+            self.table.next_deadline(),
+            self.next_stats_line,
+            self.drain_deadline(),
+        ];
+        poll_timeout(Instant::now(), deadlines)
     }
 
     /// Waits for readiness or the timeout, and takes the batch of events.
@@ -171,6 +184,23 @@ impl EventLoop {
             self.dispatch(event, now);
         }
         self.events = events;
+        for token in mem::take(&mut self.yielded) {
+            if let Some(endpoint) = self.table.get_mut(token) {
+                let mut ctx = self.shared.context(now, token);
+                let next = endpoint.on_resume(&mut ctx);
+                let budget_left = ctx.budget;
+                self.settle_client(token, next, budget_left);
+            }
+        }
+    }
+
+    /// Applies a client handler's verdict, and remembers a client that spent its budget.
+    fn settle_client(&mut self, token: Token, next: Next, budget_left: usize) {
+        if next.is_continue() && budget_left == 0 {
+            self.yielded.push(token);
+        }
+        self.table
+            .settle(self.poll.registry(), token, next, &self.shared.stats);
     }
 
     /// Hands one event to the endpoint its token names.
@@ -203,8 +233,10 @@ impl EventLoop {
                 (0..requests).for_each(|_| self.request_stop(now));
             }
             Endpoint::Echo(_) | Endpoint::Download(_) => {
-                let next = endpoint.on_event(event, &mut self.shared.context(now, token));
-                self.table.settle(self.poll.registry(), token, next, &stats);
+                let mut ctx = self.shared.context(now, token);
+                let next = endpoint.on_event(event, &mut ctx);
+                let budget_left = ctx.budget;
+                self.settle_client(token, next, budget_left);
             }
         }
     }

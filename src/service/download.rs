@@ -307,7 +307,9 @@ impl Connection {
             }
             match body {
                 Body::Empty => Ok(Progress::Done),
-                Body::File(transfer) => transfer.send(&mut self.stream, ctx.scratch),
+                Body::File(transfer) => {
+                    transfer.send(&mut self.stream, ctx.scratch, &mut ctx.budget)
+                }
                 Body::Listing { bytes, pos } => {
                     let written = write_ready(&mut self.stream, &bytes[*pos..])?;
                     ctx.stats.add(Metric::BytesOut, written as u64);
@@ -321,7 +323,7 @@ impl Connection {
             }
         });
         match progress {
-            Ok(Progress::Blocked) => KEEP,
+            Ok(Progress::Blocked | Progress::Yielded) => KEEP,
             Ok(Progress::Done) => {
                 if let Body::File(_) = body {
                     ctx.stats.add(Metric::DownloadsCompleted, 1);

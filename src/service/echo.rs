@@ -154,6 +154,9 @@ impl<S: Stream> Connection<S> {
     fn echo_input(&mut self, ctx: &mut Context<'_>) -> Next {
         let marks = ctx.config.watermarks();
         loop {
+            if ctx.budget == 0 {
+                return KEEP; // the loop resumes this connection on its next pass
+            }
             // Never read more than the buffer may still hold: this is the memory bound.
             let room = marks.room(&self.owed).min(ctx.scratch.len());
             if room == 0 {
@@ -170,6 +173,7 @@ impl<S: Stream> Connection<S> {
                 Err(e) => return self.fail(e, ctx),
             };
             ctx.stats.add(Metric::BytesIn, n as u64);
+            ctx.budget = ctx.budget.saturating_sub(n);
             self.idle_deadline = ctx.now + ctx.config.idle_timeout;
             trace!("{} echo read {n} bytes", Id(ctx.token));
             self.echo(n, ctx)?;

@@ -50,7 +50,15 @@ pub struct Context<'a> {
     /// One read buffer shared by every connection: input is read here and written straight back,
     /// so a connection owns heap memory only while the peer is slow to take its output.
     pub scratch: &'a mut [u8],
+    /// Bytes this call may still move. A handler that uses it up stops before `WouldBlock`, and
+    /// the loop calls it again on its next pass, since no new edge will come for what is left.
+    /// So one fast client cannot hold the loop while others wait.
+    pub budget: usize,
 }
+
+/// A handler's [`Context::budget`] per call: 256 KiB is a few socket buffers' worth, enough to
+/// amortise a pass of the loop, small enough that a pass stays well under a millisecond.
+pub const FAIR_SHARE: usize = 256 * 1024;
 
 /// A byte stream a connection can run on: a TCP stream in the server, a scripted fake in the
 /// state-machine tests.
@@ -124,6 +132,13 @@ fn deliver(connection: &mut impl Handler, event: &Event, ctx: &mut Context<'_>) 
         connection.on_writable(ctx)?;
     }
     KEEP
+}
+
+/// Lets a connection that used up its budget continue. Each half does nothing in a state that
+/// has nothing to do, so calling both is always safe.
+fn resume(connection: &mut impl Handler, ctx: &mut Context<'_>) -> Next {
+    connection.on_readable(ctx)?;
+    connection.on_writable(ctx)
 }
 
 /// One entry of the endpoint table: every source the loop polls.
@@ -224,6 +239,15 @@ impl Endpoint {
             Endpoint::Echo(connection) => connection.on_timeout(ctx),
             Endpoint::Download(connection) => connection.on_timeout(ctx),
             Endpoint::Signals(_) | Endpoint::Waker => KEEP,
+        }
+    }
+
+    /// The endpoint used up its budget last time: carry on as if it were readable and writable.
+    pub fn on_resume(&mut self, ctx: &mut Context<'_>) -> Next {
+        match self {
+            Endpoint::Echo(connection) => resume(connection, ctx),
+            Endpoint::Download(connection) => resume(connection, ctx),
+            Endpoint::Listener(_) | Endpoint::Signals(_) | Endpoint::Waker => KEEP,
         }
     }
 

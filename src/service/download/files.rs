@@ -163,6 +163,8 @@ pub enum Progress {
     Done,
     /// The socket is full: wait for writable.
     Blocked,
+    /// The handler's budget is spent: the loop resumes the transfer on its next pass.
+    Yielded,
     /// The file ended before its size at open time: it shrank during the transfer.
     Truncated,
 }
@@ -201,9 +203,17 @@ impl Transfer {
     ///
     /// # Errors
     /// A write error on the socket or a read error on the file.
-    pub fn send(&mut self, socket: &mut TcpStream, scratch: &mut [u8]) -> io::Result<Progress> {
+    pub fn send(
+        &mut self,
+        socket: &mut TcpStream,
+        scratch: &mut [u8],
+        budget: &mut usize,
+    ) -> io::Result<Progress> {
         while self.pos < self.end {
-            let want = usize::try_from(self.remaining()).unwrap_or(usize::MAX);
+            if *budget == 0 {
+                return Ok(Progress::Yielded);
+            }
+            let want = usize::try_from(self.remaining()).map_or(*budget, |left| left.min(*budget));
             let sent = match self.via {
                 Via::Sendfile => sys::sendfile(socket, &self.file, &mut self.pos, want),
                 Via::Copy => self.copy(socket, scratch, want),
@@ -221,6 +231,7 @@ impl Transfer {
                     };
                     self.stats.add(metric, n as u64);
                     self.stats.add(Metric::BytesOut, n as u64);
+                    *budget = budget.saturating_sub(n);
                 }
                 Err(e) if would_block(&e) => return Ok(Progress::Blocked),
                 Err(e) if interrupted(&e) => {}

@@ -12,7 +12,7 @@ use mio::{Interest, Token};
 
 use super::{Connection, State};
 use crate::config::Config;
-use crate::service::{Context, Handler, KEEP, Stream};
+use crate::service::{Context, FAIR_SHARE, Handler, KEEP, Stream};
 use crate::stats::{CloseReason, Metric, Stats};
 
 /// What the fake socket answers to the next read.
@@ -130,6 +130,7 @@ impl Harness {
             config: &self.config,
             stats: &self.stats,
             scratch: &mut self.scratch,
+            budget: FAIR_SHARE,
         }
     }
 
@@ -241,6 +242,19 @@ fn open_stops_reading_at_the_high_water_mark() {
         "the rest stays in the kernel"
     );
     assert_eq!(h.stats.get(Metric::BufferedPeak), 16);
+}
+
+#[test]
+fn open_yields_once_its_budget_is_spent() {
+    let mut h = Harness::new();
+    let mut c = h.connection(Fake::with_input(&[&[1; 64], &[2; 64], &[3; 10]]));
+    let mut ctx = h.ctx();
+    ctx.budget = 100;
+    assert_eq!(c.on_readable(&mut ctx), KEEP);
+    assert_eq!(ctx.budget, 0, "spent: the loop will resume this connection");
+    // Reads are 16 bytes at most (the high mark): seven of them spend a budget of 100.
+    assert_eq!(c.stream.output.len(), 112, "stopped before WouldBlock");
+    assert!(!c.stream.input.is_empty());
 }
 
 #[test]
