@@ -9,6 +9,7 @@ use std::net::{IpAddr, Ipv4Addr};
 use std::path::PathBuf;
 use std::time::Duration;
 
+use clap::builder::BoolishValueParser;
 use clap::{Args, Parser, Subcommand};
 
 use crate::buffer::Watermarks;
@@ -136,10 +137,10 @@ pub struct Config {
     #[arg(long, env = "READYLOOP_LIST_MAX", default_value_t = DEFAULT_LIST_MAX)]
     pub list_max: usize,
     /// Serve and list names with a component starting with `.`.
-    #[arg(long, env = "READYLOOP_SERVE_HIDDEN")]
+    #[arg(long, env = "READYLOOP_SERVE_HIDDEN", value_parser = BoolishValueParser::new())]
     pub serve_hidden: bool,
     /// Send file bodies with read/write instead of zero-copy sendfile(2).
-    #[arg(long, env = "READYLOOP_NO_SENDFILE")]
+    #[arg(long, env = "READYLOOP_NO_SENDFILE", value_parser = BoolishValueParser::new())]
     pub no_sendfile: bool,
     /// Log a line of statistics this often (0: never).
     #[arg(long, env = "READYLOOP_STATS_INTERVAL", value_parser = parse_duration, default_value = "0")]
@@ -186,6 +187,10 @@ impl Config {
     pub fn validate(&self) -> Result<(), String> {
         if self.high_water == 0 {
             return Err("--high-water must be at least 1 byte".into());
+        }
+        if self.low_water == 0 {
+            // Reading resumes once fewer than --low-water bytes are owed: never, with 0.
+            return Err("--low-water must be at least 1 byte".into());
         }
         if self.low_water > self.high_water {
             return Err(format!(
@@ -269,6 +274,8 @@ mod tests {
             high_water: 5,
             ..Config::default()
         };
+        assert!(config.validate().unwrap_err().contains("--low-water"));
+        config.low_water = 0;
         assert!(config.validate().unwrap_err().contains("--low-water"));
         config.low_water = 1;
         config.max_conns = 0;

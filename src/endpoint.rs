@@ -11,10 +11,13 @@
 //!   Token(usize) = | generation (high half) | slab key (low half) |
 //! ```
 //!
-//! Slab reuses the key of a removed entry for the next insert. Without the generation, this can
-//! happen within one batch of events: event 1 closes connection #5, event 2 accepts a client that
-//! lands in slot #5, event 3 — queued by the kernel for the *old* #5 — would be handed to the new
-//! client. With the generation, event 3's token no longer matches slot #5 and is dropped as stale.
+//! Slab reuses the key of a removed entry for the next insert, and `poll` hands over a whole batch
+//! of events at once. So an event can outlive its endpoint: a handler early in the batch closes
+//! connection #5 (a shutdown request does this to every idle connection; on kqueue, where reads and
+//! writes are separate events, #5's own first event can), a later event accepts a client into the
+//! free slot #5, and then comes the event queued for the *old* #5. Looked up by key alone it would
+//! be handed to the new client. With the generation its token no longer matches slot #5, and it is
+//! dropped as stale. The check is one comparison per event.
 
 use std::fmt;
 use std::io;
@@ -60,8 +63,8 @@ struct Slot {
 pub struct EndpointTable {
     slab: Slab<Slot>,
     timers: Timers,
-    /// Generation given to the next insert. Wraps; a token could only be confused after 2^32
-    /// inserts into one slot within one batch of events.
+    /// Generation given to the next insert, counted over the whole table. Wraps; a token could
+    /// only be confused after 2^32 inserts within one batch of events.
     next_generation: usize,
     /// Client connections in the table (listeners, signals and the waker excluded).
     clients: usize,

@@ -268,9 +268,11 @@ impl EventLoop {
                     Arc::clone(files),
                 )),
             };
-            ctx.stats.add(Metric::Accepted, 1);
             match self.table.insert(registry, endpoint, ctx.stats) {
-                Ok(client) => trace!("{} accepted {peer} as {}", Id(token), Id(client)),
+                Ok(client) => {
+                    ctx.stats.add(Metric::Accepted, 1);
+                    trace!("{} accepted {peer} as {}", Id(token), Id(client));
+                }
                 Err(e) => warn!("cannot register a connection from {peer}: {e}"),
             }
         }

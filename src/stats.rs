@@ -68,7 +68,7 @@ macro_rules! metrics {
 }
 
 metrics! {
-    /// Client connections accepted and kept.
+    /// Client connections accepted and registered.
     Accepted => "accepted",
     /// Client connections open now.
     Open => "open",
@@ -110,11 +110,11 @@ metrics! {
     BodyBytesSendfile => "body_bytes_sendfile",
     /// Body bytes copied through user space (`--no-sendfile`, or no `sendfile` here).
     BodyBytesCopied => "body_bytes_copied",
-    /// Times `accept` ran out of descriptors and the listener backed off.
+    /// Times `accept` failed (out of descriptors, or unexpectedly) and the listener backed off.
     AcceptBackoffs => "accept_backoffs",
     /// Passes of the loop (one `poll` each).
     LoopIterations => "loop_iterations",
-    /// Readiness events handled.
+    /// Readiness events taken from `poll`, stale ones included.
     Events => "events",
     /// Events dropped because their token's endpoint had been closed.
     StaleEvents => "stale_events",

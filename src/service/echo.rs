@@ -137,7 +137,8 @@ impl<S: Stream> Connection<S> {
     pub fn on_shutdown(&mut self, ctx: &mut Context<'_>) -> Next {
         match self.state {
             State::Open => {
-                // One last read pass: input that arrived before the shutdown is still echoed.
+                // One last read pass (one fair share at most): input that had already arrived is
+                // still echoed. What comes later is discarded while lingering.
                 self.echo_input(ctx)?;
                 match self.state {
                     State::Open | State::Throttled => self.start_flushing(ctx),
@@ -155,7 +156,7 @@ impl<S: Stream> Connection<S> {
         let marks = ctx.config.watermarks();
         loop {
             if ctx.budget == 0 {
-                return KEEP; // the loop resumes this connection on its next pass
+                return KEEP; // the loop resumes this connection after the rest of the batch
             }
             // Never read more than the buffer may still hold: this is the memory bound.
             let room = marks.room(&self.owed).min(ctx.scratch.len());

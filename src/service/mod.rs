@@ -51,8 +51,8 @@ pub struct Context<'a> {
     /// so a connection owns heap memory only while the peer is slow to take its output.
     pub scratch: &'a mut [u8],
     /// Bytes this call may still move. A handler that uses it up stops before `WouldBlock`, and
-    /// the loop calls it again on its next pass, since no new edge will come for what is left.
-    /// So one fast client cannot hold the loop while others wait.
+    /// the loop calls it again once the other events of the batch have been handled, since no new
+    /// edge need come for what is left. So one fast client cannot hold the loop while others wait.
     pub budget: usize,
 }
 

@@ -163,7 +163,7 @@ pub enum Progress {
     Done,
     /// The socket is full: wait for writable.
     Blocked,
-    /// The handler's budget is spent: the loop resumes the transfer on its next pass.
+    /// The handler's budget is spent: the loop resumes the transfer after the rest of the batch.
     Yielded,
     /// The file ended before its size at open time: it shrank during the transfer.
     Truncated,
