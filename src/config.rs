@@ -43,6 +43,21 @@ pub const DEFAULT_REQUEST_GRACE: Duration = Duration::from_millis(50);
 pub const DEFAULT_MAX_OPEN_FILES: usize = 1024;
 /// Entries in a `LIST` reply: bounds the directory walk and the reply's memory.
 pub const DEFAULT_LIST_MAX: usize = 10_000;
+/// Silence after which a chat member expires: as long as a TCP connection may idle.
+pub const DEFAULT_CHAT_IDLE: Duration = Duration::from_secs(300);
+/// Longest chat datagram accepted, in bytes: a few lines of text, well under one MTU.
+pub const DEFAULT_CHAT_MAX_MSG: usize = 1024;
+/// Chat members at once: bounds the member table (a few hundred bytes each).
+pub const DEFAULT_CHAT_MAX_MEMBERS: usize = 4096;
+/// Chat rooms at once.
+pub const DEFAULT_CHAT_MAX_ROOMS: usize = 256;
+/// Messages per second per chat member: far above typing speed, far below a flood.
+pub const DEFAULT_CHAT_RATE: u32 = 20;
+/// Messages a chat member may send at once before the rate applies: a pasted paragraph.
+pub const DEFAULT_CHAT_BURST: u32 = 40;
+/// Datagrams waiting for the UDP socket before the oldest are dropped: about a megabyte at the
+/// largest message size, a full room's worth of one burst.
+pub const DEFAULT_CHAT_QUEUE: usize = 1024;
 /// Seconds a closing connection keeps draining input after its FIN, so unread input does not
 /// make the kernel answer with RST and destroy output the peer has not read yet.
 pub const DEFAULT_LINGER: Duration = Duration::from_secs(2);
@@ -142,6 +157,30 @@ pub struct Config {
     /// Send file bodies with read/write instead of zero-copy sendfile(2).
     #[arg(long, env = "READYLOOP_NO_SENDFILE", value_parser = BoolishValueParser::new())]
     pub no_sendfile: bool,
+    /// A chat member silent this long expires.
+    #[arg(long, env = "READYLOOP_CHAT_IDLE", value_parser = parse_duration, default_value = "300s")]
+    pub chat_idle: Duration,
+    /// Longest chat datagram accepted, in bytes.
+    #[arg(long, env = "READYLOOP_CHAT_MAX_MSG", default_value_t = DEFAULT_CHAT_MAX_MSG)]
+    pub chat_max_msg: usize,
+    /// Most chat members at once; more get `* server full`.
+    #[arg(long, env = "READYLOOP_CHAT_MAX_MEMBERS", default_value_t = DEFAULT_CHAT_MAX_MEMBERS)]
+    pub chat_max_members: usize,
+    /// Most chat rooms at once.
+    #[arg(long, env = "READYLOOP_CHAT_MAX_ROOMS", default_value_t = DEFAULT_CHAT_MAX_ROOMS)]
+    pub chat_max_rooms: usize,
+    /// Messages per second per chat member (0: no limit).
+    #[arg(long, env = "READYLOOP_CHAT_RATE", default_value_t = DEFAULT_CHAT_RATE)]
+    pub chat_rate: u32,
+    /// Messages a chat member may send at once before the rate applies.
+    #[arg(long, env = "READYLOOP_CHAT_BURST", default_value_t = DEFAULT_CHAT_BURST)]
+    pub chat_burst: u32,
+    /// Datagrams waiting for the UDP socket before the oldest are dropped.
+    #[arg(long, env = "READYLOOP_CHAT_QUEUE", default_value_t = DEFAULT_CHAT_QUEUE)]
+    pub chat_queue: usize,
+    /// New chat addresses must echo a cookie (`/verify`) before they join.
+    #[arg(long, env = "READYLOOP_CHAT_VERIFY", value_parser = BoolishValueParser::new())]
+    pub chat_verify: bool,
     /// Log a line of statistics this often (0: never).
     #[arg(long, env = "READYLOOP_STATS_INTERVAL", value_parser = parse_duration, default_value = "0")]
     pub stats_interval: Duration,
@@ -166,6 +205,14 @@ impl Default for Config {
             list_max: DEFAULT_LIST_MAX,
             serve_hidden: false,
             no_sendfile: false,
+            chat_idle: DEFAULT_CHAT_IDLE,
+            chat_max_msg: DEFAULT_CHAT_MAX_MSG,
+            chat_max_members: DEFAULT_CHAT_MAX_MEMBERS,
+            chat_max_rooms: DEFAULT_CHAT_MAX_ROOMS,
+            chat_rate: DEFAULT_CHAT_RATE,
+            chat_burst: DEFAULT_CHAT_BURST,
+            chat_queue: DEFAULT_CHAT_QUEUE,
+            chat_verify: false,
             stats_interval: Duration::ZERO,
         }
     }
@@ -200,6 +247,12 @@ impl Config {
         }
         if self.max_conns == 0 {
             return Err("--max-conns must be at least 1".into());
+        }
+        if self.chat_rate > 0 && self.chat_burst == 0 {
+            return Err("--chat-burst must be at least 1 while --chat-rate is set".into());
+        }
+        if self.chat_idle.is_zero() {
+            return Err("--chat-idle must be longer than 0".into());
         }
         if self.idle_timeout.is_zero() {
             return Err("--idle-timeout must be longer than 0".into());

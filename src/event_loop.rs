@@ -119,6 +119,11 @@ impl EventLoop {
         })
     }
 
+    /// The configuration the loop runs with.
+    pub fn config(&self) -> &Config {
+        &self.shared.config
+    }
+
     /// The registry, for sources that register themselves (the waker).
     pub fn registry(&self) -> &Registry {
         self.poll.registry()
@@ -232,7 +237,7 @@ impl EventLoop {
                 let requests = self.stop_requests.swap(0, Ordering::AcqRel);
                 (0..requests).for_each(|_| self.request_stop(now));
             }
-            Endpoint::Echo(_) | Endpoint::Download(_) => {
+            Endpoint::Echo(_) | Endpoint::Download(_) | Endpoint::Chat(_) => {
                 let mut ctx = self.shared.context(now, token);
                 let next = endpoint.on_event(event, &mut ctx);
                 let budget_left = ctx.budget;

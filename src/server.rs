@@ -11,16 +11,18 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Instant;
 
 use mio::Waker;
+use mio::net::UdpSocket;
 use signal_hook::consts::{SIGINT, SIGTERM};
 use signal_hook_mio::v1_0::Signals;
 
 use crate::config::Config;
 use crate::event_loop::EventLoop;
 use crate::listener::{Listener, Service};
-use crate::service::Endpoint;
 use crate::service::download::files::Files;
+use crate::service::{Endpoint, chat};
 use crate::stats::{Snapshot, Stats};
 use crate::sys;
 
@@ -88,7 +90,7 @@ impl std::error::Error for StartError {
 
 /// The addresses the services actually bound.
 ///
-/// Its `Display` is the start-up line's payload, `echo=ADDR files=ADDR`: space-separated
+/// Its `Display` is the start-up line's payload, `echo=ADDR files=ADDR chat=ADDR`: space-separated
 /// `service=address` pairs that scripts and tests parse. Keep it stable; new services add pairs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Addresses {
@@ -96,11 +98,17 @@ pub struct Addresses {
     pub echo: SocketAddr,
     /// TCP file download.
     pub files: SocketAddr,
+    /// UDP chat relay.
+    pub chat: SocketAddr,
 }
 
 impl fmt::Display for Addresses {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "echo={} files={}", self.echo, self.files)
+        write!(
+            f,
+            "echo={} files={} chat={}",
+            self.echo, self.files, self.chat
+        )
     }
 }
 
@@ -147,6 +155,7 @@ impl Server {
         config.validate().map_err(StartError::Config)?;
         let echo_addr = SocketAddr::new(config.bind, config.echo_port);
         let files_addr = SocketAddr::new(config.bind, config.files_port);
+        let chat_addr = SocketAddr::new(config.bind, config.chat_port);
 
         let stats = Arc::new(Stats::default());
         let files =
@@ -167,6 +176,7 @@ impl Server {
             Service::Download(Arc::new(files)),
             files_addr,
         )?;
+        let chat = bind_chat(&mut event_loop, chat_addr)?;
 
         let waker = event_loop
             .insert(Endpoint::Waker)
@@ -177,7 +187,7 @@ impl Server {
             })?;
         Ok(Server {
             event_loop,
-            addresses: Addresses { echo, files },
+            addresses: Addresses { echo, files, chat },
             handle: Handle {
                 waker: Arc::new(waker),
                 stop_requests,
@@ -240,6 +250,22 @@ fn bind_listener(
     let bound = socket.local_addr().map_err(bind_error)?;
     event_loop
         .insert(Endpoint::Listener(Listener::new(socket, service)))
+        .map_err(bind_error)?;
+    Ok(bound)
+}
+
+/// Binds the chat relay's UDP socket and puts it in the loop; returns the address actually bound.
+fn bind_chat(event_loop: &mut EventLoop, addr: SocketAddr) -> Result<SocketAddr, StartError> {
+    let bind_error = |source| StartError::Bind {
+        service: "chat",
+        addr,
+        source,
+    };
+    let socket = UdpSocket::bind(addr).map_err(bind_error)?;
+    let bound = socket.local_addr().map_err(bind_error)?;
+    let relay = chat::Relay::new(socket, event_loop.config(), Instant::now());
+    event_loop
+        .insert(Endpoint::Chat(Box::new(relay)))
         .map_err(bind_error)?;
     Ok(bound)
 }

@@ -110,6 +110,26 @@ metrics! {
     BodyBytesSendfile => "body_bytes_sendfile",
     /// Body bytes copied through user space (`--no-sendfile`, or no `sendfile` here).
     BodyBytesCopied => "body_bytes_copied",
+    /// Datagrams received by the chat relay.
+    ChatIn => "chat_in",
+    /// Datagrams sent by the chat relay.
+    ChatOut => "chat_out",
+    /// Member messages delivered to a member (one per recipient).
+    ChatRelayed => "chat_relayed",
+    /// Datagrams refused with a `* ` error (too long, not UTF-8, server full, unanswerable).
+    ChatRefused => "chat_refused",
+    /// Datagrams dropped by the per-member rate limit.
+    ChatDroppedRate => "chat_dropped_rate",
+    /// Queued datagrams dropped, oldest first, because the send queue was full.
+    ChatDroppedQueue => "chat_dropped_queue",
+    /// Datagrams the socket refused to send for good.
+    ChatDroppedSend => "chat_dropped_send",
+    /// Verification cookies sent (`--chat-verify`).
+    ChatChallenges => "chat_challenges",
+    /// Chat members now.
+    ChatMembers => "chat_members",
+    /// Chat rooms now.
+    ChatRooms => "chat_rooms",
     /// Times `accept` failed (out of descriptors, or unexpectedly) and the listener backed off.
     AcceptBackoffs => "accept_backoffs",
     /// Passes of the loop (one `poll` each).

@@ -6,6 +6,7 @@
 //! named [`CloseReason`]. Handlers never touch the slab or the `Registry`; that is
 //! [`endpoint`](crate::endpoint)'s job alone.
 
+pub mod chat;
 pub mod download;
 pub mod echo;
 
@@ -149,6 +150,9 @@ pub enum Endpoint {
     Echo(echo::Connection),
     /// A TCP file download client.
     Download(download::Connection),
+    /// The UDP chat relay: one socket for every member. Boxed: there is one relay, and every
+    /// slot of the table is as large as the largest variant.
+    Chat(Box<chat::Relay>),
     /// SIGINT and SIGTERM, delivered as readiness.
     Signals(Signals),
     /// The `mio::Waker` that a [`Handle`](crate::Handle) uses to ask for shutdown; the waker
@@ -162,6 +166,7 @@ impl fmt::Debug for Endpoint {
             Endpoint::Listener(listener) => listener.fmt(f),
             Endpoint::Echo(connection) => connection.fmt(f),
             Endpoint::Download(connection) => connection.fmt(f),
+            Endpoint::Chat(relay) => relay.fmt(f),
             Endpoint::Signals(_) | Endpoint::Waker => f.write_str(self.kind()),
         }
     }
@@ -174,6 +179,7 @@ impl Endpoint {
             Endpoint::Listener(_) => "listener",
             Endpoint::Echo(_) => "echo",
             Endpoint::Download(_) => "download",
+            Endpoint::Chat(_) => "chat",
             Endpoint::Signals(_) => "signals",
             Endpoint::Waker => "waker",
         }
@@ -183,7 +189,9 @@ impl Endpoint {
     pub fn is_client(&self) -> bool {
         match self {
             Endpoint::Echo(_) | Endpoint::Download(_) => true,
-            Endpoint::Listener(_) | Endpoint::Signals(_) | Endpoint::Waker => false,
+            Endpoint::Listener(_) | Endpoint::Chat(_) | Endpoint::Signals(_) | Endpoint::Waker => {
+                false
+            }
         }
     }
 
@@ -193,6 +201,7 @@ impl Endpoint {
             Endpoint::Listener(listener) => Some(listener.source()),
             Endpoint::Echo(connection) => Some(connection.source()),
             Endpoint::Download(connection) => Some(connection.source()),
+            Endpoint::Chat(relay) => Some(relay.source()),
             Endpoint::Signals(signals) => Some(signals),
             Endpoint::Waker => None,
         }
@@ -205,6 +214,7 @@ impl Endpoint {
             Endpoint::Listener(listener) => listener.interest(),
             Endpoint::Echo(connection) => Some(connection.interest()),
             Endpoint::Download(connection) => Some(connection.interest()),
+            Endpoint::Chat(relay) => Some(relay.interest()),
             Endpoint::Signals(_) | Endpoint::Waker => Some(Interest::READABLE),
         }
     }
@@ -215,6 +225,7 @@ impl Endpoint {
             Endpoint::Listener(listener) => listener.deadline(),
             Endpoint::Echo(connection) => Some(connection.deadline()),
             Endpoint::Download(connection) => Some(connection.deadline()),
+            Endpoint::Chat(relay) => relay.deadline(),
             Endpoint::Signals(_) | Endpoint::Waker => None,
         }
     }
@@ -225,6 +236,7 @@ impl Endpoint {
         match self {
             Endpoint::Echo(connection) => deliver(connection, event, ctx),
             Endpoint::Download(connection) => deliver(connection, event, ctx),
+            Endpoint::Chat(relay) => deliver(relay.as_mut(), event, ctx),
             Endpoint::Listener(_) | Endpoint::Signals(_) | Endpoint::Waker => KEEP,
         }
     }
@@ -238,6 +250,7 @@ impl Endpoint {
             }
             Endpoint::Echo(connection) => connection.on_timeout(ctx),
             Endpoint::Download(connection) => connection.on_timeout(ctx),
+            Endpoint::Chat(relay) => relay.on_timeout(ctx),
             Endpoint::Signals(_) | Endpoint::Waker => KEEP,
         }
     }
@@ -247,6 +260,7 @@ impl Endpoint {
         match self {
             Endpoint::Echo(connection) => resume(connection, ctx),
             Endpoint::Download(connection) => resume(connection, ctx),
+            Endpoint::Chat(relay) => resume(relay.as_mut(), ctx),
             Endpoint::Listener(_) | Endpoint::Signals(_) | Endpoint::Waker => KEEP,
         }
     }
@@ -258,7 +272,22 @@ impl Endpoint {
             Endpoint::Listener(_) => ControlFlow::Break(CloseReason::Shutdown),
             Endpoint::Echo(connection) => connection.on_shutdown(ctx),
             Endpoint::Download(connection) => connection.on_shutdown(ctx),
+            // Datagrams need no goodbye; the relay serves until the loop stops.
+            Endpoint::Chat(_) => KEEP,
             Endpoint::Signals(_) | Endpoint::Waker => KEEP,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every slot of the endpoint table is as large as the largest variant, and an idle
+    /// connection costs one slot: keep them small (issue 6 budgets 512 bytes per idle connection).
+    #[test]
+    fn an_endpoint_fits_in_a_few_cache_lines() {
+        let size = std::mem::size_of::<Endpoint>();
+        assert!(size <= 128, "Endpoint is {size} bytes");
     }
 }

@@ -1,0 +1,174 @@
+//! UDP chat relay: one socket, every member, rooms, nicknames and direct messages.
+//!
+//! The tutorial's chat was peer to peer: each program bound a port and sent to an address it was
+//! told. readyloop is the peer everybody sends to: a datagram from a new address makes it a member
+//! of the room `lobby`, and text is relayed to the room as `<nick>: <text>` (the sender included,
+//! so a lone sender sees its message went through). `docs/PROTOCOL.md` lists the commands.
+//!
+//! This file is the socket side: receive until `WouldBlock`, hand each datagram to [`Chat`] (in
+//! [`members`]), send what it produces, and queue what the socket will not take yet in the bounded
+//! [`Outbox`], with writable interest only while something waits there.
+
+pub mod bucket;
+pub mod command;
+pub mod cookie;
+pub mod members;
+pub mod outbox;
+
+use std::mem;
+use std::time::Instant;
+
+use log::debug;
+use mio::Interest;
+use mio::net::UdpSocket;
+
+use self::members::{Chat, Limits};
+use self::outbox::{Datagram, Outbox};
+use super::{Context, Handler, KEEP, Next};
+use crate::config::Config;
+use crate::endpoint::Id;
+use crate::stats::Metric;
+use crate::sys::{interrupted, would_block};
+
+/// Budget charged per datagram at the least, so a flood of tiny datagrams still yields the loop
+/// after a few hundred of them.
+const DATAGRAM_COST: usize = 1024;
+
+/// The chat relay endpoint.
+#[derive(Debug)]
+pub struct Relay {
+    socket: UdpSocket,
+    chat: Chat,
+    outbox: Outbox,
+    /// What the datagram being handled produced; kept to reuse its allocation.
+    produced: Vec<Datagram>,
+}
+
+impl Relay {
+    /// A relay on a bound socket.
+    pub fn new(socket: UdpSocket, config: &Config, now: Instant) -> Self {
+        Relay {
+            socket,
+            chat: Chat::new(Limits::from_config(config), now),
+            outbox: Outbox::new(config.chat_queue),
+            produced: Vec::new(),
+        }
+    }
+
+    /// The socket, for registration.
+    pub fn source(&mut self) -> &mut UdpSocket {
+        &mut self.socket
+    }
+
+    /// Always readable; writable only while datagrams wait in the outbox.
+    pub fn interest(&self) -> Interest {
+        if self.outbox.is_empty() {
+            Interest::READABLE
+        } else {
+            Interest::READABLE | Interest::WRITABLE
+        }
+    }
+
+    /// When the next member may expire.
+    pub fn deadline(&self) -> Option<Instant> {
+        self.chat.next_expiry()
+    }
+
+    /// Expires silent members.
+    pub fn on_timeout(&mut self, ctx: &mut Context<'_>) -> Next {
+        self.chat.expire(ctx.now, ctx.stats, &mut self.produced);
+        self.send_produced(ctx);
+        KEEP
+    }
+
+    /// Sends (or queues) everything the last datagram or expiry produced.
+    fn send_produced(&mut self, ctx: &mut Context<'_>) {
+        let mut produced = mem::take(&mut self.produced);
+        for datagram in produced.drain(..) {
+            if self.outbox.is_empty() {
+                if let Some(unsent) = self.send(datagram, ctx) {
+                    self.queue(unsent, ctx);
+                }
+            } else {
+                // Others wait ahead of it: keep the order.
+                self.queue(datagram, ctx);
+            }
+        }
+        self.produced = produced;
+    }
+
+    /// Sends one datagram; gives it back if the socket would block.
+    fn send(&mut self, datagram: Datagram, ctx: &Context<'_>) -> Option<Datagram> {
+        loop {
+            match self.socket.send_to(&datagram.payload, datagram.to) {
+                Ok(_) => {
+                    ctx.stats.add(Metric::ChatOut, 1);
+                    return None;
+                }
+                Err(e) if would_block(&e) => return Some(datagram),
+                Err(e) if interrupted(&e) => {}
+                Err(e) => {
+                    // One unreachable peer must not hold the queue up: drop, count, carry on.
+                    debug!(
+                        "{} chat: send to {} failed: {e}",
+                        Id(ctx.token),
+                        datagram.to
+                    );
+                    ctx.stats.add(Metric::ChatDroppedSend, 1);
+                    return None;
+                }
+            }
+        }
+    }
+
+    fn queue(&mut self, datagram: Datagram, ctx: &Context<'_>) {
+        if self.outbox.push(datagram).is_some() {
+            ctx.stats.add(Metric::ChatDroppedQueue, 1);
+        }
+    }
+}
+
+impl Handler for Relay {
+    /// Receives datagrams until `WouldBlock` (or the budget is spent) and handles each.
+    fn on_readable(&mut self, ctx: &mut Context<'_>) -> Next {
+        while ctx.budget > 0 {
+            let (n, from) = match self.socket.recv_from(ctx.scratch) {
+                Ok(received) => received,
+                Err(e) if would_block(&e) => return KEEP,
+                Err(e) if interrupted(&e) => continue,
+                Err(e) => {
+                    // An error reported for an earlier send concerns that peer only. It still
+                    // costs budget, so an error that repeats cannot hold the loop.
+                    debug!("{} chat: receive failed: {e}", Id(ctx.token));
+                    ctx.budget = ctx.budget.saturating_sub(DATAGRAM_COST);
+                    continue;
+                }
+            };
+            ctx.budget = ctx.budget.saturating_sub(n.max(DATAGRAM_COST));
+            ctx.stats.add(Metric::ChatIn, 1);
+            // The scratch buffer holds 64 KiB, the largest UDP payload: `n` is the whole datagram,
+            // never a truncated one, so an oversize message is seen as such.
+            self.chat.on_datagram(
+                from,
+                &ctx.scratch[..n],
+                ctx.now,
+                ctx.stats,
+                &mut self.produced,
+            );
+            self.send_produced(ctx);
+        }
+        KEEP
+    }
+
+    /// Sends queued datagrams until the socket would block again.
+    fn on_writable(&mut self, ctx: &mut Context<'_>) -> Next {
+        while let Some(datagram) = self.outbox.front() {
+            let datagram = datagram.clone();
+            if self.send(datagram, ctx).is_some() {
+                return KEEP;
+            }
+            self.outbox.pop_front();
+        }
+        KEEP
+    }
+}

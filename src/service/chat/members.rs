@@ -1,0 +1,467 @@
+//! Who is in the chat and what their datagrams mean: members, nicknames, rooms, commands, expiry,
+//! rate limits and verification. No sockets here.
+//!
+//! [`Chat::on_datagram`] takes one datagram and appends the datagrams it causes (replies, relayed
+//! lines, notices) to an output list; the relay in `chat.rs` does the sending. Keeping the two
+//! apart lets every rule below be tested without a network.
+//!
+//! Every line the server writes ends with `\n`; its own lines start with `* `, and a member's text
+//! is relayed as `<nick>: <text>`.
+
+use std::collections::{BTreeSet, HashMap, HashSet};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use super::bucket::TokenBucket;
+use super::command::{self, Command, HELP};
+use super::cookie::Cookies;
+use super::outbox::Datagram;
+use crate::config::Config;
+use crate::stats::{Metric, Stats};
+
+/// The room every new member starts in.
+pub const LOBBY: &str = "lobby";
+
+/// Longest reply the server composes for `/who` and `/rooms`: safely under one Ethernet MTU, so
+/// no reply is ever fragmented; longer lists end in "and N more".
+const MAX_LIST_REPLY: usize = 1200;
+
+/// A reply to an address that has not proven it receives what is sent to it may be at most this
+/// many times the size of the datagram that caused it: a forger gains nothing by spoofing.
+const AMPLIFICATION: usize = 3;
+
+/// The limits the chat enforces, from the configuration.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    /// Longest datagram accepted, in bytes.
+    pub max_msg: usize,
+    /// Most members at once.
+    pub max_members: usize,
+    /// Most rooms at once.
+    pub max_rooms: usize,
+    /// Messages per second per member; 0 turns rate limiting off.
+    pub rate: u32,
+    /// Messages a member may send at once before the rate applies.
+    pub burst: u32,
+    /// Silence after which a member expires.
+    pub idle: Duration,
+    /// New addresses must send back a cookie before they join.
+    pub verify: bool,
+}
+
+impl Limits {
+    /// The chat limits of a configuration.
+    pub fn from_config(config: &Config) -> Self {
+        Limits {
+            max_msg: config.chat_max_msg,
+            max_members: config.chat_max_members,
+            max_rooms: config.chat_max_rooms,
+            rate: config.chat_rate,
+            burst: config.chat_burst,
+            idle: config.chat_idle,
+            verify: config.chat_verify,
+        }
+    }
+}
+
+/// One member.
+#[derive(Debug)]
+struct Member {
+    /// The chosen nickname; `None` means the default, the address itself.
+    nick: Option<String>,
+    room: String,
+    /// Whether the member's own messages come back to it.
+    echo: bool,
+    /// When the member last sent anything.
+    last_seen: Instant,
+    /// The expiry entry armed for this member in [`Chat::expiries`]; may be earlier than
+    /// `last_seen + idle` (activity since), never later.
+    armed: Instant,
+    bucket: TokenBucket,
+    /// When the member was last told to slow down: at most once a second.
+    slowed: Option<Instant>,
+}
+
+impl Member {
+    fn name(&self, addr: SocketAddr) -> String {
+        self.nick.clone().unwrap_or_else(|| addr.to_string())
+    }
+}
+
+/// The whole chat: members, nicknames and rooms.
+#[derive(Debug)]
+pub struct Chat {
+    limits: Limits,
+    members: HashMap<SocketAddr, Member>,
+    /// Chosen nicknames; default ones (`ip:port`) are not listed, and cannot clash, having a `:`.
+    nicks: HashMap<String, SocketAddr>,
+    rooms: HashMap<String, HashSet<SocketAddr>>,
+    /// Armed expiries, nearest first: one entry per member.
+    expiries: BTreeSet<(Instant, SocketAddr)>,
+    cookies: Cookies,
+}
+
+impl Chat {
+    /// An empty chat.
+    pub fn new(limits: Limits, now: Instant) -> Self {
+        Chat {
+            limits,
+            members: HashMap::new(),
+            nicks: HashMap::new(),
+            rooms: HashMap::new(),
+            expiries: BTreeSet::new(),
+            cookies: Cookies::new(now),
+        }
+    }
+
+    /// Members now.
+    pub fn members(&self) -> usize {
+        self.members.len()
+    }
+
+    /// Rooms now.
+    pub fn rooms(&self) -> usize {
+        self.rooms.len()
+    }
+
+    /// When the next member may expire.
+    pub fn next_expiry(&self) -> Option<Instant> {
+        self.expiries.first().map(|(at, _)| *at)
+    }
+
+    /// Handles one datagram from `from`; appends what it causes to `out`.
+    pub fn on_datagram(
+        &mut self,
+        from: SocketAddr,
+        data: &[u8],
+        now: Instant,
+        stats: &Stats,
+        out: &mut Vec<Datagram>,
+    ) {
+        if !self.members.contains_key(&from) && !self.admit(from, data, now, stats, out) {
+            return;
+        }
+        let limits = &self.limits;
+        let Some(member) = self.members.get_mut(&from) else {
+            return;
+        };
+        member.last_seen = now;
+        if limits.rate > 0 && !member.bucket.take(limits.rate, limits.burst, now) {
+            stats.add(Metric::ChatDroppedRate, 1);
+            if member
+                .slowed
+                .is_none_or(|at| now.duration_since(at) >= Duration::from_secs(1))
+            {
+                member.slowed = Some(now);
+                let line = format!("* slow down: at most {} messages a second", limits.rate);
+                reply(out, from, &line);
+            }
+            return;
+        }
+        if data.len() > limits.max_msg {
+            stats.add(Metric::ChatRefused, 1);
+            let line = format!(
+                "* message too long: {} bytes, the limit is {}",
+                data.len(),
+                limits.max_msg
+            );
+            return reply(out, from, &line);
+        }
+        let Ok(text) = std::str::from_utf8(data) else {
+            stats.add(Metric::ChatRefused, 1);
+            return reply(out, from, "* not relayed: messages must be UTF-8 text");
+        };
+        let text = text.strip_suffix('\n').unwrap_or(text);
+        let text = text.strip_suffix('\r').unwrap_or(text);
+        if text.starts_with('/') {
+            self.command(from, command::parse(text), stats, out);
+        } else {
+            self.say(from, text, stats, out);
+        }
+    }
+
+    /// Removes members silent for longer than the idle limit; tells their rooms.
+    pub fn expire(&mut self, now: Instant, stats: &Stats, out: &mut Vec<Datagram>) {
+        while let Some(&(at, addr)) = self.expiries.first() {
+            if at > now {
+                return;
+            }
+            self.expiries.pop_first();
+            let Some(member) = self.members.get_mut(&addr) else {
+                continue;
+            };
+            let due = member.last_seen + self.limits.idle;
+            if due > now {
+                // Active since this entry was armed: arm the real expiry instead.
+                member.armed = due;
+                self.expiries.insert((due, addr));
+                continue;
+            }
+            let idle = self.limits.idle.as_secs();
+            if let Some((name, room)) = self.remove(addr, stats) {
+                let line = format!("* {name} left {room} (silent for {idle} s)");
+                self.tell_room(&room, None, &line, out);
+            }
+        }
+    }
+
+    /// A datagram from an address that is not a member: make it one, or answer why not. Returns
+    /// whether the datagram should then be handled as the new member's.
+    fn admit(
+        &mut self,
+        from: SocketAddr,
+        data: &[u8],
+        now: Instant,
+        stats: &Stats,
+        out: &mut Vec<Datagram>,
+    ) -> bool {
+        let verified = match std::str::from_utf8(data).map(command::parse) {
+            Ok(Command::Verify(cookie)) => self.cookies.check(from, cookie, now),
+            _ => false,
+        };
+        if self.limits.verify && !verified {
+            let challenge = format!("* verify with: /verify {}\n", self.cookies.issue(from, now));
+            // Only answer what is big enough: the reply may not amplify a forged datagram.
+            if challenge.len() <= data.len() * AMPLIFICATION {
+                stats.add(Metric::ChatChallenges, 1);
+                push(out, from, challenge.into_bytes().into());
+            } else {
+                stats.add(Metric::ChatRefused, 1);
+            }
+            return false;
+        }
+        if self.members.len() >= self.limits.max_members {
+            stats.add(Metric::ChatRefused, 1);
+            reply(out, from, "* server full");
+            return false;
+        }
+        let expires = now + self.limits.idle;
+        self.members.insert(
+            from,
+            Member {
+                nick: None,
+                room: LOBBY.to_string(),
+                echo: true,
+                last_seen: now,
+                armed: expires,
+                bucket: TokenBucket::full(self.limits.burst, now),
+                slowed: None,
+            },
+        );
+        self.expiries.insert((expires, from));
+        self.enter(from, LOBBY, stats);
+        stats.add(Metric::ChatMembers, 1);
+        self.tell_room(LOBBY, Some(from), &format!("* {from} joined {LOBBY}"), out);
+        // The `/verify` that made it a member is not a message to handle further.
+        if verified {
+            reply(
+                out,
+                from,
+                &format!("* verified: you are {from}, in {LOBBY}"),
+            );
+        }
+        !verified
+    }
+
+    /// Relays text to the sender's room.
+    fn say(&mut self, from: SocketAddr, text: &str, stats: &Stats, out: &mut Vec<Datagram>) {
+        let Some(member) = self.members.get(&from) else {
+            return;
+        };
+        let line = format!("{}: {text}", member.name(from));
+        let skip = (!member.echo).then_some(from);
+        let room = member.room.clone();
+        let sent = self.tell_room(&room, skip, &line, out);
+        stats.add(Metric::ChatRelayed, sent as u64);
+    }
+
+    /// Carries out one command for `from`.
+    fn command(
+        &mut self,
+        from: SocketAddr,
+        command: Command<'_>,
+        stats: &Stats,
+        out: &mut Vec<Datagram>,
+    ) {
+        let Some(member) = self.members.get_mut(&from) else {
+            return;
+        };
+        let name = member.name(from);
+        match command {
+            Command::Nick(nick) => match self.nicks.get(nick) {
+                Some(owner) if *owner != from => {
+                    reply(out, from, &format!("* nick {nick} is taken"))
+                }
+                _ => {
+                    if let Some(old) = member.nick.replace(nick.to_string()) {
+                        self.nicks.remove(&old);
+                    }
+                    self.nicks.insert(nick.to_string(), from);
+                    let room = member.room.clone();
+                    reply(out, from, &format!("* you are now {nick}"));
+                    self.tell_room(&room, Some(from), &format!("* {name} is now {nick}"), out);
+                }
+            },
+            Command::Join(room) if room == member.room => {
+                reply(out, from, &format!("* you are already in {room}"));
+            }
+            Command::Join(room)
+                if !self.rooms.contains_key(room) && self.rooms.len() >= self.limits.max_rooms =>
+            {
+                reply(
+                    out,
+                    from,
+                    &format!("* too many rooms (the limit is {})", self.limits.max_rooms),
+                );
+            }
+            Command::Join(room) => {
+                let old = std::mem::replace(&mut member.room, room.to_string());
+                self.quit(from, &old, stats);
+                self.tell_room(&old, None, &format!("* {name} left {old}"), out);
+                self.tell_room(room, None, &format!("* {name} joined {room}"), out);
+                self.enter(from, room, stats);
+                let others = self.rooms.get(room).map_or(0, |r| r.len() - 1);
+                reply(
+                    out,
+                    from,
+                    &format!("* you joined {room} ({others} others here)"),
+                );
+            }
+            Command::Leave => {
+                if let Some((name, room)) = self.remove(from, stats) {
+                    self.tell_room(&room, None, &format!("* {name} left {room}"), out);
+                }
+                reply(out, from, "* you left the chat; send anything to come back");
+            }
+            Command::Who => {
+                let room = member.room.clone();
+                let mut names: Vec<String> = self
+                    .rooms
+                    .get(&room)
+                    .into_iter()
+                    .flatten()
+                    .map(|addr| self.members[addr].name(*addr))
+                    .collect();
+                names.sort();
+                reply(out, from, &bounded_list(&format!("* in {room}: "), names));
+            }
+            Command::Rooms => {
+                let mut rooms: Vec<String> = self
+                    .rooms
+                    .iter()
+                    .map(|(name, members)| format!("{name} ({})", members.len()))
+                    .collect();
+                rooms.sort();
+                reply(out, from, &bounded_list("* rooms: ", rooms));
+            }
+            Command::Msg { to, text } => {
+                let target = self.nicks.get(to).copied().or_else(|| {
+                    to.parse()
+                        .ok()
+                        .filter(|addr| self.members.contains_key(addr))
+                });
+                match target {
+                    Some(target) => {
+                        reply(out, target, &format!("[dm] {name}: {text}"));
+                        stats.add(Metric::ChatRelayed, 1);
+                        if target != from {
+                            reply(out, from, &format!("* sent to {to}"));
+                        }
+                    }
+                    None => reply(out, from, &format!("* no such nick: {to}")),
+                }
+            }
+            Command::Echo(on) => {
+                member.echo = on;
+                reply(out, from, if on { "* echo on" } else { "* echo off" });
+            }
+            Command::Help => reply(out, from, HELP),
+            Command::Verify(_) => reply(out, from, "* you are already a member"),
+            Command::Usage(usage) => reply(out, from, &format!("* usage: {usage}")),
+            Command::Unknown(word) => {
+                reply(out, from, &format!("* unknown command {word}; try /help"))
+            }
+        }
+    }
+
+    /// Adds `addr` to a room's member set, creating the room.
+    fn enter(&mut self, addr: SocketAddr, room: &str, stats: &Stats) {
+        let members = self.rooms.entry(room.to_string()).or_insert_with(|| {
+            stats.add(Metric::ChatRooms, 1);
+            HashSet::new()
+        });
+        members.insert(addr);
+    }
+
+    /// Takes `addr` out of a room's member set, removing the room once empty.
+    fn quit(&mut self, addr: SocketAddr, room: &str, stats: &Stats) {
+        if let Some(members) = self.rooms.get_mut(room) {
+            members.remove(&addr);
+            if members.is_empty() {
+                self.rooms.remove(room);
+                stats.sub(Metric::ChatRooms, 1);
+            }
+        }
+    }
+
+    /// Removes a member entirely; returns its name and room for the notice.
+    fn remove(&mut self, addr: SocketAddr, stats: &Stats) -> Option<(String, String)> {
+        let member = self.members.remove(&addr)?;
+        self.expiries.remove(&(member.armed, addr));
+        if let Some(nick) = &member.nick {
+            self.nicks.remove(nick);
+        }
+        self.quit(addr, &member.room, stats);
+        stats.sub(Metric::ChatMembers, 1);
+        Some((member.name(addr), member.room))
+    }
+
+    /// Sends `line` to every member of `room` but `skip`; returns how many datagrams that made.
+    fn tell_room(
+        &self,
+        room: &str,
+        skip: Option<SocketAddr>,
+        line: &str,
+        out: &mut Vec<Datagram>,
+    ) -> usize {
+        let Some(members) = self.rooms.get(room) else {
+            return 0;
+        };
+        let payload: Arc<[u8]> = format!("{line}\n").into_bytes().into();
+        let before = out.len();
+        for &addr in members.iter().filter(|addr| Some(**addr) != skip) {
+            push(out, addr, Arc::clone(&payload));
+        }
+        out.len() - before
+    }
+}
+
+/// Queues one line for one address.
+fn reply(out: &mut Vec<Datagram>, to: SocketAddr, line: &str) {
+    push(out, to, format!("{line}\n").into_bytes().into());
+}
+
+fn push(out: &mut Vec<Datagram>, to: SocketAddr, payload: Arc<[u8]>) {
+    out.push(Datagram { to, payload });
+}
+
+/// `prefix` and the items joined by `, `, cut to [`MAX_LIST_REPLY`] bytes with "and N more".
+fn bounded_list(prefix: &str, items: Vec<String>) -> String {
+    let mut line = prefix.to_string();
+    let total = items.len();
+    for (shown, item) in items.into_iter().enumerate() {
+        if shown > 0 {
+            line.push_str(", ");
+        }
+        if line.len() + item.len() > MAX_LIST_REPLY - 20 {
+            line.push_str(&format!("and {} more", total - shown));
+            return line;
+        }
+        line.push_str(&item);
+    }
+    line
+}
+
+#[cfg(test)]
+mod tests;
