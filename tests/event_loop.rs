@@ -8,7 +8,7 @@ use std::net::TcpStream;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use readyloop::Metric;
+use readyloop::{Config, Metric, Server, StartError};
 
 use common::{
     IO_TIMEOUT, TestServer, WAIT, connect, join_within, payload, read_to_eof_within, round_trip,
@@ -273,17 +273,18 @@ fn connection_churn_never_cross_delivers_data() {
 
 // ---- water marks ----------------------------------------------------------------------------
 
-/// With `low_water` 0 (which `validate` accepts), a throttled connection must still read again
-/// once everything owed has been delivered. The client sends 16 MiB (more than loopback's kernel
-/// buffers hold) on a writer thread and starts reading only once the server is throttled (its
-/// buffer at the 16 KiB high-water mark), so the rest can only be echoed if reading resumes.
+/// With `low_water` 1, the smallest mark allowed, a throttled connection reads again only once
+/// everything owed has been delivered: the last step before a connection would wedge. The
+/// client sends 16 MiB (more than loopback's kernel buffers hold) on a writer thread and starts
+/// reading only once the server is throttled (its buffer at the 16 KiB high-water mark), so the
+/// rest can only be echoed if reading resumes.
 #[test]
-fn a_throttled_client_is_read_again_once_drained_even_with_zero_low_water() {
+fn a_throttled_client_is_read_again_once_drained_below_the_low_water_mark() {
     const TOTAL: usize = 16 * 1024 * 1024;
     const HIGH: usize = 16 * 1024;
     let server = TestServer::start(|c| {
         c.high_water = HIGH;
-        c.low_water = 0;
+        c.low_water = 1;
     });
     let mut reader = connect(server.echo);
     let mut writer = reader.try_clone().unwrap();
@@ -297,11 +298,11 @@ fn a_throttled_client_is_read_again_once_drained_even_with_zero_low_water() {
 
     let mut echoed = Vec::with_capacity(TOTAL);
     let mut buf = vec![0; 64 * 1024];
-    let deadline = Instant::now() + Duration::from_secs(3);
+    let deadline = Instant::now() + Duration::from_secs(10);
     while echoed.len() < TOTAL {
         assert!(
             Instant::now() < deadline,
-            "only {} of {TOTAL} bytes echoed within 3 s; stats: {}",
+            "only {} of {TOTAL} bytes echoed within 10 s; stats: {}",
             echoed.len(),
             server.stats()
         );
@@ -317,4 +318,25 @@ fn a_throttled_client_is_read_again_once_drained_even_with_zero_low_water() {
     }
     assert!(echoed == sent, "the echo differs from what was sent");
     join_within(sender, IO_TIMEOUT, "the writer thread").expect("send 16 MiB");
+}
+
+/// A low-water mark of 0 would mean "read again once fewer than 0 bytes are owed": never, so a
+/// throttled connection would wedge until its idle timeout. The server refuses to start instead.
+#[test]
+fn a_zero_low_water_mark_is_refused_at_start() {
+    let config = Config {
+        bind: "127.0.0.1".parse().unwrap(),
+        echo_port: 0,
+        files_port: 0,
+        chat_port: 0,
+        low_water: 0,
+        ..Config::default()
+    };
+    match Server::bind(config) {
+        Err(StartError::Config(message)) => {
+            assert!(message.contains("--low-water"), "message: {message}")
+        }
+        Err(other) => panic!("refused for another reason: {other}"),
+        Ok(_) => panic!("a server with --low-water 0 started"),
+    }
 }
