@@ -35,6 +35,8 @@ pub struct TestServer {
     pub echo: SocketAddr,
     /// The address the file download service actually bound.
     pub files: SocketAddr,
+    /// The address the UDP chat relay actually bound.
+    pub chat: SocketAddr,
     /// The configuration the server was started with.
     pub config: Config,
     handle: Handle,
@@ -70,6 +72,7 @@ impl TestServer {
         TestServer {
             echo,
             files: addresses.files,
+            chat: addresses.chat,
             config,
             handle,
             done: Some(rx),
