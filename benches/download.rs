@@ -22,7 +22,10 @@ use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use readyloop::{Config, Server};
+use readyloop::Config;
+use support::{loopback_config, machine, median, start_readyloop};
+
+mod support;
 
 /// Parallel downloads per measurement.
 const CONCURRENCY: [usize; 2] = [1, 16];
@@ -35,11 +38,8 @@ fn main() {
     write_file(&path, file_len);
 
     let servers = [
-        ("readyloop", start_readyloop(root.path(), false)),
-        (
-            "readyloop --no-sendfile",
-            start_readyloop(root.path(), true),
-        ),
+        ("readyloop", readyloop(root.path(), false)),
+        ("readyloop --no-sendfile", readyloop(root.path(), true)),
         ("copy loop", start_copy_loop(root.path().to_path_buf())),
     ];
     println!(
@@ -70,20 +70,13 @@ fn main() {
 }
 
 /// Starts readyloop in-process with the given root; returns its download address.
-fn start_readyloop(root: &Path, no_sendfile: bool) -> SocketAddr {
+fn readyloop(root: &Path, no_sendfile: bool) -> SocketAddr {
     let config = Config {
-        bind: "127.0.0.1".parse().unwrap(),
-        echo_port: 0,
-        files_port: 0,
-        chat_port: 0,
         root: root.to_path_buf(),
         no_sendfile,
-        ..Config::default()
+        ..loopback_config()
     };
-    let server = Server::bind(config).expect("readyloop binds");
-    let addr = server.addresses().files;
-    thread::spawn(move || server.run());
-    addr
+    start_readyloop(config).addresses.files
 }
 
 /// The peer: a blocking server, one thread per connection, copying through a 64 KiB buffer.
@@ -166,16 +159,4 @@ fn write_file(path: &Path, len: usize) {
         }
         file.write_all(&block).expect("write the file");
     }
-}
-
-fn median(samples: &mut [f64]) -> f64 {
-    samples.sort_by(f64::total_cmp);
-    samples[samples.len() / 2]
-}
-
-/// Cores and kernel, printed with the figures: they mean nothing without the machine.
-fn machine() -> String {
-    let cores = thread::available_parallelism().map_or(0, |n| n.get());
-    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
-    format!("machine: {cores} cores, Linux {}", kernel.trim())
 }

@@ -1,0 +1,83 @@
+//! What every benchmark shares: starting readyloop in-process, reading a thread's CPU time, and
+//! summarising samples.
+//!
+//! On a small machine the load generator costs as much CPU as the server, so requests per second
+//! mostly measure the machine. The server's own CPU time per request is what tells two servers
+//! apart: [`thread_cpu`] reads it from `/proc` for the server's thread alone.
+
+#![allow(dead_code)] // each benchmark uses its own subset
+
+use std::sync::mpsc;
+use std::thread;
+use std::time::Duration;
+
+use readyloop::{Addresses, Config, Server};
+
+/// A server running on its own thread, with that thread's kernel id for CPU accounting.
+pub struct Running {
+    /// The addresses the services bound.
+    pub addresses: Addresses,
+    /// The server thread's id, for `/proc/self/task/<tid>`.
+    pub tid: i32,
+}
+
+/// A configuration on loopback with every port chosen by the kernel.
+pub fn loopback_config() -> Config {
+    Config {
+        bind: "127.0.0.1".parse().unwrap(),
+        echo_port: 0,
+        files_port: 0,
+        chat_port: 0,
+        ..Config::default()
+    }
+}
+
+/// Binds readyloop with `config` and runs it on a new thread until the process ends.
+pub fn start_readyloop(config: Config) -> Running {
+    let server = Server::bind(config).expect("readyloop binds");
+    let addresses = server.addresses();
+    let (tx, rx) = mpsc::channel();
+    thread::spawn(move || {
+        // SAFETY: gettid has no preconditions.
+        let _ = tx.send(unsafe { libc::gettid() });
+        server.run()
+    });
+    let tid = rx.recv().expect("the server thread starts");
+    Running { addresses, tid }
+}
+
+/// CPU time (user and system) a thread of this process has used so far.
+///
+/// `schedstat` counts nanoseconds; `stat` (clock ticks, 10 ms) is the fallback where the kernel
+/// has no scheduler statistics.
+pub fn thread_cpu(tid: i32) -> Duration {
+    let task = format!("/proc/self/task/{tid}");
+    if let Ok(text) = std::fs::read_to_string(format!("{task}/schedstat")) {
+        if let Some(ns) = text.split_whitespace().next().and_then(|v| v.parse().ok()) {
+            return Duration::from_nanos(ns);
+        }
+    }
+    let stat = std::fs::read_to_string(format!("{task}/stat")).unwrap_or_default();
+    // Fields after the command name (which may hold spaces) start at field 3; utime and stime
+    // are fields 14 and 15.
+    let after_name = stat.rsplit_once(')').map_or("", |(_, rest)| rest);
+    let fields: Vec<u64> = after_name
+        .split_whitespace()
+        .filter_map(|f| f.parse().ok())
+        .collect();
+    let ticks = fields.get(10).copied().unwrap_or(0) + fields.get(11).copied().unwrap_or(0);
+    Duration::from_millis(ticks * 10)
+}
+
+/// The median of some samples.
+pub fn median(samples: &mut [f64]) -> f64 {
+    samples.sort_by(f64::total_cmp);
+    samples[samples.len() / 2]
+}
+
+/// Cores and kernel, printed with the figures: they mean nothing without the machine.
+pub fn machine() -> String {
+    let cores = thread::available_parallelism().map_or(0, |n| n.get());
+    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    format!("machine: {cores} cores, Linux {}", kernel.trim())
+}
