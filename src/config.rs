@@ -181,6 +181,9 @@ pub struct Config {
     /// New chat addresses must echo a cookie (`/verify`) before they join.
     #[arg(long, env = "READYLOOP_CHAT_VERIFY", value_parser = BoolishValueParser::new())]
     pub chat_verify: bool,
+    /// Pin the loop's thread to this CPU core (for benchmarks: keep it apart from the load).
+    #[arg(long, env = "READYLOOP_PIN")]
+    pub pin: Option<usize>,
     /// Log a line of statistics this often (0: never).
     #[arg(long, env = "READYLOOP_STATS_INTERVAL", value_parser = parse_duration, default_value = "0")]
     pub stats_interval: Duration,
@@ -213,6 +216,7 @@ impl Default for Config {
             chat_burst: DEFAULT_CHAT_BURST,
             chat_queue: DEFAULT_CHAT_QUEUE,
             chat_verify: false,
+            pin: None,
             stats_interval: Duration::ZERO,
         }
     }

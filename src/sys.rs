@@ -68,6 +68,32 @@ pub fn tcp_listener(addr: SocketAddr) -> io::Result<TcpListener> {
     Ok(TcpListener::from_std(socket.into()))
 }
 
+/// Pins the calling thread to one CPU core, so that a benchmark's server and load generator do
+/// not take turns on the same core. Off Linux it does nothing.
+///
+/// # Errors
+/// The core does not exist or the kernel refused.
+pub fn pin_to_core(core: usize) -> io::Result<()> {
+    #[cfg(target_os = "linux")]
+    {
+        // SAFETY: an all-zero cpu_set_t is the empty set; CPU_SET writes within it for any
+        // `core` below CPU_SETSIZE, which is checked first.
+        unsafe {
+            let mut set: libc::cpu_set_t = std::mem::zeroed();
+            if core >= libc::CPU_SETSIZE as usize {
+                return Err(io::ErrorKind::InvalidInput.into());
+            }
+            libc::CPU_SET(core, &mut set);
+            if libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) != 0 {
+                return Err(io::Error::last_os_error());
+            }
+        }
+    }
+    #[cfg(not(target_os = "linux"))]
+    let _ = core;
+    Ok(())
+}
+
 /// What [`open_beneath`] found at a name.
 #[derive(Debug)]
 pub enum Opened {
