@@ -143,12 +143,6 @@ impl EventLoop {
     /// # Errors
     /// `poll` itself failed (other than `EINTR`): the server cannot go on.
     pub fn run(&mut self) -> io::Result<Snapshot> {
-        if let Some(core) = self.shared.config.pin {
-            match crate::sys::pin_to_core(core) {
-                Ok(()) => info!("the loop runs on core {core}"),
-                Err(e) => warn!("cannot pin the loop to core {core}: {e}"),
-            }
-        }
         let interval = self.shared.config.stats_interval;
         self.next_stats_line = (!interval.is_zero()).then(|| Instant::now() + interval);
         while self.phase != Phase::Stopped {

@@ -13,6 +13,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Instant;
 
+use log::{info, warn};
 use mio::Waker;
 use mio::net::UdpSocket;
 use signal_hook::consts::{SIGINT, SIGTERM};
@@ -230,6 +231,12 @@ impl Server {
     /// # Errors
     /// `poll` failed: the server cannot go on.
     pub fn run(mut self) -> io::Result<Snapshot> {
+        if let Some(core) = self.event_loop.config().pin {
+            match sys::pin_to_core(core) {
+                Ok(()) => info!("the loop runs on core {core}"),
+                Err(e) => warn!("cannot pin the loop to core {core}: {e}"),
+            }
+        }
         self.event_loop.run()
     }
 }
