@@ -13,6 +13,8 @@ use std::time::Duration;
 
 use readyloop::{Addresses, Config, Server};
 
+pub mod tokio_peer;
+
 /// A server running on its own thread, with that thread's kernel id for CPU accounting.
 pub struct Running {
     /// The addresses the services bound.

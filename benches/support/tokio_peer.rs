@@ -1,0 +1,218 @@
+//! The peer readyloop is measured against: the tokio server a reader would write for the same
+//! echo and `GET` protocols.
+//!
+//! It runs a current-thread runtime on one std thread of its own, so that, like readyloop, one
+//! thread does all the socket work and its CPU time can be read from `/proc` by thread id. Each
+//! connection is one task, written the way tokio's own examples write them (`examples/echo.rs`:
+//! a buffer per task, `read`, `write_all`). It leaves out what a benchmark does not exercise:
+//! `LIST`, the bare request form, request grace, lingering close, limits and stats.
+//!
+//! Download bodies are copied with an explicit read/write loop through a 64 KiB buffer, in one of
+//! two ways (see [`Body`]): through `tokio::fs::File`, which is what the tokio documentation
+//! offers, or through a `std::fs::File` read inside the task, which costs only the copy.
+
+use std::io::{self, Read, SeekFrom};
+use std::net::SocketAddr;
+use std::path::{Component, Path, PathBuf};
+use std::sync::{Arc, mpsc};
+use std::thread;
+
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncSeekExt, AsyncWriteExt, BufReader};
+use tokio::net::{TcpListener, TcpStream};
+
+/// Bytes per read of a download body: the buffer size of the copy loops in `benches/download.rs`.
+const COPY_BUFFER: usize = 64 * 1024;
+
+/// Bytes per read of an echo connection: tokio's `examples/echo.rs` reads into `vec![0; 1024]`.
+const ECHO_BUFFER: usize = 1024;
+
+/// Longest request line accepted, as readyloop's 4 096-byte limit.
+const MAX_REQUEST: u64 = 4096;
+
+/// How the `GET` service reads the file it sends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Body {
+    /// `tokio::fs::File`: every read is handed to the blocking thread pool and back. This is the
+    /// idiomatic form, and its hand-offs are part of its cost.
+    TokioFs,
+    /// `std::fs::File` read inside the task: a read from the page cache does not block for long,
+    /// so this pays only for copying the bytes through user space.
+    StdFs,
+}
+
+/// A running tokio peer.
+#[derive(Debug, Clone, Copy)]
+pub struct TokioPeer {
+    /// The echo service.
+    pub echo: SocketAddr,
+    /// The `GET` service reading through `tokio::fs` ([`Body::TokioFs`]).
+    pub files: SocketAddr,
+    /// The `GET` service reading through `std::fs` ([`Body::StdFs`]).
+    pub files_std: SocketAddr,
+    /// The runtime thread's kernel id, for `/proc/self/task/<tid>`.
+    pub tid: i32,
+}
+
+/// Starts the peer on 127.0.0.1 with ports chosen by the kernel, serving files beneath `root`,
+/// on a new thread that runs until the process ends; `pin` pins that thread to a core.
+///
+/// # Panics
+/// The runtime cannot be built or a port cannot be bound: a benchmark cannot go on without them.
+pub fn start_tokio_peer(root: PathBuf, pin: Option<usize>) -> TokioPeer {
+    let (tx, rx) = mpsc::channel();
+    thread::Builder::new()
+        .name("tokio-peer".into())
+        .spawn(move || {
+            if let Some(core) = pin {
+                // Threads spawned later (tokio's blocking pool) inherit this affinity.
+                if let Err(e) = readyloop::sys::pin_to_core(core) {
+                    eprintln!("tokio peer: cannot pin to core {core}: {e}");
+                }
+            }
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_io()
+                .build()
+                .expect("a tokio runtime");
+            runtime.block_on(serve(Arc::new(root), tx))
+        })
+        .expect("the tokio peer thread starts");
+    rx.recv().expect("the tokio peer binds")
+}
+
+/// Binds the three services, reports them, and serves forever.
+async fn serve(root: Arc<PathBuf>, ready: mpsc::Sender<TokioPeer>) {
+    let bind = || TcpListener::bind("127.0.0.1:0");
+    let (echo, files, files_std) = (bind().await, bind().await, bind().await);
+    let (echo, files, files_std) = (
+        echo.expect("bind echo"),
+        files.expect("bind files"),
+        files_std.expect("bind files"),
+    );
+    let addr = |listener: &TcpListener| listener.local_addr().expect("a bound address");
+    let _ = ready.send(TokioPeer {
+        echo: addr(&echo),
+        files: addr(&files),
+        files_std: addr(&files_std),
+        // SAFETY: gettid has no preconditions; this is the runtime's only thread.
+        tid: unsafe { libc::gettid() },
+    });
+    let files_std_root = Arc::clone(&root);
+    tokio::join!(
+        accept_loop(echo, |stream| async move {
+            let _ = echo_connection(stream).await;
+        }),
+        accept_loop(files, move |stream| {
+            let root = Arc::clone(&root);
+            async move {
+                let _ = get_connection(stream, &root, Body::TokioFs).await;
+            }
+        }),
+        accept_loop(files_std, move |stream| {
+            let root = Arc::clone(&files_std_root);
+            async move {
+                let _ = get_connection(stream, &root, Body::StdFs).await;
+            }
+        }),
+    );
+}
+
+/// Accepts forever, one task per connection.
+async fn accept_loop<F, Fut>(listener: TcpListener, handler: F)
+where
+    F: Fn(TcpStream) -> Fut,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    loop {
+        match listener.accept().await {
+            Ok((stream, _)) => {
+                tokio::spawn(handler(stream));
+            }
+            // Out of descriptors, for example: the connection waits in the backlog.
+            Err(e) => eprintln!("tokio peer: accept failed: {e}"),
+        }
+    }
+}
+
+/// RFC 862: sends back every byte until the client closes.
+async fn echo_connection(mut stream: TcpStream) -> io::Result<()> {
+    let mut buf = vec![0; ECHO_BUFFER];
+    loop {
+        let n = stream.read(&mut buf).await?;
+        if n == 0 {
+            return Ok(());
+        }
+        stream.write_all(&buf[..n]).await?;
+    }
+}
+
+/// `GET <name> [offset]`: `OK <size>\n`, the file from `offset`, then close.
+async fn get_connection(mut stream: TcpStream, root: &Path, body: Body) -> io::Result<()> {
+    let mut line = String::new();
+    BufReader::new((&mut stream).take(MAX_REQUEST))
+        .read_line(&mut line)
+        .await?;
+    let Some((path, offset)) = parse_get(&line, root) else {
+        return stream.write_all(b"ERR 400 bad request\n").await;
+    };
+    let mut buf = vec![0; COPY_BUFFER];
+    match body {
+        Body::TokioFs => {
+            let Ok(mut file) = tokio::fs::File::open(&path).await else {
+                return stream.write_all(b"ERR 404 no such file\n").await;
+            };
+            let size = file.metadata().await?.len();
+            if offset > size {
+                return stream.write_all(b"ERR 416 offset past the end\n").await;
+            }
+            file.seek(SeekFrom::Start(offset)).await?;
+            stream
+                .write_all(format!("OK {}\n", size - offset).as_bytes())
+                .await?;
+            loop {
+                let n = file.read(&mut buf).await?;
+                if n == 0 {
+                    return Ok(());
+                }
+                stream.write_all(&buf[..n]).await?;
+            }
+        }
+        Body::StdFs => {
+            use std::io::Seek;
+            let Ok(mut file) = std::fs::File::open(&path) else {
+                return stream.write_all(b"ERR 404 no such file\n").await;
+            };
+            let size = file.metadata()?.len();
+            if offset > size {
+                return stream.write_all(b"ERR 416 offset past the end\n").await;
+            }
+            file.seek(SeekFrom::Start(offset))?;
+            stream
+                .write_all(format!("OK {}\n", size - offset).as_bytes())
+                .await?;
+            loop {
+                let n = file.read(&mut buf)?;
+                if n == 0 {
+                    return Ok(());
+                }
+                stream.write_all(&buf[..n]).await?;
+            }
+        }
+    }
+}
+
+/// The file a `GET` line names, beneath `root`, and the offset; `None` for anything else,
+/// including names that climb out of the root.
+fn parse_get(line: &str, root: &Path) -> Option<(PathBuf, u64)> {
+    let request = line.trim_end().strip_prefix("GET ")?;
+    let (name, offset) = match request.rsplit_once(' ') {
+        Some((name, offset)) if offset.bytes().all(|b| b.is_ascii_digit()) => {
+            (name, offset.parse().ok()?)
+        }
+        _ => (request, 0),
+    };
+    let name = Path::new(name);
+    let confined = name
+        .components()
+        .all(|c| matches!(c, Component::Normal(_) | Component::CurDir));
+    (confined && !name.as_os_str().is_empty()).then(|| (root.join(name), offset))
+}
