@@ -174,6 +174,16 @@ impl Chat {
         };
         let text = text.strip_suffix('\n').unwrap_or(text);
         let text = text.strip_suffix('\r').unwrap_or(text);
+        // One datagram is one line: a line break inside would let a member forge a server line
+        // (`* bob left`), and other control characters could drive the readers' terminals.
+        if text.chars().any(|c| c.is_control() && c != '\t') {
+            stats.add(Metric::ChatRefused, 1);
+            return reply(
+                out,
+                from,
+                "* not relayed: line breaks and control characters are not allowed",
+            );
+        }
         if text.starts_with('/') {
             self.command(from, command::parse(text), stats, out);
         } else {
@@ -198,9 +208,9 @@ impl Chat {
                 self.expiries.insert((due, addr));
                 continue;
             }
-            let idle = self.limits.idle.as_secs();
+            let idle = self.limits.idle;
             if let Some((name, room)) = self.remove(addr, stats) {
-                let line = format!("* {name} left {room} (silent for {idle} s)");
+                let line = format!("* {name} left {room} (silent for {idle:?})");
                 self.tell_room(&room, None, &line, out);
             }
         }

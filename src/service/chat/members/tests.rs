@@ -297,6 +297,27 @@ fn oversize_and_invalid_utf8_datagrams_are_refused_not_relayed() {
 }
 
 #[test]
+fn text_with_a_line_break_or_control_character_is_refused() {
+    let mut h = Harness::three_members();
+    for text in [
+        &b"hi\n* bob left lobby"[..],
+        b"/msg bob x\ny",
+        b"bell\x07",
+        b"esc\x1b[2J",
+    ] {
+        assert_eq!(
+            h.send(ALICE, text),
+            vec![(
+                ALICE,
+                line("* not relayed: line breaks and control characters are not allowed")
+            )],
+            "{text:?}"
+        );
+    }
+    assert_eq!(h.send(ALICE, b"tab\tis fine\r\n").len(), 3);
+}
+
+#[test]
 fn past_the_member_cap_a_new_address_is_told_and_not_added() {
     let mut h = Harness::three_members();
     h.send(4000, b"fourth");
@@ -350,8 +371,8 @@ fn silent_members_expire_and_their_room_is_told() {
     assert_eq!(
         sent,
         vec![
-            (ALICE, line("* carol left lobby (silent for 60 s)")),
-            (BOB, line("* carol left lobby (silent for 60 s)")),
+            (ALICE, line("* carol left lobby (silent for 60s)")),
+            (BOB, line("* carol left lobby (silent for 60s)")),
         ]
     );
     assert_eq!(h.chat.members(), 2);
