@@ -90,6 +90,8 @@ pub struct Cli {
 pub enum Command {
     /// Run the server (the default).
     Serve(Config),
+    /// Generate load against a running server and report throughput and latency.
+    Bench(crate::bench::BenchArgs),
 }
 
 impl Cli {

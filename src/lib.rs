@@ -16,6 +16,8 @@
 //! - [`config`]: the command line, defaults and environment fallbacks.
 //! - [`server`]: binding the services, the start-up line, and the [`Handle`] for other threads.
 //! - [`sys`]: socket options and the OS error kinds the loop tells apart.
+//! - [`bench`]: `readyloop bench`, the load generator: the same design pointed the other way,
+//!   one mio loop per thread driving client state machines, with latency percentiles.
 //!
 //! ```no_run
 //! let server = readyloop::Server::bind(readyloop::Config::default())?;
@@ -26,6 +28,7 @@
 
 #![deny(missing_docs, missing_debug_implementations, rust_2018_idioms)]
 
+pub mod bench;
 pub mod buffer;
 pub mod config;
 pub mod endpoint;

@@ -1,7 +1,8 @@
 //! The `readyloop` command: parse the flags, start logging, hand over to the library.
 //!
-//! Run with `cargo run --release` (or `readyloop serve --help` for the flags). All logic lives in
-//! the library, so tests and benchmarks run exactly the server this binary runs.
+//! Run with `cargo run --release` (or `readyloop serve --help` for the flags); `readyloop bench
+//! --help` for the load generator. All logic lives in the library, so tests and benchmarks run
+//! exactly the server (and the generator) this binary runs.
 
 use std::process::ExitCode;
 
@@ -18,6 +19,7 @@ fn main() -> ExitCode {
 
     let config = match cli.command {
         Some(Command::Serve(config)) => config,
+        Some(Command::Bench(args)) => return readyloop::bench::command(&args),
         None => cli.serve,
     };
     let mut server = match Server::bind(config) {

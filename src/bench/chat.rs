@@ -1,0 +1,604 @@
+//! The `chat` scenario: senders and members share one fresh room on the UDP relay (see
+//! `docs/PROTOCOL.md`); every message a sender sends should reach every socket in the room, its
+//! own included.
+//!
+//! ```text
+//!   IDLE → JOINING → WAITING → TALKING ─┐       a sender: talks once the whole room has joined
+//!             │   └──→ LISTENING ───────┤       a member: listens
+//!             ↓                         ↓
+//!          FINISHED ←───────────── DRAINING      load stopped: collect what is in flight
+//! ```
+//!
+//! Each message carries its sender's number, a sequence number and its send time in nanoseconds
+//! since the run's start (`3:1234:56789012:....`); every thread reads the same process clock, so
+//! the receiver's clock minus that time is the one-way latency through the relay. A sender keeps
+//! [`WINDOW`] messages in flight, paced by its own copies coming back (as `benches/chat.rs`
+//! does), so the measurement is closed-loop and no kernel buffer overflows. The delivery ratio,
+//! deliveries over `sent × room size`, shows anything lost; the relay's own refusals (`* slow
+//! down`, `* server full`) are counted as errors. Start the server with `--chat-rate 0` to
+//! measure the relay rather than its rate limit.
+
+use std::collections::VecDeque;
+use std::fmt;
+use std::io::{self, Write};
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use log::trace;
+use mio::Interest;
+use mio::event::Event;
+use mio::net::UdpSocket;
+
+use super::driver::{Client, Ctx, OPERATION_TIMEOUT};
+use super::report::{CHAT_REFUSED, PROTOCOL, RATE_LIMITED};
+use crate::sys::{interrupted, would_block};
+
+/// Messages each sender keeps in flight (sent, its own copy not yet back).
+pub const WINDOW: usize = 8;
+
+/// A message whose own copy has not come back after this long is taken as lost, and its slot in
+/// the window freed; the delivery ratio shows the loss.
+const LOST_AFTER: Duration = Duration::from_secs(1);
+
+/// Pause before `/join` is sent again when no answer came: UDP may lose either datagram.
+const JOIN_RETRY: Duration = Duration::from_millis(250);
+
+/// After the load stops, a socket that received nothing for this long has received everything.
+const QUIET: Duration = Duration::from_millis(50);
+
+/// The smallest `--size`: the header of a message (`sender:seq:nanoseconds:`) must fit.
+pub const MIN_SIZE: usize = 32;
+
+/// The room every socket of the run joins, and how many have joined: senders start when all
+/// have joined or given up, so every member receives every message.
+#[derive(Debug)]
+pub(crate) struct Roster {
+    /// A fresh name per run: a room of its own, whatever else the relay serves.
+    pub room: String,
+    /// Sockets in the run: senders and members.
+    pub sockets: usize,
+    joined: AtomicUsize,
+    gave_up: AtomicUsize,
+}
+
+impl Roster {
+    pub fn new(room: String, sockets: usize) -> Roster {
+        Roster {
+            room,
+            sockets,
+            joined: AtomicUsize::new(0),
+            gave_up: AtomicUsize::new(0),
+        }
+    }
+
+    /// Every socket has joined, or given up trying.
+    fn complete(&self) -> bool {
+        self.joined.load(Ordering::Relaxed) + self.gave_up.load(Ordering::Relaxed) >= self.sockets
+    }
+}
+
+/// What a socket does in the room.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Role {
+    /// Sends messages numbered by this sender's index.
+    Sender(u64),
+    /// Only receives.
+    Member,
+}
+
+/// Where a chat socket is.
+#[derive(Debug)]
+pub(crate) enum State {
+    /// Not started yet.
+    Idle,
+    /// `/join` sent; waiting for `* you joined`.
+    Joining {
+        /// When the first `/join` went out: joining times out [`OPERATION_TIMEOUT`] later.
+        first: Instant,
+        /// When the last `/join` went out: it is repeated [`JOIN_RETRY`] later.
+        last: Instant,
+    },
+    /// A sender in the room, waiting for the others to join.
+    Waiting,
+    /// A sender sending.
+    Talking {
+        /// Sequence numbers and send times of messages whose own copy has not come back.
+        in_flight: VecDeque<(u64, Instant)>,
+    },
+    /// A member receiving.
+    Listening,
+    /// The load stopped: receiving until quiet.
+    Draining {
+        /// When the last datagram arrived (or draining began).
+        last_heard: Instant,
+    },
+    /// Done; the socket has left the room and is closed.
+    Finished,
+}
+
+impl fmt::Display for State {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            State::Idle => "IDLE",
+            State::Joining { .. } => "JOINING",
+            State::Waiting => "WAITING",
+            State::Talking { .. } => "TALKING",
+            State::Listening => "LISTENING",
+            State::Draining { .. } => "DRAINING",
+            State::Finished => "FINISHED",
+        })
+    }
+}
+
+/// One socket in the room.
+#[derive(Debug)]
+pub(crate) struct Member {
+    role: Role,
+    size: usize,
+    roster: std::sync::Arc<Roster>,
+    /// The socket: there from IDLE's end until FINISHED (a UDP socket is the same throughout,
+    /// unlike a TCP client's, so it lives beside the state rather than in its variants).
+    socket: Option<UdpSocket>,
+    state: State,
+    /// Sequence number of a sender's next message.
+    next_seq: u64,
+    /// The message being built; kept to reuse its allocation.
+    message: Vec<u8>,
+}
+
+impl Member {
+    pub fn new(role: Role, size: usize, roster: std::sync::Arc<Roster>) -> Member {
+        Member {
+            role,
+            size,
+            roster,
+            socket: None,
+            state: State::Idle,
+            next_seq: 0,
+            message: Vec::with_capacity(size),
+        }
+    }
+
+    /// IDLE → JOINING: bind, connect to the relay, send `/join`.
+    fn start_joining(&mut self, ctx: &mut Ctx<'_>) {
+        match self.open(ctx) {
+            Ok(()) => {
+                let now = ctx.now;
+                self.transition(
+                    State::Joining {
+                        first: now,
+                        last: now,
+                    },
+                    ctx,
+                );
+                self.send_join(ctx);
+            }
+            Err(err) => self.give_up(Some(err), ctx),
+        }
+    }
+
+    /// Binds an ephemeral port of the target's family, connects (so ICMP errors are reported
+    /// and other senders' datagrams are filtered out), and registers.
+    fn open(&mut self, ctx: &Ctx<'_>) -> io::Result<()> {
+        let target = ctx.shared.target;
+        let local: SocketAddr = match target {
+            SocketAddr::V4(_) => (Ipv4Addr::UNSPECIFIED, 0).into(),
+            SocketAddr::V6(_) => (Ipv6Addr::UNSPECIFIED, 0).into(),
+        };
+        let mut socket = UdpSocket::bind(local)?;
+        socket.connect(target)?;
+        // A sender also waits for writable space; with edge triggering that costs nothing while
+        // the socket never fills.
+        let interest = match self.role {
+            Role::Sender(_) => Interest::READABLE | Interest::WRITABLE,
+            Role::Member => Interest::READABLE,
+        };
+        ctx.registry.register(&mut socket, ctx.token, interest)?;
+        self.socket = Some(socket);
+        Ok(())
+    }
+
+    /// Sends `/join ROOM` (again).
+    fn send_join(&mut self, ctx: &mut Ctx<'_>) {
+        let join = format!("/join {}", self.roster.room);
+        if let Err(err) = self.send(join.as_bytes()) {
+            ctx.connect_failed(err);
+        }
+    }
+
+    /// JOINING → WAITING (a sender) or LISTENING (a member).
+    fn joined(&mut self, ctx: &mut Ctx<'_>) {
+        ctx.reached();
+        self.roster.joined.fetch_add(1, Ordering::Relaxed);
+        match self.role {
+            Role::Sender(_) => {
+                self.transition(State::Waiting, ctx);
+                self.start_talking(ctx);
+            }
+            Role::Member => self.transition(State::Listening, ctx),
+        }
+    }
+
+    /// WAITING → TALKING once the whole room has joined.
+    fn start_talking(&mut self, ctx: &mut Ctx<'_>) {
+        if self.roster.complete() {
+            self.transition(
+                State::Talking {
+                    in_flight: VecDeque::with_capacity(WINDOW),
+                },
+                ctx,
+            );
+            self.talk(ctx);
+        }
+    }
+
+    /// TALKING: fills the window; → DRAINING once `--requests` is spent and the window is empty.
+    fn talk(&mut self, ctx: &mut Ctx<'_>) {
+        let Role::Sender(index) = self.role else {
+            return;
+        };
+        let State::Talking { in_flight } = &mut self.state else {
+            return;
+        };
+        while in_flight.len() < WINDOW && ctx.take_ticket() {
+            build_message(
+                &mut self.message,
+                index,
+                self.next_seq,
+                ctx.clock_ns(),
+                self.size,
+            );
+            let Some(socket) = &self.socket else { return };
+            match send(socket, &self.message) {
+                Ok(()) => {
+                    in_flight.push_back((self.next_seq, ctx.now));
+                    self.next_seq += 1;
+                    ctx.tally.sent += 1;
+                }
+                Err(err) => {
+                    ctx.shared.tickets.give_back();
+                    if !would_block(&err) {
+                        ctx.io_error(&err);
+                    }
+                    // Full: the next writable event resumes. Failed: the next tick retries.
+                    break;
+                }
+            }
+        }
+        if in_flight.is_empty() && ctx.shared.tickets.exhausted() {
+            self.start_draining(ctx);
+        }
+    }
+
+    /// → DRAINING.
+    fn start_draining(&mut self, ctx: &mut Ctx<'_>) {
+        let now = ctx.now;
+        self.transition(State::Draining { last_heard: now }, ctx);
+    }
+
+    /// JOINING → FINISHED: this socket is not in the room; the senders stop waiting for it.
+    fn give_up(&mut self, failure: Option<io::Error>, ctx: &mut Ctx<'_>) {
+        if let Some(err) = failure {
+            ctx.connect_failed(err);
+        }
+        self.roster.gave_up.fetch_add(1, Ordering::Relaxed);
+        self.finish(ctx);
+    }
+
+    /// → FINISHED: leaves the room (so repeated runs do not fill the relay with members that
+    /// only expire after `--chat-idle`) and closes the socket.
+    fn finish(&mut self, ctx: &mut Ctx<'_>) {
+        if let Some(mut socket) = self.socket.take() {
+            // Best effort: a lost `/leave` only leaves a member to expire.
+            let _ = send(&socket, b"/leave");
+            let _ = ctx.registry.deregister(&mut socket);
+        }
+        self.transition(State::Finished, ctx);
+    }
+
+    /// Receives until `WouldBlock`, handling each datagram.
+    fn receive(&mut self, ctx: &mut Ctx<'_>) {
+        loop {
+            let Some(socket) = &self.socket else { return };
+            let n = match socket.recv(ctx.scratch) {
+                Ok(n) => n,
+                Err(e) if would_block(&e) => return,
+                Err(e) if interrupted(&e) => continue,
+                Err(e) => {
+                    // An ICMP error (the relay's port is closed) reported on this socket.
+                    match self.state {
+                        State::Joining { .. } => ctx.connect_failed(e),
+                        _ => ctx.io_error(&e),
+                    }
+                    continue;
+                }
+            };
+            if let State::Draining { last_heard } = &mut self.state {
+                *last_heard = ctx.now;
+            }
+            let heard = Heard::parse(&ctx.scratch[..n], &self.roster.room);
+            self.on_heard(heard, n, ctx);
+        }
+    }
+
+    /// Acts on one datagram.
+    fn on_heard(&mut self, heard: Heard, bytes: usize, ctx: &mut Ctx<'_>) {
+        match heard {
+            Heard::Message {
+                sender,
+                seq,
+                sent_ns,
+            } => {
+                let latency = Duration::from_nanos(ctx.clock_ns().saturating_sub(sent_ns));
+                ctx.tally.complete(latency, bytes as u64, ctx.now);
+                if self.role == Role::Sender(sender) {
+                    if let State::Talking { in_flight } = &mut self.state {
+                        // Copies come back in order: anything older than `seq` was lost.
+                        while in_flight.front().is_some_and(|(s, _)| *s <= seq) {
+                            in_flight.pop_front();
+                        }
+                        self.talk(ctx);
+                    }
+                }
+            }
+            Heard::Joined => {
+                if matches!(self.state, State::Joining { .. }) {
+                    self.joined(ctx);
+                }
+            }
+            Heard::Refused => {
+                ctx.error(CHAT_REFUSED);
+                if matches!(self.state, State::Joining { .. }) {
+                    self.give_up(None, ctx);
+                }
+            }
+            Heard::SlowDown => ctx.error(RATE_LIMITED),
+            Heard::Notice => {}
+            Heard::Garbage => ctx.error(PROTOCOL),
+        }
+    }
+
+    /// Sends on the socket, if there is one.
+    fn send(&self, payload: &[u8]) -> io::Result<()> {
+        match &self.socket {
+            Some(socket) => send(socket, payload),
+            None => Ok(()),
+        }
+    }
+
+    /// The one place the state changes.
+    fn transition(&mut self, next: State, ctx: &Ctx<'_>) {
+        trace!(
+            "bench {}/{} chat {} -> {next}",
+            ctx.thread, ctx.token.0, self.state
+        );
+        self.state = next;
+    }
+}
+
+impl Client for Member {
+    fn start(&mut self, ctx: &mut Ctx<'_>) {
+        self.start_joining(ctx);
+    }
+
+    fn on_event(&mut self, _event: &Event, ctx: &mut Ctx<'_>) {
+        match self.state {
+            // Reads first: own copies coming back open the window for the sends.
+            State::Joining { .. } | State::Waiting | State::Listening | State::Draining { .. } => {
+                self.receive(ctx)
+            }
+            State::Talking { .. } => {
+                self.receive(ctx);
+                self.talk(ctx);
+            }
+            // No socket.
+            State::Idle | State::Finished => {}
+        }
+    }
+
+    fn on_tick(&mut self, ctx: &mut Ctx<'_>) {
+        match &mut self.state {
+            State::Joining { first, .. } if ctx.now >= *first + OPERATION_TIMEOUT => {
+                let err = io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    format!("no answer to /join within {OPERATION_TIMEOUT:?}"),
+                );
+                self.give_up(Some(err), ctx);
+            }
+            State::Joining { last, .. } if ctx.now >= *last + JOIN_RETRY => {
+                *last = ctx.now;
+                self.send_join(ctx);
+            }
+            State::Waiting => self.start_talking(ctx),
+            State::Talking { in_flight } => {
+                while in_flight
+                    .front()
+                    .is_some_and(|(_, sent)| ctx.now >= *sent + LOST_AFTER)
+                {
+                    in_flight.pop_front();
+                }
+                self.talk(ctx);
+            }
+            // A member's work ends with the senders' `--requests`.
+            State::Listening if ctx.shared.tickets.exhausted() => self.start_draining(ctx),
+            State::Draining { last_heard } if ctx.now >= *last_heard + QUIET => self.finish(ctx),
+            State::Idle
+            | State::Joining { .. }
+            | State::Listening
+            | State::Draining { .. }
+            | State::Finished => {}
+        }
+    }
+
+    fn on_stop(&mut self, ctx: &mut Ctx<'_>) {
+        match self.state {
+            // Not in the room: nothing in flight to collect.
+            State::Idle | State::Joining { .. } => self.finish(ctx),
+            State::Waiting | State::Talking { .. } | State::Listening => self.start_draining(ctx),
+            State::Draining { .. } | State::Finished => {}
+        }
+    }
+
+    fn close(&mut self, ctx: &mut Ctx<'_>) {
+        self.finish(ctx);
+    }
+
+    fn is_finished(&self) -> bool {
+        matches!(self.state, State::Finished)
+    }
+}
+
+/// Sends one datagram, retrying `Interrupted`.
+fn send(socket: &UdpSocket, payload: &[u8]) -> io::Result<()> {
+    loop {
+        match socket.send(payload) {
+            Ok(_) => return Ok(()),
+            Err(e) if interrupted(&e) => {}
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// Writes message `seq` of sender `sender`, sent at `sent_ns`, padded with `.` to `size` bytes
+/// (never shorter than its header).
+pub(crate) fn build_message(out: &mut Vec<u8>, sender: u64, seq: u64, sent_ns: u64, size: usize) {
+    out.clear();
+    // Writing to a Vec cannot fail.
+    let _ = write!(out, "{sender}:{seq}:{sent_ns}:");
+    if out.len() < size {
+        out.resize(size, b'.');
+    }
+}
+
+/// What a datagram from the relay says.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Heard {
+    /// A relayed benchmark message.
+    Message { sender: u64, seq: u64, sent_ns: u64 },
+    /// `* you joined ROOM` (or `* you are already in ROOM`, when an earlier answer was lost).
+    Joined,
+    /// The relay refused a member, a room or a message.
+    Refused,
+    /// The relay's rate limit dropped messages.
+    SlowDown,
+    /// Any other notice (others joining or leaving): ignored.
+    Notice,
+    /// Not something the relay sends.
+    Garbage,
+}
+
+impl Heard {
+    /// Reads one datagram of the relay, for a socket that joins `room`.
+    pub fn parse(datagram: &[u8], room: &str) -> Heard {
+        let Ok(line) = std::str::from_utf8(datagram) else {
+            return Heard::Garbage;
+        };
+        let line = line.strip_suffix('\n').unwrap_or(line);
+        if let Some(notice) = line.strip_prefix("* ") {
+            return if notice
+                .strip_prefix("you joined ")
+                .or_else(|| notice.strip_prefix("you are already in "))
+                .is_some_and(|rest| rest.split(' ').next() == Some(room))
+            {
+                Heard::Joined
+            } else if notice.starts_with("slow down") {
+                Heard::SlowDown
+            } else if ["server full", "too many rooms", "message too long"]
+                .iter()
+                .any(|refusal| notice.starts_with(refusal))
+            {
+                Heard::Refused
+            } else {
+                Heard::Notice
+            };
+        }
+        // `<nick>: <text>`; a nick (`ip:port`, `[v6]:port` or a chosen name) holds no ": ".
+        let Some((_, text)) = line.split_once(": ") else {
+            return Heard::Garbage;
+        };
+        let mut fields = text.splitn(4, ':').map(str::parse::<u64>);
+        match (fields.next(), fields.next(), fields.next()) {
+            (Some(Ok(sender)), Some(Ok(seq)), Some(Ok(sent_ns))) => Heard::Message {
+                sender,
+                seq,
+                sent_ns,
+            },
+            _ => Heard::Garbage,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn messages_are_padded_to_the_size_but_keep_their_header() {
+        let mut out = Vec::new();
+        build_message(&mut out, 3, 1234, 56_789, 64);
+        assert_eq!(out.len(), 64);
+        assert!(out.starts_with(b"3:1234:56789:...."));
+        build_message(&mut out, 12_345, u64::MAX, u64::MAX, MIN_SIZE);
+        assert!(out.len() > MIN_SIZE, "the header is never cut");
+    }
+
+    #[test]
+    fn a_relayed_message_gives_sender_sequence_and_send_time() {
+        let mut out = b"127.0.0.1:40000: ".to_vec();
+        let mut message = Vec::new();
+        build_message(&mut message, 2, 17, 99_000, 48);
+        out.extend_from_slice(&message);
+        out.push(b'\n');
+        assert_eq!(
+            Heard::parse(&out, "r"),
+            Heard::Message {
+                sender: 2,
+                seq: 17,
+                sent_ns: 99_000
+            }
+        );
+        let v6 = b"[::1]:40000: 0:1:2:....\n";
+        assert_eq!(
+            Heard::parse(v6, "r"),
+            Heard::Message {
+                sender: 0,
+                seq: 1,
+                sent_ns: 2
+            }
+        );
+    }
+
+    #[test]
+    fn the_relays_notices_are_told_apart() {
+        let room = "bench-1";
+        assert_eq!(
+            Heard::parse(b"* you joined bench-1 (3 others here)\n", room),
+            Heard::Joined
+        );
+        assert_eq!(
+            Heard::parse(b"* you are already in bench-1\n", room),
+            Heard::Joined
+        );
+        assert_eq!(
+            Heard::parse(b"* you joined bench-2 (0 others here)\n", room),
+            Heard::Notice
+        );
+        assert_eq!(
+            Heard::parse(b"* slow down: 20 messages/s\n", room),
+            Heard::SlowDown
+        );
+        assert_eq!(Heard::parse(b"* server full\n", room), Heard::Refused);
+        assert_eq!(
+            Heard::parse(b"* 127.0.0.1:5 joined bench-1\n", room),
+            Heard::Notice
+        );
+    }
+
+    #[test]
+    fn anything_else_is_garbage() {
+        for datagram in [&b"hello"[..], b"x: hello", b"x: 1:2", b"\xff\xfe"] {
+            assert_eq!(Heard::parse(datagram, "r"), Heard::Garbage, "{datagram:?}");
+        }
+    }
+}

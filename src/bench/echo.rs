@@ -1,0 +1,439 @@
+//! The `echo` scenario: each client keeps `--pipeline` messages of `--size` bytes in flight on one
+//! connection, checks every echoed byte, and times each message from queueing to its last byte.
+//!
+//! ```text
+//!   IDLE → CONNECTING → EXCHANGING → FINISHED        load stopped, or --requests spent
+//!               ↓            ↓
+//!           BACKING-OFF ←────┘                       an error: count it, wait, connect again
+//! ```
+//!
+//! Messages are lowercase letters from a shift that depends on the connection and the message
+//! number, ending in `\n`: readable in a packet capture, and a byte delivered to the wrong
+//! connection or out of order shows up as a "mismatch". The payload is computed, never stored,
+//! so checking costs no memory whatever the size.
+
+use std::collections::VecDeque;
+use std::fmt;
+use std::mem;
+use std::time::Instant;
+
+use log::trace;
+use mio::event::Event;
+use mio::net::TcpStream;
+
+use super::driver::{BACK_OFF, Client, Ctx, OPERATION_TIMEOUT};
+use super::report::{CLOSED, MISMATCH, PROTOCOL, TIMEOUT};
+use super::tcp::{self, Failure};
+
+/// The alphabet twice, so that any run of up to 26 letters from any shift is one slice.
+const LETTERS: &[u8; 52] = b"abcdefghijklmnopqrstuvwxyzabcdefghijklmnopqrstuvwxyz";
+
+/// Where an echo client is.
+#[derive(Debug)]
+pub(crate) enum State {
+    /// Not started yet.
+    Idle,
+    /// Waiting for the connect to finish.
+    Connecting {
+        stream: TcpStream,
+        /// When the connect started: it times out [`OPERATION_TIMEOUT`] later.
+        since: Instant,
+    },
+    /// Connected: sending messages and checking their echoes.
+    Exchanging(Exchange),
+    /// After an error: reconnect at `until`.
+    BackingOff { until: Instant },
+    /// Done for this run; the socket is closed.
+    Finished,
+}
+
+impl State {
+    /// The name `docs/DESIGN.md`-style diagrams use.
+    fn name(&self) -> &'static str {
+        match self {
+            State::Idle => "IDLE",
+            State::Connecting { .. } => "CONNECTING",
+            State::Exchanging(_) => "EXCHANGING",
+            State::BackingOff { .. } => "BACKING-OFF",
+            State::Finished => "FINISHED",
+        }
+    }
+
+    /// The socket this state holds, if any.
+    fn into_socket(self) -> Option<TcpStream> {
+        match self {
+            State::Connecting { stream, .. } => Some(stream),
+            State::Exchanging(exchange) => Some(exchange.stream),
+            State::Idle | State::BackingOff { .. } | State::Finished => None,
+        }
+    }
+}
+
+impl fmt::Display for State {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// What [`State::Exchanging`] holds.
+#[derive(Debug)]
+pub(crate) struct Exchange {
+    stream: TcpStream,
+    /// When each message whose echo is not complete was queued, oldest first; never longer than
+    /// the pipeline.
+    in_flight: VecDeque<Instant>,
+    /// Queued bytes the socket has not taken yet, from `written` on.
+    output: Vec<u8>,
+    written: usize,
+    /// Number of the next message to queue.
+    next_seq: u64,
+    /// Number of the message being echoed now (the oldest in flight) and how much of it came back.
+    echo_seq: u64,
+    echo_pos: usize,
+    /// Whether writable interest is registered: changed only when output starts or stops waiting.
+    writable: bool,
+}
+
+/// One echo client.
+#[derive(Debug)]
+pub(crate) struct Connection {
+    /// Which client this is in the run: part of every payload.
+    id: u64,
+    size: usize,
+    pipeline: usize,
+    state: State,
+}
+
+impl Connection {
+    pub fn new(id: u64, size: usize, pipeline: usize) -> Connection {
+        Connection {
+            id,
+            size,
+            pipeline,
+            state: State::Idle,
+        }
+    }
+
+    /// IDLE/BACKING-OFF → CONNECTING, or → BACKING-OFF if the connect fails at once.
+    fn start_connecting(&mut self, ctx: &mut Ctx<'_>) {
+        if ctx.stopping || ctx.shared.tickets.exhausted() {
+            return self.finish(ctx);
+        }
+        match tcp::connect(ctx) {
+            Ok(stream) => {
+                let since = ctx.now;
+                self.transition(ctx, |_| State::Connecting { stream, since });
+            }
+            Err(err) => {
+                ctx.connect_failed(err);
+                self.back_off(ctx);
+            }
+        }
+    }
+
+    /// CONNECTING → EXCHANGING: queue the first messages and send them.
+    fn start_exchange(&mut self, ctx: &mut Ctx<'_>) {
+        ctx.reached();
+        self.transition(ctx, |socket| match socket.take() {
+            Some(stream) => State::Exchanging(Exchange {
+                stream,
+                in_flight: VecDeque::new(),
+                output: Vec::new(),
+                written: 0,
+                next_seq: 0,
+                echo_seq: 0,
+                echo_pos: 0,
+                // Registered for both directions while connecting.
+                writable: true,
+            }),
+            None => State::Finished, // only called from CONNECTING, which has a socket
+        });
+        self.exchange(ctx);
+    }
+
+    /// EXCHANGING: read echoes, queue more, send; finish when nothing is left in flight.
+    fn exchange(&mut self, ctx: &mut Ctx<'_>) {
+        let State::Exchanging(exchange) = &mut self.state else {
+            return;
+        };
+        let result = exchange.receive(self.id, self.size, ctx).and_then(|()| {
+            exchange.queue(self.id, self.size, self.pipeline, ctx);
+            exchange.send(ctx)
+        });
+        match result {
+            // Queueing got no ticket and every echo is in: nothing more to do.
+            Ok(()) if exchange.in_flight.is_empty() => self.finish(ctx),
+            Ok(()) => {}
+            Err(failure) => self.fail(failure, ctx),
+        }
+    }
+
+    /// Any state → BACKING-OFF, counting the failure; the socket is closed.
+    fn fail(&mut self, failure: Failure, ctx: &mut Ctx<'_>) {
+        match failure {
+            Failure::Io(err) if matches!(self.state, State::Connecting { .. }) => {
+                ctx.connect_failed(err)
+            }
+            failure => ctx.error(failure.kind()),
+        }
+        self.back_off(ctx);
+    }
+
+    /// → BACKING-OFF.
+    fn back_off(&mut self, ctx: &mut Ctx<'_>) {
+        let until = ctx.now + BACK_OFF;
+        self.transition(ctx, |_| State::BackingOff { until });
+    }
+
+    /// → FINISHED.
+    fn finish(&mut self, ctx: &mut Ctx<'_>) {
+        self.transition(ctx, |_| State::Finished);
+    }
+
+    /// The one place the state changes. `next` builds the new state and may take the old
+    /// state's socket; a socket it leaves behind is closed here, so no transition leaks one.
+    fn transition(&mut self, ctx: &Ctx<'_>, next: impl FnOnce(&mut Option<TcpStream>) -> State) {
+        let old = mem::replace(&mut self.state, State::Finished);
+        let from = old.name();
+        let mut socket = old.into_socket();
+        self.state = next(&mut socket);
+        if let Some(stream) = socket {
+            tcp::close(stream, ctx);
+        }
+        trace!(
+            "bench {}/{} echo {from} -> {}",
+            ctx.thread,
+            ctx.token.0,
+            self.state.name()
+        );
+    }
+}
+
+impl Exchange {
+    /// Reads until `WouldBlock`, checking each byte and completing each message whose last byte
+    /// arrived.
+    fn receive(&mut self, id: u64, size: usize, ctx: &mut Ctx<'_>) -> Result<(), Failure> {
+        loop {
+            let n = match tcp::read(&mut self.stream, ctx.scratch)? {
+                None => return Ok(()),
+                // The server closed while echoes were owed (or before any message).
+                Some(0) => return Err(Failure::Protocol(CLOSED)),
+                Some(n) => n,
+            };
+            let mut data = &ctx.scratch[..n];
+            while !data.is_empty() {
+                let Some(&queued) = self.in_flight.front() else {
+                    return Err(Failure::Protocol(PROTOCOL)); // bytes that were never sent
+                };
+                let take = data.len().min(size - self.echo_pos);
+                if !message_matches(id, self.echo_seq, size, self.echo_pos, &data[..take]) {
+                    return Err(Failure::Protocol(MISMATCH));
+                }
+                data = &data[take..];
+                self.echo_pos += take;
+                if self.echo_pos == size {
+                    self.in_flight.pop_front();
+                    self.echo_seq += 1;
+                    self.echo_pos = 0;
+                    ctx.tally.complete(
+                        ctx.now.saturating_duration_since(queued),
+                        size as u64,
+                        ctx.now,
+                    );
+                }
+            }
+        }
+    }
+
+    /// Queues messages until `pipeline` are in flight or no ticket is left.
+    fn queue(&mut self, id: u64, size: usize, pipeline: usize, ctx: &mut Ctx<'_>) {
+        if self.written == self.output.len() {
+            self.output.clear();
+            self.written = 0;
+        }
+        while self.in_flight.len() < pipeline && ctx.take_ticket() {
+            write_message(id, self.next_seq, size, &mut self.output);
+            self.next_seq += 1;
+            self.in_flight.push_back(ctx.now);
+        }
+    }
+
+    /// Writes queued output until done or `WouldBlock`; writable interest follows what is left.
+    fn send(&mut self, ctx: &mut Ctx<'_>) -> Result<(), Failure> {
+        self.written += tcp::write(&mut self.stream, &self.output[self.written..])?;
+        let waiting = self.written < self.output.len();
+        if waiting != self.writable {
+            tcp::set_writable(&mut self.stream, ctx, waiting)?;
+            self.writable = waiting;
+        }
+        Ok(())
+    }
+
+    /// When the oldest message in flight times out.
+    fn deadline(&self) -> Option<Instant> {
+        self.in_flight
+            .front()
+            .map(|queued| *queued + OPERATION_TIMEOUT)
+    }
+}
+
+impl Client for Connection {
+    fn start(&mut self, ctx: &mut Ctx<'_>) {
+        self.start_connecting(ctx);
+    }
+
+    fn on_event(&mut self, _event: &Event, ctx: &mut Ctx<'_>) {
+        match &self.state {
+            State::Connecting { stream, .. } => match tcp::connect_finished(stream) {
+                Ok(true) => self.start_exchange(ctx),
+                // Spurious, or left over from this token's previous socket.
+                Ok(false) => {}
+                Err(err) => self.fail(Failure::Io(err), ctx),
+            },
+            State::Exchanging(_) => self.exchange(ctx),
+            // No socket: an event left over from a socket closed earlier in this batch.
+            State::Idle | State::BackingOff { .. } | State::Finished => {}
+        }
+    }
+
+    fn on_tick(&mut self, ctx: &mut Ctx<'_>) {
+        match &self.state {
+            State::Connecting { since, .. } if ctx.now >= *since + OPERATION_TIMEOUT => {
+                let err = std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    format!("no connection within {OPERATION_TIMEOUT:?}"),
+                );
+                self.fail(Failure::Io(err), ctx);
+            }
+            State::Exchanging(exchange) if exchange.deadline().is_some_and(|d| ctx.now >= d) => {
+                self.fail(Failure::Protocol(TIMEOUT), ctx)
+            }
+            State::BackingOff { until } if ctx.now >= *until => self.start_connecting(ctx),
+            // Not due yet, or nothing to time.
+            State::Idle
+            | State::Connecting { .. }
+            | State::Exchanging(_)
+            | State::BackingOff { .. }
+            | State::Finished => {}
+        }
+    }
+
+    fn on_stop(&mut self, ctx: &mut Ctx<'_>) {
+        match self.state {
+            State::Finished => {}
+            // Echoes still in flight are abandoned: they belong to no measured interval.
+            State::Idle
+            | State::Connecting { .. }
+            | State::Exchanging(_)
+            | State::BackingOff { .. } => self.finish(ctx),
+        }
+    }
+
+    fn close(&mut self, ctx: &mut Ctx<'_>) {
+        self.finish(ctx);
+    }
+
+    fn is_finished(&self) -> bool {
+        matches!(self.state, State::Finished)
+    }
+}
+
+/// Where the letters of message `seq` of client `id` start in the alphabet.
+fn shift(id: u64, seq: u64) -> usize {
+    (id.wrapping_mul(7).wrapping_add(seq.wrapping_mul(3)) % 26) as usize
+}
+
+/// Letters in a message of `size` bytes: all but the final `\n` (a 1-byte message is one letter).
+fn letters(size: usize) -> usize {
+    if size > 1 { size - 1 } else { 1 }
+}
+
+/// Appends message `seq` of client `id`, `size` bytes, to `out`.
+pub(crate) fn write_message(id: u64, seq: u64, size: usize, out: &mut Vec<u8>) {
+    let shift = shift(id, seq);
+    let mut pos = 0;
+    while pos < letters(size) {
+        let offset = (shift + pos) % 26;
+        let take = (letters(size) - pos).min(26);
+        out.extend_from_slice(&LETTERS[offset..offset + take]);
+        pos += take;
+    }
+    if size > 1 {
+        out.push(b'\n');
+    }
+}
+
+/// Whether `data` is what message `seq` of client `id` holds from byte `pos` on.
+pub(crate) fn message_matches(
+    id: u64,
+    seq: u64,
+    size: usize,
+    mut pos: usize,
+    mut data: &[u8],
+) -> bool {
+    let shift = shift(id, seq);
+    while !data.is_empty() {
+        if pos >= letters(size) {
+            // The final newline; nothing may follow it within the message.
+            return pos == size - 1 && data == b"\n";
+        }
+        let offset = (shift + pos) % 26;
+        let take = data.len().min(letters(size) - pos).min(26);
+        if data[..take] != LETTERS[offset..offset + take] {
+            return false;
+        }
+        data = &data[take..];
+        pos += take;
+    }
+    true
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn message(id: u64, seq: u64, size: usize) -> Vec<u8> {
+        let mut out = Vec::new();
+        write_message(id, seq, size, &mut out);
+        out
+    }
+
+    #[test]
+    fn messages_are_letters_ending_in_a_newline() {
+        let m = message(0, 0, 64);
+        assert_eq!(m.len(), 64);
+        assert!(m[..63].iter().all(u8::is_ascii_lowercase));
+        assert_eq!(m[63], b'\n');
+        assert_eq!(&m[..3], b"abc");
+        assert_eq!(message(0, 0, 1), b"a");
+        assert_eq!(message(0, 1, 2), b"d\n");
+    }
+
+    #[test]
+    fn a_message_matches_itself_in_any_split() {
+        for size in [1, 2, 27, 64, 1000] {
+            let m = message(5, 9, size);
+            for split in 0..=size {
+                assert!(
+                    message_matches(5, 9, size, 0, &m[..split]),
+                    "size {size} split {split}"
+                );
+                assert!(
+                    message_matches(5, 9, size, split, &m[split..]),
+                    "size {size} split {split}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn another_connection_or_message_does_not_match() {
+        let m = message(1, 0, 64);
+        assert!(!message_matches(2, 0, 64, 0, &m));
+        assert!(!message_matches(1, 1, 64, 0, &m));
+        let mut corrupt = m.clone();
+        corrupt[40] ^= 0x20;
+        assert!(!message_matches(1, 0, 64, 0, &corrupt));
+        assert!(!message_matches(1, 0, 64, 63, b"x"));
+    }
+}

@@ -1,0 +1,993 @@
+//! `readyloop bench`: the load generator, built the way the server is.
+//!
+//! Every generator thread (`--threads`, default 1) runs one mio readiness loop over its share of
+//! the clients, each an explicit state machine with an `enum State` and one `transition` method,
+//! as the server's connections are. So the generator costs little CPU per operation and is not
+//! the bottleneck, and it is a second worked example of the design, seen from the client side.
+//!
+//! The scenarios, one module each:
+//!
+//! - [`echo`]: `-c` connections, `--pipeline` messages of `--size` bytes in flight on each;
+//! - [`connect`]: connection churn, one echo round trip per connection;
+//! - [`download`]: `-c` clients downloading `NAME` over and over, each verified against its size;
+//! - [`chat`]: `--senders` and `--members` in one room on the UDP relay.
+//!
+//! [`run`] starts the threads and supervises them: it prints the progress line, stops the run
+//! early when the target is plainly unreachable, and merges the threads' tallies into a
+//! [`Report`] ([`report`]). Every run is bounded: by `--duration` (at most an hour) plus a short
+//! drain, with every operation bounded by a 5 s timeout. Errors are counted by kind and reported,
+//! never hidden; a run that reaches nothing fails with [`BenchError::Unreachable`].
+//!
+//! What it leaves out: open-loop (fixed-rate) load, so its latencies are those of a closed loop,
+//! which understate what a client arriving at a fixed rate would see when the server stalls
+//! (coordinated omission). Compare runs with the same `-c`, and read throughput with latency.
+
+pub mod chat;
+pub mod connect;
+pub mod download;
+mod driver;
+pub mod echo;
+pub mod report;
+mod tcp;
+
+use std::collections::hash_map::RandomState;
+use std::fmt;
+use std::hash::BuildHasher;
+use std::io::{self, IsTerminal, Write};
+use std::net::{Ipv4Addr, SocketAddr, ToSocketAddrs};
+use std::num::NonZeroUsize;
+use std::process::ExitCode;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, mpsc};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use clap::{Args, Subcommand};
+use log::{debug, warn};
+
+use self::chat::{Role, Roster};
+use self::driver::{Client, DRAIN, OPERATION_TIMEOUT, Shared, drive};
+pub use self::report::{Latency, Report};
+use self::report::{Tally, noun};
+use crate::config::{DEFAULT_CHAT_PORT, DEFAULT_ECHO_PORT, DEFAULT_FILES_PORT, parse_duration};
+
+/// Load is generated this long unless `--duration` says otherwise.
+pub const DEFAULT_DURATION: Duration = Duration::from_secs(10);
+
+/// The longest run allowed: every run is bounded, and an hour is past any useful benchmark.
+/// It is also the bound of a `--requests` run given no `--duration`.
+pub const MAX_DURATION: Duration = Duration::from_secs(3600);
+
+/// Largest echo `--size`, in bytes: 16 MiB per message is far past where throughput stops
+/// changing, and bounds the memory a pipeline of them queues.
+pub const MAX_ECHO_SIZE: usize = 16 << 20;
+
+/// Largest `--pipeline`: more messages in flight than this only fill socket buffers.
+pub const MAX_PIPELINE: usize = 4096;
+
+/// Largest chat `--size`: the largest UDP payload over IPv4.
+pub const MAX_CHAT_SIZE: usize = 65_507;
+
+/// How often the supervisor checks for an unreachable target while threads run.
+const SUPERVISE_EVERY: Duration = Duration::from_millis(100);
+
+/// How often the progress line is redrawn.
+const PROGRESS_EVERY: Duration = Duration::from_secs(1);
+
+/// What to run: a scenario against a target, how hard and for how long.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Load {
+    /// What each client does.
+    pub scenario: Scenario,
+    /// The server's service address (echo, files or chat, to match the scenario).
+    pub target: SocketAddr,
+    /// Concurrent clients (`-c`); ignored by chat, whose sockets are senders plus members.
+    pub connections: usize,
+    /// Generator threads, each with its own mio loop; at most one per client.
+    pub threads: usize,
+    /// How long to generate load (at most [`MAX_DURATION`]).
+    pub duration: Duration,
+    /// Stop after this many operations (echo messages, connections, downloads, chat messages
+    /// sent), or at `duration`, whichever comes first.
+    pub requests: Option<u64>,
+    /// Pin generator thread `i` to core `(i + 1) % cores`, leaving core 0 to a server started
+    /// with `readyloop serve --pin 0`.
+    pub pin: bool,
+    /// Draw a progress line on stderr once a second, if stderr is a terminal.
+    pub progress: bool,
+}
+
+/// What each client of a run does.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Scenario {
+    /// Echo round trips: `pipeline` messages of `size` bytes in flight per connection.
+    Echo {
+        /// Bytes per message.
+        size: usize,
+        /// Messages in flight per connection.
+        pipeline: usize,
+    },
+    /// Connection churn: connect, one echo round trip, close.
+    Connect,
+    /// Repeated downloads of one file with `GET`.
+    Download {
+        /// The file's name relative to the server's root.
+        name: String,
+    },
+    /// The chat relay: `senders` talking to a room that `members` listen in.
+    Chat {
+        /// Sockets that send (and receive).
+        senders: usize,
+        /// Sockets that only receive.
+        members: usize,
+        /// Bytes per message (at least [`chat::MIN_SIZE`]).
+        size: usize,
+    },
+}
+
+impl Scenario {
+    /// `echo`, `connect`, `download` or `chat`.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Scenario::Echo { .. } => "echo",
+            Scenario::Connect => "connect",
+            Scenario::Download { .. } => "download",
+            Scenario::Chat { .. } => "chat",
+        }
+    }
+}
+
+/// Why a run could not be made.
+#[derive(Debug)]
+pub enum BenchError {
+    /// An argument is out of range; the message names the flag.
+    Invalid(String),
+    /// Not one connection (or chat join) succeeded.
+    Unreachable {
+        /// The address tried.
+        target: SocketAddr,
+        /// The first failure.
+        source: io::Error,
+    },
+    /// The generator itself failed (a thread or a poll instance could not be made).
+    Io {
+        /// What was being done.
+        what: &'static str,
+        /// What the system said.
+        source: io::Error,
+    },
+}
+
+impl fmt::Display for BenchError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            BenchError::Invalid(message) => f.write_str(message),
+            BenchError::Unreachable { target, source } => {
+                write!(f, "cannot reach {target}: {}", plain(source))
+            }
+            BenchError::Io { what, source } => write!(f, "cannot {what}: {}", plain(source)),
+        }
+    }
+}
+
+impl std::error::Error for BenchError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            BenchError::Invalid(_) => None,
+            BenchError::Unreachable { source, .. } | BenchError::Io { source, .. } => Some(source),
+        }
+    }
+}
+
+/// An I/O error as the C library words it, without Rust's `(os error 111)` suffix.
+fn plain(err: &io::Error) -> String {
+    let text = err.to_string();
+    match text.find(" (os error ") {
+        Some(end) => text[..end].to_string(),
+        None => text,
+    }
+}
+
+impl Load {
+    /// Clients (sockets) the run uses: `connections`, or senders plus members for chat.
+    pub fn sockets(&self) -> usize {
+        match &self.scenario {
+            Scenario::Chat {
+                senders, members, ..
+            } => senders.saturating_add(*members),
+            Scenario::Echo { .. } | Scenario::Connect | Scenario::Download { .. } => {
+                self.connections
+            }
+        }
+    }
+
+    /// Checks what the types alone cannot.
+    ///
+    /// # Errors
+    /// [`BenchError::Invalid`] with a sentence naming the flag.
+    pub fn validate(&self) -> Result<(), BenchError> {
+        let invalid = |message: String| Err(BenchError::Invalid(message));
+        match &self.scenario {
+            Scenario::Echo { size, pipeline } => {
+                if !(1..=MAX_ECHO_SIZE).contains(size) {
+                    return invalid(format!(
+                        "--size must be between 1 and {MAX_ECHO_SIZE} bytes, not {size}"
+                    ));
+                }
+                if !(1..=MAX_PIPELINE).contains(pipeline) {
+                    return invalid(format!(
+                        "--pipeline must be between 1 and {MAX_PIPELINE}, not {pipeline}"
+                    ));
+                }
+            }
+            Scenario::Connect => {}
+            Scenario::Download { name } => {
+                if name.is_empty() || name.contains(['\n', '\r', '\0']) {
+                    return invalid(format!(
+                        "NAME must be a file name on one line, not {name:?}"
+                    ));
+                }
+            }
+            Scenario::Chat {
+                senders,
+                members,
+                size,
+            } => {
+                if *senders == 0 {
+                    return invalid("--senders must be at least 1".into());
+                }
+                if *members == 0 {
+                    return invalid("--members must be at least 1".into());
+                }
+                if !(chat::MIN_SIZE..=MAX_CHAT_SIZE).contains(size) {
+                    return invalid(format!(
+                        "--size must be between {} and {MAX_CHAT_SIZE} bytes for chat (a message \
+                         carries its sequence number and send time), not {size}",
+                        chat::MIN_SIZE
+                    ));
+                }
+            }
+        }
+        let chat = matches!(self.scenario, Scenario::Chat { .. });
+        if !chat && self.connections == 0 {
+            return invalid("-c (--connections) must be at least 1".into());
+        }
+        if self.threads == 0 {
+            return invalid("--threads must be at least 1".into());
+        }
+        if self.threads > self.sockets() {
+            let clients = if chat {
+                format!("the sockets (--senders + --members = {})", self.sockets())
+            } else {
+                format!("the connections (-c {})", self.connections)
+            };
+            return invalid(format!(
+                "--threads ({}) must not exceed {clients}: a thread without clients measures nothing",
+                self.threads
+            ));
+        }
+        if self.duration.is_zero() {
+            return invalid("--duration must be longer than 0".into());
+        }
+        if self.duration > MAX_DURATION {
+            return invalid(format!(
+                "--duration must be at most {} s (1 hour): every run is bounded",
+                MAX_DURATION.as_secs()
+            ));
+        }
+        if self.requests == Some(0) {
+            return invalid("--requests must be at least 1".into());
+        }
+        Ok(())
+    }
+}
+
+/// The line printed above the table: what was run, against what.
+impl fmt::Display for Load {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let plural = |n: usize, one: &str| format!("{n} {one}{}", if n == 1 { "" } else { "s" });
+        match &self.scenario {
+            Scenario::Echo { size, pipeline } => write!(
+                f,
+                "echo {}: {}, {} B messages, pipeline {pipeline}",
+                self.target,
+                plural(self.connections, "connection"),
+                size
+            )?,
+            Scenario::Connect => write!(
+                f,
+                "connect {}: {} in parallel",
+                self.target,
+                plural(self.connections, "connection")
+            )?,
+            Scenario::Download { name } => write!(
+                f,
+                "download {name} from {}: {}",
+                self.target,
+                plural(self.connections, "connection")
+            )?,
+            Scenario::Chat {
+                senders,
+                members,
+                size,
+            } => write!(
+                f,
+                "chat {}: {}, {}, {size} B messages",
+                self.target,
+                plural(*senders, "sender"),
+                plural(*members, "member")
+            )?,
+        }
+        write!(
+            f,
+            ", {}, {:?}",
+            plural(self.threads, "thread"),
+            self.duration
+        )?;
+        if let Some(requests) = self.requests {
+            write!(f, ", at most {requests} {}", noun(self.scenario.name()))?;
+        }
+        if self.pin {
+            f.write_str(", pinned")?;
+        }
+        Ok(())
+    }
+}
+
+/// `readyloop bench SCENARIO ...`.
+#[derive(Debug, Clone, Args)]
+pub struct BenchArgs {
+    /// The scenario and its flags.
+    #[command(subcommand)]
+    pub scenario: ScenarioArgs,
+}
+
+/// One subcommand per scenario.
+#[derive(Debug, Clone, Subcommand)]
+pub enum ScenarioArgs {
+    /// Echo round trips: -c connections, each with --pipeline messages of --size bytes in flight.
+    Echo(EchoArgs),
+    /// Connection churn: connect, one echo round trip, close; connections per second.
+    Connect(ConnectArgs),
+    /// Repeated `GET NAME` downloads: MB/s and downloads per second, each checked for its size.
+    #[command(override_usage = "readyloop bench download [ADDR] NAME [OPTIONS]")]
+    Download(DownloadArgs),
+    /// Chat relay: senders and members in one room; deliveries per second, delivery ratio and
+    /// one-way latency. Start the server with --chat-rate 0.
+    Chat(ChatArgs),
+}
+
+/// `readyloop bench echo`.
+#[derive(Debug, Clone, Args)]
+pub struct EchoArgs {
+    /// The echo service.
+    #[arg(value_parser = parse_target, default_value_t = loopback(DEFAULT_ECHO_PORT))]
+    pub addr: SocketAddr,
+    /// Concurrent connections.
+    #[arg(short = 'c', long = "connections", default_value_t = 50)]
+    pub connections: usize,
+    /// Bytes per message.
+    #[arg(long, default_value_t = 64)]
+    pub size: usize,
+    /// Messages in flight per connection.
+    #[arg(long, default_value_t = 1)]
+    pub pipeline: usize,
+    /// Flags every scenario takes.
+    #[command(flatten)]
+    pub run: RunArgs,
+}
+
+/// `readyloop bench connect`.
+#[derive(Debug, Clone, Args)]
+pub struct ConnectArgs {
+    /// The echo service.
+    #[arg(value_parser = parse_target, default_value_t = loopback(DEFAULT_ECHO_PORT))]
+    pub addr: SocketAddr,
+    /// Connections in progress at once.
+    #[arg(short = 'c', long = "connections", default_value_t = 50)]
+    pub connections: usize,
+    /// Flags every scenario takes.
+    #[command(flatten)]
+    pub run: RunArgs,
+}
+
+/// `readyloop bench download`.
+#[derive(Debug, Clone, Args)]
+pub struct DownloadArgs {
+    /// The file download service (default 127.0.0.1:7890), or NAME when only one is given.
+    #[arg(value_name = "ADDR")]
+    pub first: String,
+    /// The file to download, relative to the server's root.
+    #[arg(value_name = "NAME")]
+    pub name: Option<String>,
+    /// Downloads in progress at once.
+    #[arg(short = 'c', long = "connections", default_value_t = 4)]
+    pub connections: usize,
+    /// Flags every scenario takes.
+    #[command(flatten)]
+    pub run: RunArgs,
+}
+
+/// `readyloop bench chat`.
+#[derive(Debug, Clone, Args)]
+pub struct ChatArgs {
+    /// The chat relay.
+    #[arg(value_parser = parse_target, default_value_t = loopback(DEFAULT_CHAT_PORT))]
+    pub addr: SocketAddr,
+    /// Sockets that send (each keeps 8 messages in flight, and receives too).
+    #[arg(long, default_value_t = 1)]
+    pub senders: usize,
+    /// Sockets that only receive.
+    #[arg(long, default_value_t = 10)]
+    pub members: usize,
+    /// Bytes per message.
+    #[arg(long, default_value_t = 64)]
+    pub size: usize,
+    /// Flags every scenario takes.
+    #[command(flatten)]
+    pub run: RunArgs,
+}
+
+/// Flags every scenario takes.
+#[derive(Debug, Clone, Args)]
+pub struct RunArgs {
+    /// How long to generate load [default: 10s; with --requests, up to 1 hour].
+    #[arg(long, value_parser = parse_duration)]
+    pub duration: Option<Duration>,
+    /// Stop after this many requests, connections, downloads or chat messages sent.
+    #[arg(long)]
+    pub requests: Option<u64>,
+    /// Generator threads, each running its own mio loop.
+    #[arg(long, default_value_t = 1)]
+    pub threads: usize,
+    /// Pin generator thread i to core (i + 1) % cores (core 0 is left to `serve --pin 0`).
+    #[arg(long)]
+    pub pin: bool,
+    /// Print one JSON object instead of the table.
+    #[arg(long)]
+    pub json: bool,
+}
+
+impl BenchArgs {
+    /// The run the flags describe, checked.
+    ///
+    /// # Errors
+    /// [`BenchError::Invalid`] naming the flag that is out of range.
+    pub fn load(&self) -> Result<Load, BenchError> {
+        let (scenario, target, connections) = match &self.scenario {
+            ScenarioArgs::Echo(a) => (
+                Scenario::Echo {
+                    size: a.size,
+                    pipeline: a.pipeline,
+                },
+                a.addr,
+                a.connections,
+            ),
+            ScenarioArgs::Connect(a) => (Scenario::Connect, a.addr, a.connections),
+            ScenarioArgs::Download(a) => {
+                let (target, name) = match &a.name {
+                    Some(name) => (
+                        parse_target(&a.first).map_err(BenchError::Invalid)?,
+                        name.clone(),
+                    ),
+                    None => (loopback(DEFAULT_FILES_PORT), a.first.clone()),
+                };
+                (Scenario::Download { name }, target, a.connections)
+            }
+            ScenarioArgs::Chat(a) => (
+                Scenario::Chat {
+                    senders: a.senders,
+                    members: a.members,
+                    size: a.size,
+                },
+                a.addr,
+                a.senders.saturating_add(a.members),
+            ),
+        };
+        let run = self.run_args();
+        let duration = match (run.duration, run.requests) {
+            (Some(duration), _) => duration,
+            (None, Some(_)) => MAX_DURATION,
+            (None, None) => DEFAULT_DURATION,
+        };
+        let load = Load {
+            scenario,
+            target,
+            connections,
+            threads: run.threads,
+            duration,
+            requests: run.requests,
+            pin: run.pin,
+            progress: true,
+        };
+        load.validate()?;
+        Ok(load)
+    }
+
+    /// `--json` was given.
+    pub fn json(&self) -> bool {
+        self.run_args().json
+    }
+
+    fn run_args(&self) -> &RunArgs {
+        match &self.scenario {
+            ScenarioArgs::Echo(a) => &a.run,
+            ScenarioArgs::Connect(a) => &a.run,
+            ScenarioArgs::Download(a) => &a.run,
+            ScenarioArgs::Chat(a) => &a.run,
+        }
+    }
+}
+
+/// `127.0.0.1:port`.
+fn loopback(port: u16) -> SocketAddr {
+    (Ipv4Addr::LOCALHOST, port).into()
+}
+
+/// An address like `127.0.0.1:7788`, `[::1]:7788` or `localhost:7788` (the first address the
+/// name resolves to).
+///
+/// # Errors
+/// A message for clap to print.
+pub fn parse_target(text: &str) -> Result<SocketAddr, String> {
+    if let Ok(addr) = text.parse() {
+        return Ok(addr);
+    }
+    let mut addrs = text
+        .to_socket_addrs()
+        .map_err(|e| format!("`{text}` is not an address like 127.0.0.1:7788 ({e})"))?;
+    addrs
+        .next()
+        .ok_or_else(|| format!("`{text}` resolves to no address"))
+}
+
+/// Runs `readyloop bench` as the command line asked, printing the table (or the JSON) to stdout
+/// and problems to stderr.
+///
+/// Exit status: 0 after a run that completed operations (even with errors, which the table
+/// shows); 1 when the target is unreachable or no operation completed; 2 for invalid flags.
+pub fn command(args: &BenchArgs) -> ExitCode {
+    let load = match args.load() {
+        Ok(load) => load,
+        Err(e) => {
+            eprintln!("readyloop bench: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    if !args.json() {
+        println!("{load}");
+    }
+    match run(&load) {
+        Ok(report) => {
+            if args.json() {
+                println!("{}", report.to_json());
+            } else {
+                print!("{report}");
+            }
+            if report.operations == 0 {
+                eprintln!(
+                    "readyloop bench: no {} completed against {}",
+                    noun(report.scenario),
+                    load.target
+                );
+                return ExitCode::FAILURE;
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("readyloop bench: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Runs `load` to the end and reports what it measured.
+///
+/// # Errors
+/// [`BenchError::Invalid`] for a load [`Load::validate`] refuses; [`BenchError::Unreachable`]
+/// when not one connection (or chat join) succeeded; [`BenchError::Io`] when the generator's own
+/// threads or poll instances could not be made.
+pub fn run(load: &Load) -> Result<Report, BenchError> {
+    load.validate()?;
+    match &load.scenario {
+        Scenario::Echo { size, pipeline } => {
+            let (size, pipeline) = (*size, *pipeline);
+            supervise(load, None, move |id| {
+                echo::Connection::new(id as u64, size, pipeline)
+            })
+        }
+        Scenario::Connect => supervise(load, None, |id| connect::Connection::new(id as u64)),
+        Scenario::Download { name } => {
+            let request: Arc<[u8]> = format!("GET {name}\n").into_bytes().into();
+            supervise(load, None, move |_| {
+                download::Connection::new(Arc::clone(&request))
+            })
+        }
+        Scenario::Chat { senders, size, .. } => {
+            let (senders, size, sockets) = (*senders, *size, load.sockets());
+            let roster = Arc::new(Roster::new(room_name(), sockets));
+            supervise(load, Some(sockets), move |id| {
+                let role = if id < senders {
+                    Role::Sender(id as u64)
+                } else {
+                    Role::Member
+                };
+                chat::Member::new(role, size, Arc::clone(&roster))
+            })
+        }
+    }
+}
+
+/// A fresh chat room name per run: `bench-` and 16 random hex digits.
+fn room_name() -> String {
+    // RandomState is seeded from the OS per process and varies per instance: enough to keep
+    // two runs (or two concurrent tests) out of each other's rooms.
+    format!("bench-{:016x}", RandomState::new().hash_one(Instant::now()))
+}
+
+/// Starts `load.threads` threads, gives thread `i` the clients `i, i + threads, ...` (built by
+/// `make` on that thread), watches them, and merges what they counted.
+fn supervise<C, F>(load: &Load, room: Option<usize>, make: F) -> Result<Report, BenchError>
+where
+    C: Client,
+    F: Fn(usize) -> C + Send + Sync + 'static,
+{
+    let sockets = load.sockets();
+    let threads = load.threads;
+    let shared = Arc::new(Shared::new(
+        load.target,
+        load.duration,
+        load.requests,
+        threads,
+    ));
+    let make = Arc::new(make);
+    let cores = thread::available_parallelism().map_or(1, NonZeroUsize::get);
+    let (tx, rx) = mpsc::channel();
+    let mut handles = Vec::with_capacity(threads);
+    for index in 0..threads {
+        let (thread_shared, thread_make, thread_tx) =
+            (Arc::clone(&shared), Arc::clone(&make), tx.clone());
+        let core = load.pin.then(|| (index + 1) % cores);
+        let spawned = thread::Builder::new()
+            .name(format!("bench-{index}"))
+            .spawn(move || {
+                if let Some(core) = core {
+                    match crate::sys::pin_to_core(core) {
+                        Ok(()) => debug!("bench thread {index} runs on core {core}"),
+                        Err(e) => warn!("cannot pin bench thread {index} to core {core}: {e}"),
+                    }
+                }
+                let clients = (index..sockets)
+                    .step_by(threads)
+                    .map(|id| thread_make(id))
+                    .collect();
+                // The supervisor waits for this; if it is gone, nobody needs the tally.
+                let _ = thread_tx.send(drive(clients, &thread_shared, index));
+            });
+        match spawned {
+            Ok(handle) => handles.push(handle),
+            Err(source) => {
+                shared.stop.store(true, Ordering::Relaxed);
+                drop(tx);
+                join_all(handles);
+                return Err(BenchError::Io {
+                    what: "start a generator thread",
+                    source,
+                });
+            }
+        }
+    }
+    drop(tx);
+
+    let results = watch(load, &shared, &rx, sockets);
+    join_all(handles);
+    let mut total = Tally::new();
+    for result in results {
+        total.merge(result?);
+    }
+    if !total.reached {
+        let source = total.first_failure.take().unwrap_or_else(|| {
+            io::Error::new(
+                io::ErrorKind::TimedOut,
+                format!(
+                    "no answer within {:?}",
+                    load.duration.min(OPERATION_TIMEOUT)
+                ),
+            )
+        });
+        return Err(BenchError::Unreachable {
+            target: load.target,
+            source,
+        });
+    }
+    let ended = total
+        .load_ended
+        .unwrap_or(shared.deadline)
+        .min(shared.deadline);
+    let elapsed = ended.saturating_duration_since(shared.epoch);
+    Ok(Report::new(load.scenario.name(), elapsed, &total, room))
+}
+
+/// Collects every thread's result, meanwhile drawing the progress line and stopping the run
+/// early when every client failed to connect and none ever succeeded.
+fn watch(
+    load: &Load,
+    shared: &Shared,
+    rx: &mpsc::Receiver<Result<Tally, BenchError>>,
+    sockets: usize,
+) -> Vec<Result<Tally, BenchError>> {
+    let mut progress = (load.progress && io::stderr().is_terminal())
+        .then(|| ProgressLine::new(noun(load.scenario.name()), shared.epoch));
+    // Threads end by themselves at the deadline plus the drain; past this bound (a bug) they
+    // are asked to stop, and do so within a tick.
+    let bound = shared.deadline + DRAIN + Duration::from_secs(1);
+    let mut results = Vec::with_capacity(load.threads);
+    while results.len() < load.threads {
+        let now = Instant::now();
+        let wait = progress
+            .as_ref()
+            .map_or(SUPERVISE_EVERY, |p| p.due.saturating_duration_since(now))
+            .min(SUPERVISE_EVERY);
+        match rx.recv_timeout(wait) {
+            Ok(result) => {
+                if result.is_err() {
+                    shared.stop.store(true, Ordering::Relaxed);
+                }
+                results.push(result);
+            }
+            Err(mpsc::RecvTimeoutError::Timeout) => {}
+            // A thread panicked before sending: joining it re-raises the panic.
+            Err(mpsc::RecvTimeoutError::Disconnected) => break,
+        }
+        let reached = shared.reached.load(Ordering::Relaxed);
+        let failures = shared.failures.load(Ordering::Relaxed);
+        if (reached == 0 && failures >= sockets as u64) || Instant::now() > bound {
+            shared.stop.store(true, Ordering::Relaxed);
+        }
+        if let Some(line) = &mut progress {
+            line.redraw_if_due(shared);
+        }
+    }
+    if let Some(line) = progress {
+        line.clear();
+    }
+    results
+}
+
+/// Joins every thread; a thread that panicked passes its panic on (a bug, not a load error).
+fn join_all(handles: Vec<thread::JoinHandle<()>>) {
+    for handle in handles {
+        if let Err(panic) = handle.join() {
+            std::panic::resume_unwind(panic);
+        }
+    }
+}
+
+/// The live line on stderr: elapsed time, operations so far, their rate, and errors.
+struct ProgressLine {
+    noun: &'static str,
+    epoch: Instant,
+    /// When to redraw next.
+    due: Instant,
+}
+
+impl ProgressLine {
+    fn new(noun: &'static str, epoch: Instant) -> ProgressLine {
+        ProgressLine {
+            noun,
+            epoch,
+            due: epoch + PROGRESS_EVERY,
+        }
+    }
+
+    fn redraw_if_due(&mut self, shared: &Shared) {
+        let now = Instant::now();
+        if now < self.due {
+            return;
+        }
+        self.due += PROGRESS_EVERY;
+        let (operations, errors) = shared.totals();
+        let secs = now.duration_since(self.epoch).as_secs_f64();
+        let rate = if secs > 0.0 {
+            operations as f64 / secs
+        } else {
+            0.0
+        };
+        let mut stderr = io::stderr().lock();
+        // A progress line that cannot be drawn is not worth failing the run for.
+        let _ = write!(
+            stderr,
+            "\r\x1b[2K{secs:6.1} s  {operations:>12} {}  {rate:>12.1}/s  {errors} errors",
+            self.noun
+        );
+        let _ = stderr.flush();
+    }
+
+    fn clear(self) {
+        let mut stderr = io::stderr().lock();
+        let _ = write!(stderr, "\r\x1b[2K");
+        let _ = stderr.flush();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn echo_load() -> Load {
+        Load {
+            scenario: Scenario::Echo {
+                size: 64,
+                pipeline: 1,
+            },
+            target: loopback(DEFAULT_ECHO_PORT),
+            connections: 4,
+            threads: 1,
+            duration: Duration::from_secs(1),
+            requests: None,
+            pin: false,
+            progress: false,
+        }
+    }
+
+    fn refused(load: Load) -> String {
+        match load.validate() {
+            Err(BenchError::Invalid(message)) => message,
+            other => panic!("expected Invalid, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_sensible_load_is_valid() {
+        assert!(echo_load().validate().is_ok());
+    }
+
+    #[test]
+    fn zero_counts_are_refused_naming_the_flag() {
+        let message = refused(Load {
+            connections: 0,
+            threads: 0,
+            ..echo_load()
+        });
+        assert!(message.contains("-c"), "{message}");
+        assert!(
+            refused(Load {
+                threads: 0,
+                ..echo_load()
+            })
+            .contains("--threads")
+        );
+        assert!(
+            refused(Load {
+                requests: Some(0),
+                ..echo_load()
+            })
+            .contains("--requests")
+        );
+        let zero = |size, pipeline| Load {
+            scenario: Scenario::Echo { size, pipeline },
+            ..echo_load()
+        };
+        assert!(refused(zero(0, 1)).contains("--size"));
+        assert!(refused(zero(64, 0)).contains("--pipeline"));
+    }
+
+    #[test]
+    fn more_threads_than_clients_are_refused() {
+        let message = refused(Load {
+            threads: 5,
+            ..echo_load()
+        });
+        assert!(
+            message.contains("--threads (5)") && message.contains("-c 4"),
+            "{message}"
+        );
+    }
+
+    #[test]
+    fn durations_must_be_positive_and_at_most_an_hour() {
+        assert!(
+            refused(Load {
+                duration: Duration::ZERO,
+                ..echo_load()
+            })
+            .contains("--duration")
+        );
+        assert!(
+            refused(Load {
+                duration: MAX_DURATION + Duration::from_secs(1),
+                ..echo_load()
+            })
+            .contains("1 hour")
+        );
+        assert!(
+            Load {
+                duration: MAX_DURATION,
+                ..echo_load()
+            }
+            .validate()
+            .is_ok()
+        );
+    }
+
+    #[test]
+    fn chat_counts_its_sockets_and_needs_room_for_its_header() {
+        let chat = |senders, members, size| Load {
+            scenario: Scenario::Chat {
+                senders,
+                members,
+                size,
+            },
+            connections: 0, // ignored by chat
+            threads: 2,
+            ..echo_load()
+        };
+        assert!(chat(1, 1, 64).validate().is_ok());
+        assert_eq!(chat(2, 3, 64).sockets(), 5);
+        assert!(refused(chat(0, 1, 64)).contains("--senders"));
+        assert!(refused(chat(1, 0, 64)).contains("--members"));
+        assert!(refused(chat(1, 1, 8)).contains("--size"));
+        assert!(refused(chat(1, 0, 64)).contains("--members"));
+        let message = refused(Load {
+            threads: 3,
+            ..chat(1, 1, 64)
+        });
+        assert!(message.contains("--senders + --members = 2"), "{message}");
+    }
+
+    #[test]
+    fn a_download_name_must_fit_on_the_request_line() {
+        let download = |name: &str| Load {
+            scenario: Scenario::Download { name: name.into() },
+            ..echo_load()
+        };
+        assert!(download("big.bin").validate().is_ok());
+        assert!(refused(download("")).contains("NAME"));
+        assert!(refused(download("a\nLIST")).contains("NAME"));
+    }
+
+    #[test]
+    fn errors_read_as_sentences_without_os_error_numbers() {
+        let unreachable = BenchError::Unreachable {
+            target: loopback(7788),
+            source: io::Error::from_raw_os_error(libc::ECONNREFUSED),
+        };
+        assert_eq!(
+            unreachable.to_string(),
+            "cannot reach 127.0.0.1:7788: Connection refused"
+        );
+    }
+
+    #[test]
+    fn targets_parse_as_addresses_or_names() {
+        assert_eq!(parse_target("127.0.0.1:7788"), Ok(loopback(7788)));
+        assert_eq!(
+            parse_target("[::1]:8080"),
+            Ok("[::1]:8080".parse().unwrap())
+        );
+        assert!(parse_target("localhost:7890").is_ok_and(|a| a.port() == 7890));
+        assert!(parse_target("7788").is_err());
+    }
+
+    #[test]
+    fn the_load_line_says_what_runs() {
+        let line = Load {
+            requests: Some(100),
+            pin: true,
+            ..echo_load()
+        }
+        .to_string();
+        assert_eq!(
+            line,
+            "echo 127.0.0.1:7788: 4 connections, 64 B messages, pipeline 1, 1 thread, 1s, \
+             at most 100 requests, pinned"
+        );
+    }
+
+    #[test]
+    fn room_names_differ_between_runs_and_are_valid_chat_names() {
+        let (a, b) = (room_name(), room_name());
+        assert_ne!(a, b);
+        assert!(a.len() <= 32 && !a.contains([' ', ':']));
+    }
+}
