@@ -113,7 +113,9 @@ impl Buffer {
 /// Writes `bytes` until all are written or the writer would block; returns how many were written.
 ///
 /// This is the edge-triggered write drain: `WouldBlock` is the normal end, `Interrupted` is
-/// retried, and the caller keeps whatever was not written.
+/// retried, and the caller keeps whatever was not written. A short write ends it too: a stream
+/// socket takes less than offered only when its send buffer is full, so the next write would only
+/// say `WouldBlock`, and the socket raises a new writable edge once space frees (epoll(7)).
 ///
 /// # Errors
 /// Any other error of `write`. A zero-length write is reported as `WriteZero`.
@@ -122,7 +124,12 @@ pub fn write_ready(writer: &mut impl Write, bytes: &[u8]) -> io::Result<usize> {
     while written < bytes.len() {
         match writer.write(&bytes[written..]) {
             Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
-            Ok(n) => written += n,
+            Ok(n) => {
+                written += n;
+                if written < bytes.len() {
+                    break; // the send buffer is full
+                }
+            }
             Err(e) if would_block(&e) => break,
             Err(e) if interrupted(&e) => continue,
             Err(e) => return Err(e),
@@ -196,15 +203,16 @@ mod tests {
     }
 
     #[test]
-    fn write_to_stops_at_would_block_and_keeps_the_rest_in_order() {
+    fn write_to_stops_when_the_socket_is_full_and_keeps_the_rest_in_order() {
         let mut buffer = Buffer::new();
         buffer.extend(b"abcdefghij");
         let mut sink = Sink {
             taken: Vec::new(),
-            chunk: 3,
+            chunk: 100,
             capacity: 7,
             interrupt_next: true,
         };
+        // Interrupted is retried; the short write of 7 shows the socket full, so no further call.
         assert_eq!(buffer.write_to(&mut sink).unwrap(), 7);
         assert_eq!(sink.taken, b"abcdefg");
         assert_eq!(buffer.as_slice(), b"hij");
@@ -213,6 +221,17 @@ mod tests {
         assert_eq!(buffer.write_to(&mut sink).unwrap(), 3);
         assert_eq!(sink.taken, b"abcdefghij");
         assert!(buffer.is_empty());
+    }
+
+    #[test]
+    fn write_ready_stops_at_would_block() {
+        let mut sink = Sink {
+            taken: vec![0; 5],
+            chunk: 100,
+            capacity: 5,
+            interrupt_next: false,
+        };
+        assert_eq!(write_ready(&mut sink, b"xyz").unwrap(), 0);
     }
 
     #[test]

@@ -72,6 +72,8 @@ impl Shared {
             stats: &self.stats,
             scratch: &mut self.scratch,
             budget: FAIR_SHARE,
+            // Resumptions and timers have no fresh event to vouch for a short read.
+            short_read_drains: false,
         }
     }
 }

@@ -208,6 +208,9 @@ impl Connection {
                 Id(ctx.token),
                 line.len()
             );
+            if n < ctx.scratch.len() && ctx.short_read_drains {
+                return KEEP;
+            }
         }
     }
 

@@ -168,7 +168,7 @@ impl<S: Stream> Connection<S> {
                 // A zero-length read is the client's FIN: it will send no more.
                 Ok(0) => return self.finish_input(ctx),
                 Ok(n) => n,
-                // Edge-triggered: only `WouldBlock` proves the socket is drained.
+                // Edge-triggered: `WouldBlock` (or a short read, see `Context`) ends the drain.
                 Err(e) if would_block(&e) => return KEEP,
                 Err(e) if interrupted(&e) => continue,
                 Err(e) => return self.fail(e, ctx),
@@ -178,6 +178,9 @@ impl<S: Stream> Connection<S> {
             self.idle_deadline = ctx.now + ctx.config.idle_timeout;
             trace!("{} echo read {n} bytes", Id(ctx.token));
             self.echo(n, ctx)?;
+            if n < room && ctx.short_read_drains {
+                return KEEP;
+            }
         }
     }
 

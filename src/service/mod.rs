@@ -55,6 +55,12 @@ pub struct Context<'a> {
     /// the loop calls it again once the other events of the batch have been handled, since no new
     /// edge need come for what is left. So one fast client cannot hold the loop while others wait.
     pub budget: usize,
+    /// Whether a read that returns fewer bytes than asked proves the socket drained, saving the
+    /// read that would only say `WouldBlock`. epoll(7) allows it for stream sockets: the next
+    /// byte to arrive raises a new edge. It is true only for a readiness event that reported no
+    /// hang-up or error; otherwise the peer's FIN may wait behind the data with its edge already
+    /// spent, and only `WouldBlock` (or a zero-length read) ends the drain.
+    pub short_read_drains: bool,
 }
 
 /// A handler's [`Context::budget`] per call: 256 KiB is a few socket buffers' worth, enough to
@@ -126,6 +132,7 @@ pub trait Handler {
 /// the handler closes with the right reason. Reads go first, so input that arrived with a
 /// hang-up is still handled.
 fn deliver(connection: &mut impl Handler, event: &Event, ctx: &mut Context<'_>) -> Next {
+    ctx.short_read_drains = !(event.is_read_closed() || event.is_error());
     if event.is_readable() || event.is_read_closed() || event.is_error() {
         connection.on_readable(ctx)?;
     }

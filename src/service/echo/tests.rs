@@ -57,11 +57,19 @@ impl Read for Fake {
                 Ok(0)
             }
             Some(Input::Fail(kind)) => Err(kind.into()),
-            Some(Input::Bytes(mut bytes)) => {
-                let n = bytes.len().min(buf.len());
-                buf[..n].copy_from_slice(&bytes[..n]);
-                if n < bytes.len() {
-                    self.input.push_front(Input::Bytes(bytes.split_off(n)));
+            Some(Input::Bytes(bytes)) => {
+                // Like a kernel receive buffer: one read takes everything queued, up to `buf`.
+                self.input.push_front(Input::Bytes(bytes));
+                let mut n = 0;
+                while let Some(Input::Bytes(bytes)) = self.input.front_mut() {
+                    let take = bytes.len().min(buf.len() - n);
+                    buf[n..n + take].copy_from_slice(&bytes[..take]);
+                    n += take;
+                    if take < bytes.len() {
+                        bytes.drain(..take);
+                        break;
+                    }
+                    self.input.pop_front();
                 }
                 Ok(n)
             }
@@ -105,6 +113,8 @@ struct Harness {
     stats: Stats,
     scratch: Vec<u8>,
     now: Instant,
+    /// The event being handled reported the peer's FIN (so a short read proves nothing).
+    hangup: bool,
 }
 
 impl Harness {
@@ -120,6 +130,7 @@ impl Harness {
             stats: Stats::default(),
             scratch: vec![0; 64],
             now: Instant::now(),
+            hangup: false,
         }
     }
 
@@ -131,6 +142,7 @@ impl Harness {
             stats: &self.stats,
             scratch: &mut self.scratch,
             budget: FAIR_SHARE,
+            short_read_drains: !self.hangup,
         }
     }
 
@@ -163,6 +175,7 @@ fn half_closed(h: &mut Harness) -> Connection<Fake> {
     let mut fake = Fake::with_input(&[b"hello"]);
     fake.input.push_back(Input::Fin);
     fake.window = 0;
+    h.hangup = true;
     let mut c = h.connection(fake);
     assert_eq!(c.on_readable(&mut h.ctx()), KEEP);
     assert_eq!(c.state(), State::HalfClosed);
@@ -258,8 +271,32 @@ fn open_yields_once_its_budget_is_spent() {
 }
 
 #[test]
+fn open_stops_at_a_short_read_without_asking_for_would_block() {
+    let mut h = Harness::new();
+    let mut c = h.connection(Fake::with_input(&[b"ping"]));
+    c.stream.input.push_back(Input::Fail(io::ErrorKind::Other)); // never reached
+    assert_eq!(c.on_readable(&mut h.ctx()), KEEP);
+    assert_eq!(c.stream.output, b"ping");
+}
+
+/// After an event that reported a hang-up, the FIN may wait behind the data with its edge spent:
+/// a short read proves nothing then, and reading goes on to the zero-length read.
+#[test]
+fn open_reads_past_a_short_read_when_the_event_reported_a_hang_up() {
+    let mut h = Harness::new();
+    let mut fake = Fake::with_input(&[b"bye"]);
+    fake.input.push_back(Input::Fin);
+    let mut c = h.connection(fake);
+    let mut ctx = h.ctx();
+    ctx.short_read_drains = false;
+    assert_eq!(c.on_readable(&mut ctx), close(CloseReason::PeerClosed));
+    assert_eq!(c.stream.output, b"bye");
+}
+
+#[test]
 fn open_closes_on_fin_when_nothing_is_owed() {
     let mut h = Harness::new();
+    h.hangup = true;
     let mut fake = Fake::with_input(&[b"bye"]);
     fake.input.push_back(Input::Fin);
     let mut c = h.connection(fake);
@@ -347,6 +384,7 @@ fn open_shutdown_with_output_owed_flushes_first() {
 #[test]
 fn open_shutdown_after_the_clients_fin_closes_at_once() {
     let mut h = Harness::new();
+    h.hangup = true; // as at shutdown: no event vouches for a short read
     let mut fake = Fake::with_input(&[b"x"]);
     fake.input.push_back(Input::Fin);
     let mut c = h.connection(fake);
