@@ -26,7 +26,7 @@ use mio::event::Event;
 use mio::{Events, Poll, Registry, Token};
 
 use super::BenchError;
-use super::report::{Tally, classify};
+use super::report::{RESET, Tally, classify};
 use crate::sys::interrupted;
 
 /// How often every client's deadlines are checked and the thread's figures published.
@@ -214,7 +214,12 @@ impl Ctx<'_> {
     /// A connection (or chat join) failed: counted by kind, and remembered as the reason if
     /// nothing is ever reached.
     pub fn connect_failed(&mut self, err: io::Error) {
-        self.io_error(&err);
+        let kind = classify(&err);
+        self.tally.error(kind);
+        if kind == RESET {
+            // A reset needs a peer that answered: the server is there, and hung up at once.
+            return self.reached();
+        }
         if self.shared.reached.load(Ordering::Relaxed) == 0 {
             self.shared.failures.fetch_add(1, Ordering::Relaxed);
             self.tally.first_failure.get_or_insert(err);
