@@ -441,7 +441,9 @@ impl Client for Member {
     }
 
     fn close(&mut self, ctx: &mut Ctx<'_>) {
-        self.finish(ctx);
+        if !self.is_finished() {
+            self.finish(ctx);
+        }
     }
 
     fn is_finished(&self) -> bool {
@@ -600,5 +602,255 @@ mod tests {
         for datagram in [&b"hello"[..], b"x: hello", b"x: 1:2", b"\xff\xfe"] {
             assert_eq!(Heard::parse(datagram, "r"), Heard::Garbage, "{datagram:?}");
         }
+    }
+
+    // ---- state machine: fixtures ----
+
+    use std::net::UdpSocket as StdUdpSocket;
+    use std::sync::Arc;
+
+    use crate::bench::driver::harness::Harness;
+    use crate::bench::report::{TIMEOUT, Tally};
+
+    const ROOM: &str = "bench-test";
+
+    /// A relay played by the test: it reads what the client sends and answers by hand.
+    struct Relay {
+        socket: StdUdpSocket,
+    }
+
+    impl Relay {
+        fn new() -> Relay {
+            let socket = StdUdpSocket::bind("127.0.0.1:0").unwrap();
+            socket
+                .set_read_timeout(Some(Duration::from_secs(2)))
+                .unwrap();
+            Relay { socket }
+        }
+
+        fn addr(&self) -> SocketAddr {
+            self.socket.local_addr().unwrap()
+        }
+
+        /// The next datagram a client sent, and from where.
+        #[track_caller]
+        fn recv(&self) -> (String, SocketAddr) {
+            let mut buf = [0; 2048];
+            let (n, from) = self
+                .socket
+                .recv_from(&mut buf)
+                .expect("a datagram from the client");
+            (String::from_utf8_lossy(&buf[..n]).into_owned(), from)
+        }
+
+        fn send(&self, text: &str, to: SocketAddr) {
+            self.socket.send_to(text.as_bytes(), to).unwrap();
+        }
+    }
+
+    fn is(state: &'static str) -> impl Fn(&Member, &Tally) -> bool {
+        move |m, _| m.state.to_string() == state
+    }
+
+    /// A socket that has sent `/join` to `relay`, and its address.
+    fn joining(
+        h: &mut Harness,
+        relay: &Relay,
+        role: Role,
+        roster: &Arc<Roster>,
+    ) -> (Member, SocketAddr) {
+        let mut member = Member::new(role, 64, Arc::clone(roster));
+        member.start(&mut h.ctx(Instant::now()));
+        assert_eq!(member.state.to_string(), "JOINING");
+        let (text, from) = relay.recv();
+        assert_eq!(text, format!("/join {ROOM}"));
+        (member, from)
+    }
+
+    /// A socket in the room: LISTENING (a member) or, with the room complete, TALKING.
+    fn joined(
+        h: &mut Harness,
+        relay: &Relay,
+        role: Role,
+        roster: &Arc<Roster>,
+    ) -> (Member, SocketAddr) {
+        let (mut member, from) = joining(h, relay, role, roster);
+        relay.send(&format!("* you joined {ROOM} (0 others here)\n"), from);
+        h.run_until(&mut member, "joined", |m, _| {
+            !matches!(m.state, State::Joining { .. })
+        });
+        (member, from)
+    }
+
+    fn roster(sockets: usize) -> Arc<Roster> {
+        Arc::new(Roster::new(ROOM.into(), sockets))
+    }
+
+    // ---- JOINING ----
+
+    #[test]
+    fn joining_a_member_then_listening() {
+        let relay = Relay::new();
+        let mut h = Harness::new(relay.addr(), None);
+        let roster = roster(1);
+        let (member, _) = joined(&mut h, &relay, Role::Member, &roster);
+        assert_eq!(member.state.to_string(), "LISTENING");
+        assert!(h.tally.reached);
+        assert!(roster.complete());
+    }
+
+    #[test]
+    fn joining_repeats_the_join_when_no_answer_comes() {
+        let relay = Relay::new();
+        let mut h = Harness::new(relay.addr(), None);
+        let (mut member, _) = joining(&mut h, &relay, Role::Member, &roster(1));
+        member.on_tick(&mut h.ctx(Instant::now() + JOIN_RETRY));
+        assert_eq!(relay.recv().0, format!("/join {ROOM}"));
+        assert_eq!(member.state.to_string(), "JOINING");
+    }
+
+    #[test]
+    fn joining_gives_up_after_the_operation_timeout_and_leaves() {
+        let relay = Relay::new();
+        let mut h = Harness::new(relay.addr(), None);
+        let roster = roster(2);
+        let (mut member, _) = joining(&mut h, &relay, Role::Member, &roster);
+        member.on_tick(&mut h.ctx(Instant::now() + OPERATION_TIMEOUT));
+        assert!(member.is_finished());
+        assert_eq!(h.tally.errors.get(TIMEOUT), Some(&1));
+        assert_eq!(roster.gave_up.load(Ordering::Relaxed), 1);
+        assert_eq!(relay.recv().0, "/leave");
+    }
+
+    #[test]
+    fn joining_a_full_relay_is_refused_and_gives_up() {
+        let relay = Relay::new();
+        let mut h = Harness::new(relay.addr(), None);
+        let (mut member, from) = joining(&mut h, &relay, Role::Member, &roster(1));
+        relay.send("* server full\n", from);
+        h.run_until(&mut member, "FINISHED", is("FINISHED"));
+        assert_eq!(h.tally.errors.get(CHAT_REFUSED), Some(&1));
+    }
+
+    // ---- WAITING ----
+
+    #[test]
+    fn a_sender_waits_for_the_whole_room_then_fills_its_window() {
+        let relay = Relay::new();
+        let mut h = Harness::new(relay.addr(), None);
+        let roster = roster(2);
+        let (mut sender, _) = joined(&mut h, &relay, Role::Sender(0), &roster);
+        assert_eq!(sender.state.to_string(), "WAITING");
+        sender.on_tick(&mut h.ctx(Instant::now()));
+        assert_eq!(
+            sender.state.to_string(),
+            "WAITING",
+            "one socket has not joined"
+        );
+        roster.joined.fetch_add(1, Ordering::Relaxed);
+        sender.on_tick(&mut h.ctx(Instant::now()));
+        assert_eq!(sender.state.to_string(), "TALKING");
+        for seq in 0..WINDOW {
+            let (text, _) = relay.recv();
+            assert!(text.starts_with(&format!("0:{seq}:")), "{text}");
+            assert_eq!(text.len(), 64);
+        }
+        assert_eq!(h.tally.sent, WINDOW as u64);
+    }
+
+    // ---- TALKING ----
+
+    /// A sender in TALKING with a full window, its messages read by the relay.
+    fn talking(h: &mut Harness, relay: &Relay) -> (Member, SocketAddr, Vec<String>) {
+        let (sender, from) = joined(h, relay, Role::Sender(0), &roster(1));
+        assert_eq!(sender.state.to_string(), "TALKING");
+        let sent = (0..WINDOW).map(|_| relay.recv().0).collect();
+        (sender, from, sent)
+    }
+
+    #[test]
+    fn an_own_copy_is_a_timed_delivery_and_opens_the_window() {
+        let relay = Relay::new();
+        let mut h = Harness::new(relay.addr(), None);
+        let (mut sender, from, sent) = talking(&mut h, &relay);
+        relay.send(&format!("{from}: {}\n", sent[0]), from);
+        h.run_until(&mut sender, "a delivery", |_, t| t.operations == 1);
+        assert!(
+            relay.recv().0.starts_with(&format!("0:{WINDOW}:")),
+            "the next message"
+        );
+        assert_eq!(h.tally.latency.len(), 1);
+        assert!(h.tally.bytes > 64);
+    }
+
+    #[test]
+    fn a_copy_that_never_comes_back_frees_its_slot_after_a_while() {
+        let relay = Relay::new();
+        let mut h = Harness::new(relay.addr(), None);
+        let (mut sender, _, _) = talking(&mut h, &relay);
+        sender.on_tick(&mut h.ctx(Instant::now() + LOST_AFTER));
+        for _ in 0..WINDOW {
+            relay.recv();
+        }
+        assert_eq!(h.tally.sent, 2 * WINDOW as u64);
+        assert!(
+            h.tally.errors.is_empty(),
+            "a loss shows in the delivery ratio, not as an error"
+        );
+    }
+
+    #[test]
+    fn a_sender_drains_once_its_requests_are_spent_and_answered() {
+        let relay = Relay::new();
+        let mut h = Harness::new(relay.addr(), Some(2));
+        let (mut sender, from) = joined(&mut h, &relay, Role::Sender(0), &roster(1));
+        for _ in 0..2 {
+            let (text, _) = relay.recv();
+            relay.send(&format!("{from}: {text}\n"), from);
+        }
+        h.run_until(&mut sender, "DRAINING", is("DRAINING"));
+        assert_eq!((h.tally.sent, h.tally.operations), (2, 2));
+    }
+
+    // ---- LISTENING ----
+
+    #[test]
+    fn listening_counts_the_relays_refusals_and_garbage_by_kind() {
+        let relay = Relay::new();
+        let mut h = Harness::new(relay.addr(), None);
+        let (mut member, from) = joined(&mut h, &relay, Role::Member, &roster(1));
+        relay.send("* slow down: 20 messages/s\n", from);
+        relay.send("not a relayed line\n", from);
+        relay.send("* 127.0.0.1:9 joined bench-test\n", from);
+        h.run_until(&mut member, "two errors", |_, t| t.error_count() == 2);
+        assert_eq!(h.tally.errors.get(RATE_LIMITED), Some(&1));
+        assert_eq!(h.tally.errors.get(PROTOCOL), Some(&1));
+        assert_eq!(h.tally.operations, 0);
+    }
+
+    // ---- DRAINING ----
+
+    #[test]
+    fn stop_drains_until_quiet_then_leaves() {
+        let relay = Relay::new();
+        let mut h = Harness::new(relay.addr(), None);
+        let (mut member, _) = joined(&mut h, &relay, Role::Member, &roster(1));
+        let stopped = Instant::now();
+        member.on_stop(&mut h.ctx(stopped));
+        assert_eq!(member.state.to_string(), "DRAINING");
+        member.on_tick(&mut h.ctx(stopped + QUIET / 2));
+        assert_eq!(member.state.to_string(), "DRAINING");
+        member.on_tick(&mut h.ctx(stopped + QUIET));
+        assert!(member.is_finished());
+        assert_eq!(relay.recv().0, "/leave");
+    }
+
+    #[test]
+    fn stop_while_joining_finishes_at_once() {
+        let relay = Relay::new();
+        let mut h = Harness::new(relay.addr(), None);
+        let (mut member, _) = joining(&mut h, &relay, Role::Member, &roster(1));
+        member.on_stop(&mut h.ctx(Instant::now()));
+        assert!(member.is_finished());
     }
 }

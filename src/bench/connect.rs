@@ -277,10 +277,115 @@ impl Client for Connection {
     }
 
     fn close(&mut self, ctx: &mut Ctx<'_>) {
-        self.finish(ctx);
+        if !self.is_finished() {
+            self.finish(ctx);
+        }
     }
 
     fn is_finished(&self) -> bool {
         matches!(self.state, State::Finished)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::{Read, Write};
+    use std::net::SocketAddr;
+
+    use super::*;
+    use crate::bench::driver::harness::{Harness, serve_one};
+    use crate::bench::report::Tally;
+
+    /// Echoes one connection until EOF.
+    fn echo_server() -> SocketAddr {
+        serve_one(|mut stream| {
+            let mut buf = [0; 256];
+            while let Ok(n @ 1..) = stream.read(&mut buf) {
+                if stream.write_all(&buf[..n]).is_err() {
+                    break;
+                }
+            }
+        })
+    }
+
+    /// Accepts one connection and says nothing.
+    fn silent_server() -> SocketAddr {
+        serve_one(|mut stream| {
+            let _ = stream.read_to_end(&mut Vec::new());
+        })
+    }
+
+    fn is(state: &'static str) -> impl Fn(&Connection, &Tally) -> bool {
+        move |c, _| c.state.name() == state
+    }
+
+    fn started(h: &mut Harness) -> Connection {
+        let mut client = Connection::new(3);
+        client.start(&mut h.ctx(Instant::now()));
+        client
+    }
+
+    // ---- IDLE → CONNECTING → EXCHANGING → IDLE ----
+
+    #[test]
+    fn a_cycle_is_one_timed_connection_and_the_next_starts_at_once() {
+        let mut h = Harness::new(echo_server(), None);
+        let mut client = started(&mut h);
+        assert_eq!(client.state.name(), "CONNECTING");
+        h.run_until(&mut client, "one connection", |_, t| t.operations == 1);
+        assert_eq!(h.tally.bytes, MESSAGE_BYTES as u64);
+        assert_eq!(h.tally.latency.len(), 1);
+        assert_eq!(client.cycles, 1);
+        // The next cycle began (the fake server took only one connection, so it may already
+        // have been refused and be backing off).
+        assert!(matches!(client.state.name(), "CONNECTING" | "BACKING-OFF"));
+    }
+
+    #[test]
+    fn the_last_ticket_ends_in_finished() {
+        let mut h = Harness::new(echo_server(), Some(1));
+        let mut client = started(&mut h);
+        h.run_until(&mut client, "FINISHED", is("FINISHED"));
+        assert_eq!(h.tally.operations, 1);
+    }
+
+    // ---- timeouts ----
+
+    #[test]
+    fn connecting_and_exchanging_time_out() {
+        let mut h = Harness::new(silent_server(), None);
+        let mut client = started(&mut h);
+        h.run_until(&mut client, "EXCHANGING", is("EXCHANGING"));
+        client.on_tick(&mut h.ctx(Instant::now() + OPERATION_TIMEOUT));
+        assert_eq!(client.state.name(), "BACKING-OFF");
+        assert_eq!(h.tally.errors.get(TIMEOUT), Some(&1));
+
+        let mut h = Harness::new(silent_server(), None);
+        let mut client = started(&mut h);
+        client.on_tick(&mut h.ctx(Instant::now() + OPERATION_TIMEOUT));
+        assert_eq!(client.state.name(), "BACKING-OFF");
+        assert_eq!(h.tally.errors.get(TIMEOUT), Some(&1));
+    }
+
+    // ---- stopping ----
+
+    #[test]
+    fn stop_finishes_every_state() {
+        let mut h = Harness::new(silent_server(), None);
+        let mut exchanging = started(&mut h);
+        h.run_until(&mut exchanging, "EXCHANGING", is("EXCHANGING"));
+        let mut connecting = started(&mut h);
+        let mut backing_off = started(&mut h);
+        backing_off.on_tick(&mut h.ctx(Instant::now() + OPERATION_TIMEOUT));
+        let mut idle = Connection::new(0);
+        for client in [
+            &mut exchanging,
+            &mut connecting,
+            &mut backing_off,
+            &mut idle,
+        ] {
+            client.on_stop(&mut h.ctx(Instant::now()));
+            assert!(client.is_finished());
+        }
     }
 }

@@ -434,7 +434,9 @@ impl Client for Connection {
     }
 
     fn close(&mut self, ctx: &mut Ctx<'_>) {
-        self.finish(ctx);
+        if !self.is_finished() {
+            self.finish(ctx);
+        }
     }
 
     fn is_finished(&self) -> bool {
@@ -463,7 +465,108 @@ pub(crate) fn parse_header(line: &[u8]) -> Result<u64, &'static str> {
 
 #[cfg(test)]
 mod tests {
+    use std::io::{BufRead, BufReader, Read, Write};
+    use std::net::SocketAddr;
+    use std::time::Duration;
+
     use super::*;
+    use crate::bench::driver::harness::{Harness, serve_one};
+    use crate::bench::report::Tally;
+
+    /// Reads the request line of one connection, checks it, and answers `reply`, in pieces.
+    fn server(reply: &'static [&'static [u8]]) -> SocketAddr {
+        serve_one(move |mut stream| {
+            let mut line = String::new();
+            let _ = BufReader::new(&stream).read_line(&mut line);
+            assert_eq!(line, "GET f\n");
+            for piece in reply {
+                let _ = stream.write_all(piece);
+                let _ = stream.flush();
+            }
+            let _ = stream.read_to_end(&mut Vec::new());
+        })
+    }
+
+    /// A client that has started its only download (one ticket) against `reply`.
+    fn download(reply: &'static [&'static [u8]]) -> (Harness, Connection) {
+        let mut h = Harness::new(server(reply), Some(1));
+        let mut client = Connection::new(b"GET f\n"[..].into());
+        client.start(&mut h.ctx(Instant::now()));
+        assert_eq!(client.state.name(), "CONNECTING");
+        (h, client)
+    }
+
+    fn is(state: &'static str) -> impl Fn(&Connection, &Tally) -> bool {
+        move |c, _| c.state.name() == state
+    }
+
+    fn any_of(states: &'static [&'static str]) -> impl Fn(&Connection, &Tally) -> bool {
+        move |c, _| states.contains(&c.state.name())
+    }
+
+    // ---- CONNECTING → REQUESTING → HEADER → BODY → (EOF) ----
+
+    #[test]
+    fn a_download_of_the_announced_size_counts_once_eof_comes() {
+        let (mut h, mut client) = download(&[b"OK 1", b"0\n01234", b"56789"]);
+        // The server keeps the connection open after the body: no EOF, so not yet a download.
+        h.run_until(&mut client, "the body", |_, t| t.bytes == 10);
+        assert_eq!(client.state.name(), "BODY");
+        assert_eq!(h.tally.operations, 0);
+    }
+
+    #[test]
+    fn eof_after_the_body_completes_the_download() {
+        let addr = serve_one(|mut stream| {
+            let _ = BufReader::new(&stream).read_line(&mut String::new());
+            let _ = stream.write_all(b"OK 5\nhello");
+        });
+        let mut h = Harness::new(addr, Some(1));
+        let mut client = Connection::new(b"GET f\n"[..].into());
+        client.start(&mut h.ctx(Instant::now()));
+        h.run_until(&mut client, "FINISHED", is("FINISHED"));
+        assert_eq!((h.tally.operations, h.tally.bytes), (1, 5));
+        assert!(h.tally.errors.is_empty(), "{:?}", h.tally.errors);
+    }
+
+    #[test]
+    fn more_bytes_than_announced_is_a_protocol_error() {
+        let (mut h, mut client) = download(&[b"OK 2\nhello"]);
+        h.run_until(
+            &mut client,
+            "an error",
+            any_of(&["BACKING-OFF", "FINISHED"]),
+        );
+        assert_eq!(h.tally.errors.get(PROTOCOL), Some(&1));
+    }
+
+    #[test]
+    fn an_err_line_is_counted_by_its_code() {
+        let (mut h, mut client) = download(&[b"ERR 404 no such file\n"]);
+        h.run_until(&mut client, "BACKING-OFF", is("BACKING-OFF"));
+        assert_eq!(h.tally.errors.get(NOT_FOUND), Some(&1));
+    }
+
+    #[test]
+    fn a_silent_step_times_out() {
+        let (mut h, mut client) = download(&[b"OK 100\nab"]);
+        h.run_until(&mut client, "BODY", |_, t| t.bytes == 2);
+        client.on_tick(&mut h.ctx(Instant::now() + Duration::from_secs(1)));
+        assert_eq!(client.state.name(), "BODY", "not due yet");
+        client.on_tick(&mut h.ctx(Instant::now() + OPERATION_TIMEOUT));
+        assert_eq!(client.state.name(), "BACKING-OFF");
+        assert_eq!(h.tally.errors.get(TIMEOUT), Some(&1));
+    }
+
+    #[test]
+    fn stop_abandons_a_download_but_keeps_its_bytes() {
+        let (mut h, mut client) = download(&[b"OK 100\nab"]);
+        h.run_until(&mut client, "BODY", |_, t| t.bytes == 2);
+        client.on_stop(&mut h.ctx(Instant::now()));
+        assert!(client.is_finished());
+        assert_eq!((h.tally.operations, h.tally.bytes), (0, 2));
+        assert!(h.tally.errors.is_empty());
+    }
 
     #[test]
     fn ok_headers_give_the_size() {

@@ -21,7 +21,7 @@ use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use log::debug;
+use log::{debug, trace};
 use mio::event::Event;
 use mio::{Events, Poll, Registry, Token};
 
@@ -334,6 +334,14 @@ impl<C: Client> Driver<C> {
             let Some(client) = self.clients.get_mut(event.token().0) else {
                 continue; // no client has this token: nothing registered it
             };
+            trace!(
+                "bench {}/{} event: readable={} writable={} error={}",
+                self.thread,
+                event.token().0,
+                event.is_readable(),
+                event.is_writable(),
+                event.is_error()
+            );
             let mut ctx = Ctx {
                 now: Instant::now(),
                 token: event.token(),
@@ -412,6 +420,122 @@ impl<C: Client> Driver<C> {
 
     fn all_finished(&self) -> bool {
         self.clients.iter().all(C::is_finished)
+    }
+}
+
+/// A driver taken apart for state-machine tests: a real `Poll` and tally, and contexts at any
+/// instant, so a test can put a client in a state and then show it the future (a timeout) without
+/// waiting for it.
+#[cfg(test)]
+pub(crate) mod harness {
+    use super::*;
+
+    /// Bound on waiting for a client to reach a state.
+    const WAIT: Duration = Duration::from_secs(5);
+
+    pub(crate) struct Harness {
+        poll: Poll,
+        events: Events,
+        pub shared: Shared,
+        pub tally: Tally,
+        scratch: Box<[u8]>,
+        pub stopping: bool,
+    }
+
+    impl Harness {
+        pub fn new(target: SocketAddr, requests: Option<u64>) -> Harness {
+            Harness {
+                poll: Poll::new().expect("a poll instance"),
+                events: Events::with_capacity(64),
+                shared: Shared::new(target, Duration::from_secs(60), requests, 1),
+                tally: Tally::new(),
+                scratch: vec![0; SCRATCH_BYTES].into_boxed_slice(),
+                stopping: false,
+            }
+        }
+
+        /// A context for token 0 at `now`.
+        pub fn ctx(&mut self, now: Instant) -> Ctx<'_> {
+            Ctx {
+                now,
+                token: Token(0),
+                thread: 0,
+                registry: self.poll.registry(),
+                shared: &self.shared,
+                tally: &mut self.tally,
+                scratch: &mut self.scratch,
+                stopping: self.stopping,
+            }
+        }
+
+        /// Delivers events (and ticks) to `client` until `done` holds.
+        ///
+        /// # Panics
+        /// After [`WAIT`], naming `what`.
+        #[track_caller]
+        pub fn run_until<C: Client>(
+            &mut self,
+            client: &mut C,
+            what: &str,
+            done: impl Fn(&C, &Tally) -> bool,
+        ) {
+            let deadline = Instant::now() + WAIT;
+            while !done(client, &self.tally) {
+                assert!(Instant::now() < deadline, "timed out waiting for {what}");
+                self.poll.poll(&mut self.events, Some(TICK)).expect("poll");
+                let events: Vec<Event> = self.events.iter().cloned().collect();
+                for event in &events {
+                    client.on_event(event, &mut self.ctx(Instant::now()));
+                }
+                client.on_tick(&mut self.ctx(Instant::now()));
+            }
+        }
+    }
+
+    /// A TCP listener on loopback whose first connection (accepted within [`WAIT`]) goes to
+    /// `handle` on a thread of its own, with reads bounded by [`WAIT`].
+    pub fn serve_one(handle: impl FnOnce(std::net::TcpStream) + Send + 'static) -> SocketAddr {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let addr = listener.local_addr().expect("local address");
+        listener.set_nonblocking(true).expect("non-blocking");
+        std::thread::spawn(move || {
+            let deadline = Instant::now() + WAIT;
+            while Instant::now() < deadline {
+                match listener.accept() {
+                    Ok((stream, _)) => {
+                        stream.set_nonblocking(false).expect("blocking");
+                        stream.set_read_timeout(Some(WAIT)).expect("timeout");
+                        return handle(stream);
+                    }
+                    Err(_) => std::thread::sleep(Duration::from_millis(1)),
+                }
+            }
+        });
+        addr
+    }
+
+    /// A readable-and-writable event for token 0, as a socket closed earlier in the batch
+    /// would leave behind.
+    pub fn leftover_event() -> Event {
+        let mut poll = Poll::new().expect("a poll instance");
+        let mut socket =
+            mio::net::UdpSocket::bind("127.0.0.1:0".parse().expect("an address")).expect("bind");
+        poll.registry()
+            .register(&mut socket, Token(0), mio::Interest::WRITABLE)
+            .expect("register");
+        let mut events = Events::with_capacity(1);
+        poll.poll(&mut events, Some(WAIT)).expect("poll");
+        events
+            .iter()
+            .next()
+            .cloned()
+            .expect("a new UDP socket is writable")
+    }
+
+    /// A loopback port where nothing listens.
+    pub fn closed_port() -> SocketAddr {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        listener.local_addr().expect("local address")
     }
 }
 

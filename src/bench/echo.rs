@@ -330,7 +330,9 @@ impl Client for Connection {
     }
 
     fn close(&mut self, ctx: &mut Ctx<'_>) {
-        self.finish(ctx);
+        if !self.is_finished() {
+            self.finish(ctx);
+        }
     }
 
     fn is_finished(&self) -> bool {
@@ -435,5 +437,218 @@ mod tests {
         corrupt[40] ^= 0x20;
         assert!(!message_matches(1, 0, 64, 0, &corrupt));
         assert!(!message_matches(1, 0, 64, 63, b"x"));
+    }
+
+    // ---- state machine: fixtures ----
+
+    use std::io::{Read, Write};
+    use std::net::SocketAddr;
+    use std::time::Duration;
+
+    use crate::bench::driver::harness::{Harness, closed_port, leftover_event, serve_one};
+    use crate::bench::report::{REFUSED, TIMEOUT};
+
+    /// Echoes everything on one connection until EOF.
+    fn echo_server() -> SocketAddr {
+        serve_one(|mut stream| {
+            let mut buf = [0; 4096];
+            while let Ok(n @ 1..) = stream.read(&mut buf) {
+                if stream.write_all(&buf[..n]).is_err() {
+                    break;
+                }
+            }
+        })
+    }
+
+    /// Accepts one connection and says nothing until the client closes (or a few seconds pass).
+    fn silent_server() -> SocketAddr {
+        serve_one(|mut stream| {
+            let _ = stream.read_to_end(&mut Vec::new());
+        })
+    }
+
+    fn is(state: &'static str) -> impl Fn(&Connection, &crate::bench::report::Tally) -> bool {
+        move |c, _| c.state.name() == state
+    }
+
+    /// A client in CONNECTING (its connect may already have finished, unseen).
+    fn connecting(h: &mut Harness) -> Connection {
+        let mut client = Connection::new(1, 8, 2);
+        client.start(&mut h.ctx(Instant::now()));
+        assert_eq!(client.state.name(), "CONNECTING");
+        client
+    }
+
+    /// A client in EXCHANGING, with its first messages sent.
+    fn exchanging(h: &mut Harness) -> Connection {
+        let mut client = connecting(h);
+        h.run_until(&mut client, "EXCHANGING", is("EXCHANGING"));
+        client
+    }
+
+    /// A client in BACKING-OFF after a timed-out connect.
+    fn backing_off(h: &mut Harness) -> (Connection, Instant) {
+        let mut client = connecting(h);
+        let later = Instant::now() + OPERATION_TIMEOUT;
+        client.on_tick(&mut h.ctx(later));
+        let State::BackingOff { until } = client.state else {
+            panic!("expected BACKING-OFF, got {}", client.state);
+        };
+        (client, until)
+    }
+
+    // ---- IDLE ----
+
+    #[test]
+    fn idle_starts_by_connecting() {
+        let mut h = Harness::new(silent_server(), None);
+        connecting(&mut h);
+    }
+
+    #[test]
+    fn idle_with_no_ticket_left_finishes_at_once() {
+        let mut h = Harness::new(silent_server(), Some(0));
+        let mut client = Connection::new(0, 8, 1);
+        client.start(&mut h.ctx(Instant::now()));
+        assert!(client.is_finished());
+    }
+
+    // ---- CONNECTING ----
+
+    #[test]
+    fn connecting_to_a_listener_starts_the_exchange_with_a_full_pipeline() {
+        let mut h = Harness::new(silent_server(), None);
+        let client = exchanging(&mut h);
+        assert!(h.tally.reached);
+        let State::Exchanging(exchange) = &client.state else {
+            unreachable!()
+        };
+        assert_eq!(exchange.in_flight.len(), 2);
+        assert_eq!(exchange.output.len(), 16, "two 8-byte messages queued");
+    }
+
+    #[test]
+    fn a_refused_connect_is_counted_and_backs_off() {
+        let mut h = Harness::new(closed_port(), None);
+        let mut client = Connection::new(0, 8, 1);
+        client.start(&mut h.ctx(Instant::now()));
+        h.run_until(&mut client, "BACKING-OFF", is("BACKING-OFF"));
+        assert_eq!(h.tally.errors.get(REFUSED), Some(&1));
+        assert!(!h.tally.reached);
+        assert!(h.tally.first_failure.is_some());
+    }
+
+    #[test]
+    fn connecting_times_out_after_the_operation_timeout() {
+        let mut h = Harness::new(silent_server(), None);
+        let mut client = connecting(&mut h);
+        client.on_tick(&mut h.ctx(Instant::now() + Duration::from_secs(1)));
+        assert_eq!(client.state.name(), "CONNECTING", "not due yet");
+        let (_, _) = backing_off(&mut h);
+        assert_eq!(h.tally.errors.get(TIMEOUT), Some(&1));
+    }
+
+    // ---- EXCHANGING ----
+
+    #[test]
+    fn exchanging_completes_messages_and_times_each() {
+        let mut h = Harness::new(echo_server(), None);
+        let mut client = exchanging(&mut h);
+        h.run_until(&mut client, "10 round trips", |_, t| t.operations >= 10);
+        assert_eq!(h.tally.bytes, h.tally.operations * 8);
+        assert_eq!(h.tally.latency.len(), h.tally.operations);
+        assert!(h.tally.errors.is_empty(), "{:?}", h.tally.errors);
+    }
+
+    #[test]
+    fn exchanging_finishes_when_the_requests_are_spent() {
+        let mut h = Harness::new(echo_server(), Some(5));
+        let mut client = exchanging(&mut h);
+        h.run_until(&mut client, "FINISHED", is("FINISHED"));
+        assert_eq!(h.tally.operations, 5);
+    }
+
+    #[test]
+    fn exchanging_times_out_when_no_echo_comes() {
+        let mut h = Harness::new(silent_server(), None);
+        let mut client = exchanging(&mut h);
+        client.on_tick(&mut h.ctx(Instant::now() + OPERATION_TIMEOUT));
+        assert_eq!(client.state.name(), "BACKING-OFF");
+        assert_eq!(h.tally.errors.get(TIMEOUT), Some(&1));
+    }
+
+    #[test]
+    fn exchanging_counts_an_early_close_as_closed() {
+        // Reads both queued messages (so closing sends FIN, not RST), then closes.
+        let addr = serve_one(|mut stream| {
+            let _ = stream.read_exact(&mut [0; 16]);
+        });
+        let mut h = Harness::new(addr, None);
+        let mut client = exchanging(&mut h);
+        h.run_until(&mut client, "BACKING-OFF", is("BACKING-OFF"));
+        assert_eq!(h.tally.errors.get(CLOSED), Some(&1), "{:?}", h.tally.errors);
+    }
+
+    #[test]
+    fn exchanging_counts_changed_bytes_as_a_mismatch() {
+        let addr = serve_one(|mut stream| {
+            let mut buf = [0; 8];
+            if stream.read_exact(&mut buf).is_ok() {
+                let _ = stream.write_all(b"XXXXXXXX");
+                let _ = stream.read_to_end(&mut Vec::new());
+            }
+        });
+        let mut h = Harness::new(addr, None);
+        let mut client = exchanging(&mut h);
+        h.run_until(&mut client, "BACKING-OFF", is("BACKING-OFF"));
+        assert_eq!(h.tally.errors.get(MISMATCH), Some(&1));
+    }
+
+    // ---- BACKING-OFF ----
+
+    #[test]
+    fn backing_off_reconnects_once_due_and_not_before() {
+        let mut h = Harness::new(silent_server(), None);
+        let (mut client, until) = backing_off(&mut h);
+        client.on_tick(&mut h.ctx(until - Duration::from_millis(1)));
+        assert_eq!(client.state.name(), "BACKING-OFF");
+        client.on_tick(&mut h.ctx(until));
+        assert_eq!(client.state.name(), "CONNECTING");
+    }
+
+    /// IDLE, BACKING-OFF and FINISHED hold no socket, so an event for their token can only be a
+    /// leftover of the previous socket.
+    #[test]
+    fn a_leftover_event_without_a_socket_changes_nothing() {
+        let mut h = Harness::new(silent_server(), None);
+        let (mut client, _) = backing_off(&mut h);
+        let mut finished = Connection::new(0, 8, 1);
+        finished.on_stop(&mut h.ctx(Instant::now()));
+        let event = leftover_event();
+        client.on_event(&event, &mut h.ctx(Instant::now()));
+        finished.on_event(&event, &mut h.ctx(Instant::now()));
+        assert_eq!(client.state.name(), "BACKING-OFF");
+        assert!(finished.is_finished());
+        assert!(h.tally.errors.get(TIMEOUT) == Some(&1) && h.tally.errors.len() == 1);
+    }
+
+    // ---- stopping, from every state ----
+
+    #[test]
+    fn stop_finishes_every_state() {
+        let mut h = Harness::new(silent_server(), None);
+        let mut idle = Connection::new(0, 8, 1);
+        let mut connecting = connecting(&mut h);
+        let (mut backing_off, _) = backing_off(&mut h);
+        let mut h2 = Harness::new(silent_server(), None);
+        let mut exchanging = exchanging(&mut h2);
+        for client in [&mut idle, &mut connecting, &mut backing_off] {
+            client.on_stop(&mut h.ctx(Instant::now()));
+            assert!(client.is_finished());
+        }
+        exchanging.on_stop(&mut h2.ctx(Instant::now()));
+        assert!(exchanging.is_finished());
+        exchanging.on_stop(&mut h2.ctx(Instant::now()));
+        assert!(exchanging.is_finished(), "FINISHED stays FINISHED");
     }
 }
