@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use clap::{Args, Subcommand};
 
-use super::report::noun;
+use super::report::{RATE_LIMITED, noun};
 use super::{BenchError, DEFAULT_DURATION, Load, MAX_DURATION, Scenario, run};
 use crate::config::{DEFAULT_CHAT_PORT, DEFAULT_ECHO_PORT, DEFAULT_FILES_PORT, parse_duration};
 
@@ -245,6 +245,12 @@ pub fn command(args: &BenchArgs) -> ExitCode {
                 println!("{}", report.to_json());
             } else {
                 print!("{report}");
+            }
+            if report.errors.contains_key(RATE_LIMITED) {
+                eprintln!(
+                    "readyloop bench: the relay's rate limit dropped messages; start it with \
+                     --chat-rate 0 to measure the relay itself"
+                );
             }
             if report.operations == 0 {
                 eprintln!(
