@@ -16,9 +16,12 @@ use std::net::SocketAddr;
 use std::path::{Component, Path, PathBuf};
 use std::sync::{Arc, mpsc};
 use std::thread;
+use std::time::Duration;
 
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncSeekExt, AsyncWriteExt, BufReader};
 use tokio::net::{TcpListener, TcpStream};
+
+use super::thread_cpu;
 
 /// Bytes per read of a download body: the buffer size of the copy loops in `benches/download.rs`.
 const COPY_BUFFER: usize = 64 * 1024;
@@ -28,6 +31,10 @@ const ECHO_BUFFER: usize = 1024;
 
 /// Longest request line accepted, as readyloop's 4 096-byte limit.
 const MAX_REQUEST: u64 = 4096;
+
+/// Name of the threads of the peer's blocking pool, where `tokio::fs` reads run: 15 bytes, so
+/// `/proc/self/task/<tid>/comm` shows it whole and [`TokioPeer::cpu`] can find them.
+const POOL_THREAD_NAME: &str = "tokio-peer-pool";
 
 /// How the `GET` service reads the file it sends.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -53,6 +60,26 @@ pub struct TokioPeer {
     pub tid: i32,
 }
 
+impl TokioPeer {
+    /// CPU time (user and system) of the runtime thread and of its blocking pool together: all
+    /// the work the peer does, `tokio::fs` reads included.
+    pub fn cpu(&self) -> Duration {
+        let mut total = thread_cpu(self.tid);
+        let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
+            return total;
+        };
+        for task in tasks.flatten() {
+            let comm = std::fs::read_to_string(task.path().join("comm")).unwrap_or_default();
+            if comm.trim_end() == POOL_THREAD_NAME {
+                if let Some(tid) = task.file_name().to_str().and_then(|t| t.parse().ok()) {
+                    total += thread_cpu(tid);
+                }
+            }
+        }
+        total
+    }
+}
+
 /// Starts the peer on 127.0.0.1 with ports chosen by the kernel, serving files beneath `root`,
 /// on a new thread that runs until the process ends; `pin` pins that thread to a core.
 ///
@@ -71,6 +98,10 @@ pub fn start_tokio_peer(root: PathBuf, pin: Option<usize>) -> TokioPeer {
             }
             let runtime = tokio::runtime::Builder::new_current_thread()
                 .enable_io()
+                .thread_name(POOL_THREAD_NAME)
+                // Pool threads normally exit after 10 s idle; a thread that exits between two
+                // readings of [`TokioPeer::cpu`] would take its CPU time with it.
+                .thread_keep_alive(Duration::from_secs(24 * 3600))
                 .build()
                 .expect("a tokio runtime");
             runtime.block_on(serve(Arc::new(root), tx))
