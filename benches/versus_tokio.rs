@@ -55,6 +55,8 @@ const CHAT_MEMBERS: [usize; 2] = [10, 100];
 const CHAT_SIZE: usize = 64;
 /// Idle connections held open for the memory measurement.
 const IDLE_CONNECTIONS: usize = 10_000;
+/// The row giving the user-space part of the server's CPU time per operation.
+const USER_METRIC: &str = "  of which user space";
 /// Setting this variable makes the benchmark binary run only the tokio peer (memory measurement).
 const PEER_ROLE_VAR: &str = "READYLOOP_VERSUS_TOKIO_PEER";
 
@@ -209,18 +211,58 @@ struct Servers {
 }
 
 /// Reads the CPU time a server has used so far.
-type CpuClock<'a> = &'a dyn Fn() -> Duration;
+type CpuClock<'a> = &'a dyn Fn() -> Cpu;
 
 impl Servers {
     /// readyloop's one thread.
-    fn readyloop_cpu(&self) -> Duration {
-        thread_cpu(self.readyloop.tid)
+    fn readyloop_cpu(&self) -> Cpu {
+        Cpu::of(&[self.readyloop.tid])
     }
 
     /// The tokio runtime thread and its blocking pool.
-    fn tokio_cpu(&self) -> Duration {
-        self.tokio.cpu()
+    fn tokio_cpu(&self) -> Cpu {
+        Cpu::of(&self.tokio.threads())
     }
+}
+
+/// CPU time some threads of this process have used so far.
+#[derive(Debug, Clone, Copy)]
+struct Cpu {
+    /// User and system time, in nanoseconds ([`thread_cpu`]).
+    total: Duration,
+    /// User time alone: the server's own code, without the kernel's TCP/IP work done on its
+    /// behalf. Counted in clock ticks (10 ms), so it is only meaningful over seconds.
+    user: Duration,
+}
+
+impl Cpu {
+    fn of(tids: &[i32]) -> Cpu {
+        tids.iter().fold(
+            Cpu {
+                total: Duration::ZERO,
+                user: Duration::ZERO,
+            },
+            |sum, &tid| Cpu {
+                total: sum.total + thread_cpu(tid),
+                user: sum.user + thread_user(tid),
+            },
+        )
+    }
+}
+
+/// User time of a thread of this process: `utime`, field 14 of `/proc/self/task/<tid>/stat`.
+fn thread_user(tid: i32) -> Duration {
+    let stat = std::fs::read_to_string(format!("/proc/self/task/{tid}/stat")).unwrap_or_default();
+    // The command name may hold spaces; the fields after it start with field 3, the state.
+    let after_name = stat.rsplit_once(')').map_or("", |(_, rest)| rest);
+    let ticks: u64 = after_name
+        .split_whitespace()
+        .nth(14 - 3)
+        .and_then(|f| f.parse().ok())
+        .unwrap_or(0);
+    // SAFETY: sysconf has no preconditions.
+    let per_second = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as u64;
+    Duration::from_nanos(ticks * 1_000_000_000 / per_second)
 }
 
 /// One measurement's figures.
@@ -231,6 +273,8 @@ struct Sample {
     p99_us: f64,
     /// Server thread CPU nanoseconds per operation.
     cpu_ns: f64,
+    /// Of which user time.
+    user_ns: f64,
     /// Server CPU microseconds per megabyte received by the clients.
     cpu_us_per_mb: f64,
     delivery_ratio: f64,
@@ -240,7 +284,11 @@ struct Sample {
 fn measure(load: &Load, server_cpu: CpuClock<'_>) -> Sample {
     let before = server_cpu();
     let report: Report = run(load).unwrap_or_else(|e| panic!("{} load failed: {e}", load.target));
-    let cpu = server_cpu().saturating_sub(before);
+    let after = server_cpu();
+    let (cpu, user) = (
+        after.total.saturating_sub(before.total),
+        after.user.saturating_sub(before.user),
+    );
     if !report.errors.is_empty() {
         eprintln!(
             "  {} on {}: errors {:?}",
@@ -252,6 +300,7 @@ fn measure(load: &Load, server_cpu: CpuClock<'_>) -> Sample {
         megabytes_per_second: report.megabytes_per_second(),
         p99_us: report.latency.p99.as_secs_f64() * 1e6,
         cpu_ns: cpu.as_nanos() as f64 / report.operations.max(1) as f64,
+        user_ns: user.as_nanos() as f64 / report.operations.max(1) as f64,
         cpu_us_per_mb: cpu.as_secs_f64() * 1e6 / (report.bytes.max(1) as f64 / 1e6),
         delivery_ratio: report.delivery_ratio.unwrap_or(1.0),
     }
@@ -314,7 +363,8 @@ fn echo(options: &Options, servers: &Servers, connections: usize, results: &mut 
             s.cpu_ns
         }),
     );
-    results.print_last(3);
+    results.add(table.pair(&samples, USER_METRIC, "ns", Better::Lower, |s| s.user_ns));
+    results.print_last(4);
 }
 
 fn churn(options: &Options, servers: &Servers, results: &mut Results) {
@@ -348,7 +398,8 @@ fn churn(options: &Options, servers: &Servers, results: &mut Results) {
         Better::Lower,
         |s| s.cpu_ns,
     ));
-    results.print_last(3);
+    results.add(table.pair(&samples, USER_METRIC, "ns", Better::Lower, |s| s.user_ns));
+    results.print_last(4);
 }
 
 /// Download throughput and server CPU per megabyte against both tokio bodies: `tokio::fs`
@@ -415,12 +466,13 @@ fn download(
     ];
     for (metric, unit, better, figure) in figures {
         for (peer, peer_name) in peers {
-            results.add(table.row(
+            results.add(table.sampled(
                 format!("{metric} vs {peer_name}"),
                 unit,
                 better,
-                median_of(&samples[0], figure),
-                Some(median_of(&samples[peer], figure)),
+                figure,
+                &samples[0],
+                Some(&samples[peer]),
             ));
         }
     }
@@ -448,25 +500,28 @@ fn chat(options: &Options, servers: &Servers, members: usize, results: &mut Resu
             "chat relay, 1 sender, {members} other members, {CHAT_SIZE}-byte messages, rate limit off (readyloop only)"
         ),
     );
-    results.add(table.row(
+    results.add(table.sampled(
         "deliveries/s",
         "dgram/s",
         Better::Higher,
-        median_of(&samples[0], |s| s.per_second),
+        |s| s.per_second,
+        &samples[0],
         None,
     ));
-    results.add(table.row(
+    results.add(table.sampled(
         "server CPU / delivery",
         "ns",
         Better::Lower,
-        median_of(&samples[0], |s| s.cpu_ns),
+        |s| s.cpu_ns,
+        &samples[0],
         None,
     ));
-    results.add(table.row(
+    results.add(table.sampled(
         "delivered",
         "%",
         Better::Higher,
-        median_of(&samples[0], |s| s.delivery_ratio * 100.0),
+        |s| s.delivery_ratio * 100.0,
+        &samples[0],
         None,
     ));
     results.print_last(3);
@@ -690,6 +745,9 @@ struct Row {
     better: Better,
     readyloop: f64,
     tokio: Option<f64>,
+    /// The larger of the two servers' (max − min) / median over the rounds: how far one round
+    /// may stray, to judge a ratio by. `None` for a single measurement.
+    spread: Option<f64>,
 }
 
 impl Row {
@@ -728,6 +786,34 @@ impl Table {
             better,
             readyloop,
             tokio,
+            spread: None,
+        }
+    }
+
+    /// A row of medians over rounds, with the spread of the rounds.
+    fn sampled(
+        &self,
+        metric: impl Into<String>,
+        unit: &'static str,
+        better: Better,
+        figure: Figure,
+        readyloop: &[Sample],
+        tokio: Option<&[Sample]>,
+    ) -> Row {
+        let spread = |samples: &[Sample]| {
+            let values = samples.iter().map(figure);
+            let (low, high) = values.fold((f64::MAX, f64::MIN), |(l, h), v| (l.min(v), h.max(v)));
+            (high - low) / median_of(samples, figure)
+        };
+        Row {
+            spread: Some(tokio.map_or(spread(readyloop), |t| spread(readyloop).max(spread(t)))),
+            ..self.row(
+                metric,
+                unit,
+                better,
+                median_of(readyloop, figure),
+                tokio.map(|t| median_of(t, figure)),
+            )
         }
     }
 
@@ -738,15 +824,9 @@ impl Table {
         metric: &'static str,
         unit: &'static str,
         better: Better,
-        figure: impl Fn(&Sample) -> f64 + Copy,
+        figure: Figure,
     ) -> Row {
-        self.row(
-            metric,
-            unit,
-            better,
-            median_of(&samples[0], figure),
-            Some(median_of(&samples[1], figure)),
-        )
+        self.sampled(metric, unit, better, figure, &samples[0], Some(&samples[1]))
     }
 }
 
@@ -765,17 +845,19 @@ impl Results {
         let rows = &self.rows[self.rows.len() - n..];
         println!("\n{}", rows[0].title);
         println!(
-            "{:<26} {:>14} {:>14} {:>16}",
-            "", "readyloop", "tokio", "readyloop/tokio"
+            "{:<34} {:>15} {:>15} {:>16} {:>8}",
+            "", "readyloop", "tokio", "readyloop/tokio", "spread"
         );
         for row in rows {
             let value = |v: f64| format!("{} {}", number(v), row.unit);
             println!(
-                "{:<26} {:>14} {:>14} {:>16}",
+                "{:<34} {:>15} {:>15} {:>16} {:>8}",
                 row.metric,
                 value(row.readyloop),
                 row.tokio.map_or("-".into(), value),
                 row.ratio().map_or("-".into(), |r| format!("{r:.2}x")),
+                row.spread
+                    .map_or("-".into(), |s| format!("{:.0}%", s * 100.0)),
             );
         }
     }
@@ -794,7 +876,12 @@ impl Results {
             Some(f) => println!(
                 "  {:<54} {:>10}  {}",
                 what,
-                number(f),
+                // Ratios with three decimals, so that 1.004 does not show as a failing 1.00.
+                if f < 10.0 {
+                    format!("{f:.3}")
+                } else {
+                    number(f)
+                },
                 if reached(f) { "reached" } else { "NOT reached" }
             ),
             None => println!("  {what:<54} {:>10}  not measured", "-"),
@@ -850,18 +937,19 @@ impl Results {
     }
 
     fn write_csv(&self, path: &Path, header: &str) {
-        let mut csv = format!("# {header}\nscenario,metric,readyloop,tokio,ratio,unit\n");
+        let mut csv = format!("# {header}\nscenario,metric,readyloop,tokio,ratio,unit,spread\n");
         for row in &self.rows {
             let optional = |v: Option<f64>| v.map_or(String::new(), |v| format!("{v:.4}"));
             let _ = writeln!(
                 csv,
-                "{},{},{:.4},{},{},{}",
+                "{},{},{:.4},{},{},{},{}",
                 row.scenario,
                 row.metric,
                 row.readyloop,
                 optional(row.tokio),
                 optional(row.ratio()),
-                row.unit
+                row.unit,
+                optional(row.spread)
             );
         }
         std::fs::write(path, csv).expect("write the CSV");
@@ -875,7 +963,7 @@ impl Results {
         let bars = |better: Better| -> Vec<(String, f64)> {
             self.rows
                 .iter()
-                .filter(|r| r.better == better && r.metric != "p99")
+                .filter(|r| r.better == better && r.metric != "p99" && r.metric != USER_METRIC)
                 .filter_map(|r| Some((format!("{}: {}", r.scenario, r.metric), r.ratio()?)))
                 // The y axis counts upwards: reversed, the first row is drawn at the top.
                 .rev()

@@ -21,8 +21,6 @@ use std::time::Duration;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncSeekExt, AsyncWriteExt, BufReader};
 use tokio::net::{TcpListener, TcpStream};
 
-use super::thread_cpu;
-
 /// Bytes per read of a download body: the buffer size of the copy loops in `benches/download.rs`.
 const COPY_BUFFER: usize = 64 * 1024;
 
@@ -33,7 +31,7 @@ const ECHO_BUFFER: usize = 1024;
 const MAX_REQUEST: u64 = 4096;
 
 /// Name of the threads of the peer's blocking pool, where `tokio::fs` reads run: 15 bytes, so
-/// `/proc/self/task/<tid>/comm` shows it whole and [`TokioPeer::cpu`] can find them.
+/// `/proc/self/task/<tid>/comm` shows it whole and [`TokioPeer::threads`] can find them.
 const POOL_THREAD_NAME: &str = "tokio-peer-pool";
 
 /// How the `GET` service reads the file it sends.
@@ -61,22 +59,24 @@ pub struct TokioPeer {
 }
 
 impl TokioPeer {
-    /// CPU time (user and system) of the runtime thread and of its blocking pool together: all
-    /// the work the peer does, `tokio::fs` reads included.
-    pub fn cpu(&self) -> Duration {
-        let mut total = thread_cpu(self.tid);
+    /// The kernel ids of every thread doing the peer's work: the runtime thread, then the
+    /// threads of its blocking pool (where `tokio::fs` reads run) that exist now.
+    pub fn threads(&self) -> Vec<i32> {
+        let mut tids = vec![self.tid];
         let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
-            return total;
+            return tids;
         };
         for task in tasks.flatten() {
             let comm = std::fs::read_to_string(task.path().join("comm")).unwrap_or_default();
             if comm.trim_end() == POOL_THREAD_NAME {
-                if let Some(tid) = task.file_name().to_str().and_then(|t| t.parse().ok()) {
-                    total += thread_cpu(tid);
-                }
+                tids.extend(
+                    task.file_name()
+                        .to_str()
+                        .and_then(|t| t.parse::<i32>().ok()),
+                );
             }
         }
-        total
+        tids
     }
 }
 
@@ -100,7 +100,7 @@ pub fn start_tokio_peer(root: PathBuf, pin: Option<usize>) -> TokioPeer {
                 .enable_io()
                 .thread_name(POOL_THREAD_NAME)
                 // Pool threads normally exit after 10 s idle; a thread that exits between two
-                // readings of [`TokioPeer::cpu`] would take its CPU time with it.
+                // readings of the peer's CPU time would take its share with it.
                 .thread_keep_alive(Duration::from_secs(24 * 3600))
                 .build()
                 .expect("a tokio runtime");
