@@ -23,7 +23,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use readyloop::Config;
-use support::{loopback_config, machine, median, start_readyloop};
+use support::{loopback_config, machine, median, start_readyloop, write_file};
 
 mod support;
 
@@ -144,19 +144,4 @@ fn download(addr: SocketAddr, file_len: u64) {
     }
     let header = format!("OK {file_len}\n").len() as u64;
     assert_eq!(received, header + file_len, "short download from {addr}");
-}
-
-fn write_file(path: &Path, len: usize) {
-    let mut file = File::create(path).expect("create the file");
-    let mut block = vec![0u8; 1 << 20];
-    let mut state = 0x2545_F491_4F6C_DD1Du64;
-    for _ in 0..len / block.len() {
-        for byte in block.iter_mut() {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            *byte = state as u8;
-        }
-        file.write_all(&block).expect("write the file");
-    }
 }

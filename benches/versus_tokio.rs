@@ -36,7 +36,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use readyloop::bench::{Load, Report, Scenario, run};
 use support::tokio_peer::{TokioPeer, start_tokio_peer};
-use support::{Running, loopback_config, machine, median, start_readyloop, thread_cpu};
+use support::{Running, loopback_config, machine, median, start_readyloop, thread_cpu, write_file};
 
 /// Echo connection counts of the issue: one client, a busy server, many, very many.
 const ECHO_CONNECTIONS: [usize; 4] = [1, 50, 500, 5_000];
@@ -692,22 +692,6 @@ fn raise_descriptor_limit() {
                 limit.rlim_cur
             );
         }
-    }
-}
-
-/// Writes `len` bytes of pseudo-random data (so nothing on the way can compress it).
-fn write_file(path: &Path, len: usize) {
-    let mut file = std::fs::File::create(path).expect("create the download file");
-    let mut block = vec![0u8; 1 << 20];
-    let mut state = 0x2545_F491_4F6C_DD1Du64;
-    for _ in 0..len / block.len() {
-        for byte in block.iter_mut() {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            *byte = state as u8;
-        }
-        file.write_all(&block).expect("write the download file");
     }
 }
 

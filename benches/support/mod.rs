@@ -1,5 +1,5 @@
-//! What every benchmark shares: starting readyloop in-process, reading a thread's CPU time, and
-//! summarising samples.
+//! What every benchmark shares: starting readyloop in-process, reading a thread's CPU time,
+//! summarising samples, and writing the file the download benchmarks fetch.
 //!
 //! On a small machine the load generator costs as much CPU as the server, so requests per second
 //! mostly measure the machine. The server's own CPU time per request is what tells two servers
@@ -7,6 +7,9 @@
 
 #![allow(dead_code)] // each benchmark uses its own subset
 
+use std::fs::File;
+use std::io::Write;
+use std::path::Path;
 use std::sync::mpsc;
 use std::thread;
 use std::time::Duration;
@@ -69,6 +72,23 @@ pub fn thread_cpu(tid: i32) -> Duration {
         .collect();
     let ticks = fields.get(10).copied().unwrap_or(0) + fields.get(11).copied().unwrap_or(0);
     Duration::from_millis(ticks * 10)
+}
+
+/// Writes `len` bytes of pseudo-random data (so nothing on the way can compress it), in whole
+/// blocks of 1 MiB.
+pub fn write_file(path: &Path, len: usize) {
+    let mut file = File::create(path).expect("create the download file");
+    let mut block = vec![0u8; 1 << 20];
+    let mut state = 0x2545_F491_4F6C_DD1Du64;
+    for _ in 0..len / block.len() {
+        for byte in block.iter_mut() {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            *byte = state as u8;
+        }
+        file.write_all(&block).expect("write the download file");
+    }
 }
 
 /// The median of some samples.

@@ -16,17 +16,15 @@
 
 use std::fmt;
 use std::io;
-use std::mem;
 use std::time::Instant;
 
-use log::trace;
 use mio::event::Event;
 use mio::net::TcpStream;
 
-use super::driver::{BACK_OFF, Client, Ctx, OPERATION_TIMEOUT};
+use super::driver::{Client, Ctx, OPERATION_TIMEOUT};
 use super::echo::{message_matches, write_message};
 use super::report::{CLOSED, MISMATCH, TIMEOUT};
-use super::tcp::{self, Failure};
+use super::tcp::{self, Failure, Machine};
 
 /// Bytes of the one message each connection echoes: small, so connection handling dominates.
 pub const MESSAGE_BYTES: usize = 32;
@@ -57,7 +55,9 @@ pub(crate) enum State {
     Finished,
 }
 
-impl State {
+impl Machine for State {
+    const SERVICE: &'static str = "connect";
+
     fn name(&self) -> &'static str {
         match self {
             State::Idle => "IDLE",
@@ -73,6 +73,18 @@ impl State {
             State::Connecting { stream, .. } | State::Exchanging { stream, .. } => Some(stream),
             State::Idle | State::BackingOff { .. } | State::Finished => None,
         }
+    }
+
+    fn is_connecting(&self) -> bool {
+        matches!(self, State::Connecting { .. })
+    }
+
+    fn backing_off(until: Instant) -> State {
+        State::BackingOff { until }
+    }
+
+    fn finished() -> State {
+        State::Finished
     }
 }
 
@@ -103,16 +115,17 @@ impl Connection {
     /// IDLE/BACKING-OFF → CONNECTING (a new cycle takes a ticket), or FINISHED.
     fn start_connecting(&mut self, ctx: &mut Ctx<'_>) {
         if !ctx.take_ticket() {
-            return self.finish(ctx);
+            return self.state.finish(ctx);
         }
         match tcp::connect(ctx) {
             Ok(stream) => {
                 let since = ctx.now;
-                self.transition(ctx, |_| State::Connecting { stream, since });
+                self.state
+                    .transition(ctx, |_| State::Connecting { stream, since });
             }
             Err(err) => {
                 ctx.connect_failed(err);
-                self.back_off(ctx);
+                self.state.back_off(ctx);
             }
         }
     }
@@ -124,7 +137,7 @@ impl Connection {
             State::Connecting { since, .. } => since,
             _ => ctx.now,
         };
-        self.transition(ctx, |socket| match socket.take() {
+        self.state.transition(ctx, |socket| match socket.take() {
             Some(stream) => State::Exchanging {
                 stream,
                 since,
@@ -176,51 +189,12 @@ impl Connection {
                 let since = *since;
                 ctx.complete(since, MESSAGE_BYTES as u64);
                 self.cycles += 1;
-                self.transition(ctx, |_| State::Idle);
+                self.state.transition(ctx, |_| State::Idle);
                 self.start_connecting(ctx);
             }
             Ok(false) => {}
-            Err(failure) => self.fail(failure, ctx),
+            Err(failure) => self.state.fail(failure, ctx),
         }
-    }
-
-    /// Any state → BACKING-OFF, counting the failure.
-    fn fail(&mut self, failure: Failure, ctx: &mut Ctx<'_>) {
-        match failure {
-            Failure::Io(err) if matches!(self.state, State::Connecting { .. }) => {
-                ctx.connect_failed(err)
-            }
-            failure => ctx.error(failure.kind()),
-        }
-        self.back_off(ctx);
-    }
-
-    /// → BACKING-OFF.
-    fn back_off(&mut self, ctx: &mut Ctx<'_>) {
-        let until = ctx.now + BACK_OFF;
-        self.transition(ctx, |_| State::BackingOff { until });
-    }
-
-    /// → FINISHED.
-    fn finish(&mut self, ctx: &mut Ctx<'_>) {
-        self.transition(ctx, |_| State::Finished);
-    }
-
-    /// The one place the state changes; a socket `next` does not take is closed here.
-    fn transition(&mut self, ctx: &Ctx<'_>, next: impl FnOnce(&mut Option<TcpStream>) -> State) {
-        let old = mem::replace(&mut self.state, State::Finished);
-        let from = old.name();
-        let mut socket = old.into_socket();
-        self.state = next(&mut socket);
-        if let Some(stream) = socket {
-            tcp::close(stream, ctx);
-        }
-        trace!(
-            "bench {}/{} connect {from} -> {}",
-            ctx.thread,
-            ctx.token.0,
-            self.state.name()
-        );
     }
 }
 
@@ -235,7 +209,7 @@ impl Client for Connection {
                 Ok(true) => self.start_exchange(ctx),
                 // Spurious, or left over from this token's previous socket.
                 Ok(false) => {}
-                Err(err) => self.fail(Failure::Io(err), ctx),
+                Err(err) => self.state.fail(Failure::Io(err), ctx),
             },
             State::Exchanging { .. } => self.exchange(ctx),
             // No socket: an event left over from a socket closed earlier in this batch.
@@ -250,10 +224,10 @@ impl Client for Connection {
                     io::ErrorKind::TimedOut,
                     format!("no connection within {OPERATION_TIMEOUT:?}"),
                 );
-                self.fail(Failure::Io(err), ctx);
+                self.state.fail(Failure::Io(err), ctx);
             }
             State::Exchanging { since, .. } if ctx.now >= *since + OPERATION_TIMEOUT => {
-                self.fail(Failure::Protocol(TIMEOUT), ctx)
+                self.state.fail(Failure::Protocol(TIMEOUT), ctx)
             }
             State::BackingOff { until } if ctx.now >= *until => self.start_connecting(ctx),
             // Not due yet, or nothing to time.
@@ -272,13 +246,13 @@ impl Client for Connection {
             State::Idle
             | State::Connecting { .. }
             | State::Exchanging { .. }
-            | State::BackingOff { .. } => self.finish(ctx),
+            | State::BackingOff { .. } => self.state.finish(ctx),
         }
     }
 
     fn close(&mut self, ctx: &mut Ctx<'_>) {
         if !self.is_finished() {
-            self.finish(ctx);
+            self.state.finish(ctx);
         }
     }
 

@@ -16,17 +16,15 @@
 
 use std::fmt;
 use std::io;
-use std::mem;
 use std::sync::Arc;
 use std::time::Instant;
 
-use log::trace;
 use mio::event::Event;
 use mio::net::TcpStream;
 
-use super::driver::{BACK_OFF, Client, Ctx, OPERATION_TIMEOUT};
+use super::driver::{Client, Ctx, OPERATION_TIMEOUT};
 use super::report::{BUSY, NOT_FOUND, PROTOCOL, REJECTED, SHORT_READ, TIMEOUT};
-use super::tcp::{self, Failure};
+use super::tcp::{self, Failure, Machine};
 
 /// Longest header line accepted, in bytes: `OK ` and 20 digits, or an `ERR` line with a reason.
 const MAX_HEADER: usize = 256;
@@ -74,7 +72,9 @@ pub(crate) enum State {
     Finished,
 }
 
-impl State {
+impl Machine for State {
+    const SERVICE: &'static str = "download";
+
     fn name(&self) -> &'static str {
         match self {
             State::Idle => "IDLE",
@@ -97,6 +97,20 @@ impl State {
         }
     }
 
+    fn is_connecting(&self) -> bool {
+        matches!(self, State::Connecting { .. })
+    }
+
+    fn backing_off(until: Instant) -> State {
+        State::BackingOff { until }
+    }
+
+    fn finished() -> State {
+        State::Finished
+    }
+}
+
+impl State {
     /// When the current step times out, for the states that wait on the server.
     fn deadline(&self) -> Option<Instant> {
         match self {
@@ -146,12 +160,12 @@ impl Connection {
     /// IDLE/BACKING-OFF → CONNECTING (a new download takes a ticket), or FINISHED.
     fn start_connecting(&mut self, ctx: &mut Ctx<'_>) {
         if !ctx.take_ticket() {
-            return self.finish(ctx);
+            return self.state.finish(ctx);
         }
         match tcp::connect(ctx) {
             Ok(stream) => {
                 let now = ctx.now;
-                self.transition(ctx, |_| State::Connecting {
+                self.state.transition(ctx, |_| State::Connecting {
                     stream,
                     since: now,
                     progress: now,
@@ -159,7 +173,7 @@ impl Connection {
             }
             Err(err) => {
                 ctx.connect_failed(err);
-                self.back_off(ctx);
+                self.state.back_off(ctx);
             }
         }
     }
@@ -169,7 +183,7 @@ impl Connection {
         ctx.reached();
         let since = self.since().unwrap_or(ctx.now);
         let now = ctx.now;
-        self.transition(ctx, |socket| match socket.take() {
+        self.state.transition(ctx, |socket| match socket.take() {
             Some(stream) => State::Requesting {
                 stream,
                 since,
@@ -186,7 +200,7 @@ impl Connection {
         loop {
             let step = match self.step(ctx) {
                 Ok(step) => step,
-                Err(failure) => return self.fail(failure, ctx),
+                Err(failure) => return self.state.fail(failure, ctx),
             };
             match step {
                 Step::Wait => return,
@@ -279,7 +293,7 @@ impl Connection {
     fn start_header(&mut self, ctx: &mut Ctx<'_>) {
         let since = self.since().unwrap_or(ctx.now);
         let now = ctx.now;
-        self.transition(ctx, |socket| match socket.take() {
+        self.state.transition(ctx, |socket| match socket.take() {
             Some(stream) => State::Header {
                 stream,
                 since,
@@ -297,18 +311,19 @@ impl Connection {
         let now = ctx.now;
         ctx.tally.bytes += early as u64;
         let remaining = size.checked_sub(early as u64);
-        self.transition(ctx, |socket| match (socket.take(), remaining) {
-            (Some(stream), Some(remaining)) => State::Body {
-                stream,
-                since,
-                progress: now,
-                remaining,
-            },
-            // More bytes than announced: nothing to read on; the socket is closed.
-            (_, None) | (None, _) => State::Finished,
-        });
+        self.state
+            .transition(ctx, |socket| match (socket.take(), remaining) {
+                (Some(stream), Some(remaining)) => State::Body {
+                    stream,
+                    since,
+                    progress: now,
+                    remaining,
+                },
+                // More bytes than announced: nothing to read on; the socket is closed.
+                (_, None) | (None, _) => State::Finished,
+            });
         if remaining.is_none() {
-            self.fail(Failure::Protocol(PROTOCOL), ctx);
+            self.state.fail(Failure::Protocol(PROTOCOL), ctx);
         }
     }
 
@@ -317,7 +332,7 @@ impl Connection {
         if let Some(since) = self.since() {
             ctx.complete(since, 0); // its bytes were counted as they arrived
         }
-        self.transition(ctx, |_| State::Idle);
+        self.state.transition(ctx, |_| State::Idle);
         self.start_connecting(ctx);
     }
 
@@ -330,45 +345,6 @@ impl Connection {
             | State::Body { since, .. } => Some(*since),
             State::Idle | State::BackingOff { .. } | State::Finished => None,
         }
-    }
-
-    /// Any state → BACKING-OFF, counting the failure.
-    fn fail(&mut self, failure: Failure, ctx: &mut Ctx<'_>) {
-        match failure {
-            Failure::Io(err) if matches!(self.state, State::Connecting { .. }) => {
-                ctx.connect_failed(err)
-            }
-            failure => ctx.error(failure.kind()),
-        }
-        self.back_off(ctx);
-    }
-
-    /// → BACKING-OFF.
-    fn back_off(&mut self, ctx: &mut Ctx<'_>) {
-        let until = ctx.now + BACK_OFF;
-        self.transition(ctx, |_| State::BackingOff { until });
-    }
-
-    /// → FINISHED.
-    fn finish(&mut self, ctx: &mut Ctx<'_>) {
-        self.transition(ctx, |_| State::Finished);
-    }
-
-    /// The one place the state changes; a socket `next` does not take is closed here.
-    fn transition(&mut self, ctx: &Ctx<'_>, next: impl FnOnce(&mut Option<TcpStream>) -> State) {
-        let old = mem::replace(&mut self.state, State::Finished);
-        let from = old.name();
-        let mut socket = old.into_socket();
-        self.state = next(&mut socket);
-        if let Some(stream) = socket {
-            tcp::close(stream, ctx);
-        }
-        trace!(
-            "bench {}/{} download {from} -> {}",
-            ctx.thread,
-            ctx.token.0,
-            self.state.name()
-        );
     }
 }
 
@@ -383,7 +359,7 @@ impl Client for Connection {
                 Ok(true) => self.start_request(ctx),
                 // Spurious, or left over from this token's previous socket.
                 Ok(false) => {}
-                Err(err) => self.fail(Failure::Io(err), ctx),
+                Err(err) => self.state.fail(Failure::Io(err), ctx),
             },
             State::Requesting { .. } | State::Header { .. } | State::Body { .. } => {
                 self.advance(ctx)
@@ -400,13 +376,13 @@ impl Client for Connection {
                     io::ErrorKind::TimedOut,
                     format!("no connection within {OPERATION_TIMEOUT:?}"),
                 );
-                self.fail(Failure::Io(err), ctx);
+                self.state.fail(Failure::Io(err), ctx);
             }
             // The server sent nothing (or took nothing) for a whole operation timeout.
             State::Requesting { .. } | State::Header { .. } | State::Body { .. }
                 if self.state.deadline().is_some_and(|d| ctx.now >= d) =>
             {
-                self.fail(Failure::Protocol(TIMEOUT), ctx)
+                self.state.fail(Failure::Protocol(TIMEOUT), ctx)
             }
             State::BackingOff { until } if ctx.now >= *until => self.start_connecting(ctx),
             // Not due yet, or nothing to time.
@@ -429,13 +405,13 @@ impl Client for Connection {
             | State::Requesting { .. }
             | State::Header { .. }
             | State::Body { .. }
-            | State::BackingOff { .. } => self.finish(ctx),
+            | State::BackingOff { .. } => self.state.finish(ctx),
         }
     }
 
     fn close(&mut self, ctx: &mut Ctx<'_>) {
         if !self.is_finished() {
-            self.finish(ctx);
+            self.state.finish(ctx);
         }
     }
 

@@ -14,16 +14,14 @@
 
 use std::collections::VecDeque;
 use std::fmt;
-use std::mem;
 use std::time::Instant;
 
-use log::trace;
 use mio::event::Event;
 use mio::net::TcpStream;
 
-use super::driver::{BACK_OFF, Client, Ctx, OPERATION_TIMEOUT};
+use super::driver::{Client, Ctx, OPERATION_TIMEOUT};
 use super::report::{CLOSED, MISMATCH, PROTOCOL, TIMEOUT};
-use super::tcp::{self, Failure};
+use super::tcp::{self, Failure, Machine};
 
 /// The alphabet twice, so that any run of up to 26 letters from any shift is one slice.
 const LETTERS: &[u8; 52] = b"abcdefghijklmnopqrstuvwxyzabcdefghijklmnopqrstuvwxyz";
@@ -47,7 +45,9 @@ pub(crate) enum State {
     Finished,
 }
 
-impl State {
+impl Machine for State {
+    const SERVICE: &'static str = "echo";
+
     /// The name `docs/DESIGN.md`-style diagrams use.
     fn name(&self) -> &'static str {
         match self {
@@ -66,6 +66,18 @@ impl State {
             State::Exchanging(exchange) => Some(exchange.stream),
             State::Idle | State::BackingOff { .. } | State::Finished => None,
         }
+    }
+
+    fn is_connecting(&self) -> bool {
+        matches!(self, State::Connecting { .. })
+    }
+
+    fn backing_off(until: Instant) -> State {
+        State::BackingOff { until }
+    }
+
+    fn finished() -> State {
+        State::Finished
     }
 }
 
@@ -117,16 +129,17 @@ impl Connection {
     /// IDLE/BACKING-OFF → CONNECTING, or → BACKING-OFF if the connect fails at once.
     fn start_connecting(&mut self, ctx: &mut Ctx<'_>) {
         if ctx.stopping || ctx.shared.tickets.exhausted() {
-            return self.finish(ctx);
+            return self.state.finish(ctx);
         }
         match tcp::connect(ctx) {
             Ok(stream) => {
                 let since = ctx.now;
-                self.transition(ctx, |_| State::Connecting { stream, since });
+                self.state
+                    .transition(ctx, |_| State::Connecting { stream, since });
             }
             Err(err) => {
                 ctx.connect_failed(err);
-                self.back_off(ctx);
+                self.state.back_off(ctx);
             }
         }
     }
@@ -134,7 +147,7 @@ impl Connection {
     /// CONNECTING → EXCHANGING: queue the first messages and send them.
     fn start_exchange(&mut self, ctx: &mut Ctx<'_>) {
         ctx.reached();
-        self.transition(ctx, |socket| match socket.take() {
+        self.state.transition(ctx, |socket| match socket.take() {
             Some(stream) => State::Exchanging(Exchange {
                 stream,
                 in_flight: VecDeque::new(),
@@ -162,50 +175,10 @@ impl Connection {
         });
         match result {
             // Queueing got no ticket and every echo is in: nothing more to do.
-            Ok(()) if exchange.in_flight.is_empty() => self.finish(ctx),
+            Ok(()) if exchange.in_flight.is_empty() => self.state.finish(ctx),
             Ok(()) => {}
-            Err(failure) => self.fail(failure, ctx),
+            Err(failure) => self.state.fail(failure, ctx),
         }
-    }
-
-    /// Any state → BACKING-OFF, counting the failure; the socket is closed.
-    fn fail(&mut self, failure: Failure, ctx: &mut Ctx<'_>) {
-        match failure {
-            Failure::Io(err) if matches!(self.state, State::Connecting { .. }) => {
-                ctx.connect_failed(err)
-            }
-            failure => ctx.error(failure.kind()),
-        }
-        self.back_off(ctx);
-    }
-
-    /// → BACKING-OFF.
-    fn back_off(&mut self, ctx: &mut Ctx<'_>) {
-        let until = ctx.now + BACK_OFF;
-        self.transition(ctx, |_| State::BackingOff { until });
-    }
-
-    /// → FINISHED.
-    fn finish(&mut self, ctx: &mut Ctx<'_>) {
-        self.transition(ctx, |_| State::Finished);
-    }
-
-    /// The one place the state changes. `next` builds the new state and may take the old
-    /// state's socket; a socket it leaves behind is closed here, so no transition leaks one.
-    fn transition(&mut self, ctx: &Ctx<'_>, next: impl FnOnce(&mut Option<TcpStream>) -> State) {
-        let old = mem::replace(&mut self.state, State::Finished);
-        let from = old.name();
-        let mut socket = old.into_socket();
-        self.state = next(&mut socket);
-        if let Some(stream) = socket {
-            tcp::close(stream, ctx);
-        }
-        trace!(
-            "bench {}/{} echo {from} -> {}",
-            ctx.thread,
-            ctx.token.0,
-            self.state.name()
-        );
     }
 }
 
@@ -288,7 +261,7 @@ impl Client for Connection {
                 Ok(true) => self.start_exchange(ctx),
                 // Spurious, or left over from this token's previous socket.
                 Ok(false) => {}
-                Err(err) => self.fail(Failure::Io(err), ctx),
+                Err(err) => self.state.fail(Failure::Io(err), ctx),
             },
             State::Exchanging(_) => self.exchange(ctx),
             // No socket: an event left over from a socket closed earlier in this batch.
@@ -303,10 +276,10 @@ impl Client for Connection {
                     std::io::ErrorKind::TimedOut,
                     format!("no connection within {OPERATION_TIMEOUT:?}"),
                 );
-                self.fail(Failure::Io(err), ctx);
+                self.state.fail(Failure::Io(err), ctx);
             }
             State::Exchanging(exchange) if exchange.deadline().is_some_and(|d| ctx.now >= d) => {
-                self.fail(Failure::Protocol(TIMEOUT), ctx)
+                self.state.fail(Failure::Protocol(TIMEOUT), ctx)
             }
             State::BackingOff { until } if ctx.now >= *until => self.start_connecting(ctx),
             // Not due yet, or nothing to time.
@@ -325,13 +298,13 @@ impl Client for Connection {
             State::Idle
             | State::Connecting { .. }
             | State::Exchanging(_)
-            | State::BackingOff { .. } => self.finish(ctx),
+            | State::BackingOff { .. } => self.state.finish(ctx),
         }
     }
 
     fn close(&mut self, ctx: &mut Ctx<'_>) {
         if !self.is_finished() {
-            self.finish(ctx);
+            self.state.finish(ctx);
         }
     }
 

@@ -2,16 +2,20 @@
 //! reads and writes that end at `WouldBlock`, interest changes, and closing.
 //!
 //! They live here once so that `echo.rs`, `connect.rs` and `download.rs` hold only their
-//! protocol. The rules are the server's (see `event_loop.rs`): edge-triggered readiness means a
+//! protocol; so do the state changes those three clients share ([`Machine`]: every transition,
+//! failing, backing off, finishing). The rules are the server's (see `event_loop.rs`): edge-triggered readiness means a
 //! drain runs until `WouldBlock`, `Interrupted` is retried, and writable interest is registered
 //! only while output waits.
 
 use std::io::{self, Read, Write};
+use std::mem;
+use std::time::Instant;
 
+use log::trace;
 use mio::Interest;
 use mio::net::TcpStream;
 
-use super::driver::Ctx;
+use super::driver::{BACK_OFF, Ctx};
 use super::report::classify;
 use crate::sys::{interrupted, would_block};
 
@@ -136,4 +140,67 @@ pub(crate) fn close(mut stream: TcpStream, ctx: &Ctx<'_>) {
     // Closing removes the socket from epoll anyway; deregistering first keeps the registry
     // consistent on every platform. Its failure changes nothing for a socket being closed.
     let _ = ctx.registry.deregister(&mut stream);
+}
+
+/// The `State` of a TCP client (`echo::State`, `connect::State`, `download::State`): what the
+/// shared moves below need to know of it. Each client keeps its own explicit enum; this trait
+/// gives them one `transition` and the failure path they all take.
+pub(crate) trait Machine: Sized {
+    /// The service word in trace lines: `echo`, `connect`, `download`.
+    const SERVICE: &'static str;
+
+    /// The state's name, as the module's diagram spells it.
+    fn name(&self) -> &'static str;
+
+    /// The socket this state holds, if any.
+    fn into_socket(self) -> Option<TcpStream>;
+
+    /// Whether the connect is still pending, so that an I/O error is a failed connect.
+    fn is_connecting(&self) -> bool;
+
+    /// BACKING-OFF, connecting again at `until`.
+    fn backing_off(until: Instant) -> Self;
+
+    /// FINISHED: done for this run.
+    fn finished() -> Self;
+
+    /// The one place the state changes. `next` builds the new state and may take the old
+    /// state's socket; a socket it leaves behind is closed here, so no transition leaks one.
+    fn transition(&mut self, ctx: &Ctx<'_>, next: impl FnOnce(&mut Option<TcpStream>) -> Self) {
+        let old = mem::replace(self, Self::finished());
+        let from = old.name();
+        let mut socket = old.into_socket();
+        *self = next(&mut socket);
+        if let Some(stream) = socket {
+            close(stream, ctx);
+        }
+        trace!(
+            "bench {}/{} {} {from} -> {}",
+            ctx.thread,
+            ctx.token.0,
+            Self::SERVICE,
+            self.name()
+        );
+    }
+
+    /// Any state → BACKING-OFF, counting the failure (as a failed connect while connecting);
+    /// the socket is closed.
+    fn fail(&mut self, failure: Failure, ctx: &mut Ctx<'_>) {
+        match failure {
+            Failure::Io(err) if self.is_connecting() => ctx.connect_failed(err),
+            failure => ctx.error(failure.kind()),
+        }
+        self.back_off(ctx);
+    }
+
+    /// → BACKING-OFF.
+    fn back_off(&mut self, ctx: &Ctx<'_>) {
+        let until = ctx.now + BACK_OFF;
+        self.transition(ctx, |_| Self::backing_off(until));
+    }
+
+    /// → FINISHED.
+    fn finish(&mut self, ctx: &Ctx<'_>) {
+        self.transition(ctx, |_| Self::finished());
+    }
 }
