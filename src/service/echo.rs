@@ -243,6 +243,9 @@ impl<S: Stream> Connection<S> {
     /// THROTTLED → OPEN, and read at once: input that waited in the kernel raises no new edge.
     fn resume_reading(&mut self, ctx: &mut Context<'_>) -> Next {
         self.transition(State::Open, ctx);
+        // The input waited from before this (writable) event, the client's FIN perhaps among it,
+        // its edge spent while reading was paused: only `WouldBlock` or EOF ends this drain.
+        ctx.short_read_drains = false;
         self.echo_input(ctx)
     }
 

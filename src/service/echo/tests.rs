@@ -427,6 +427,18 @@ fn throttled_resumes_and_reads_waiting_input_at_once() {
     assert_eq!(c.owed(), 0);
 }
 
+/// The client sent its FIN while reading was paused; the resumed drain must find it even though
+/// the read before it is short.
+#[test]
+fn throttled_resumes_and_finds_a_fin_that_arrived_while_paused() {
+    let mut h = Harness::new();
+    let mut c = throttled(&mut h);
+    c.stream.input.push_back(Input::Fin);
+    c.stream.window = usize::MAX;
+    assert_eq!(c.on_writable(&mut h.ctx()), close(CloseReason::PeerClosed));
+    assert_eq!(c.stream.output, vec![7; 20]);
+}
+
 #[test]
 fn throttled_closes_on_write_error() {
     let mut h = Harness::new();
