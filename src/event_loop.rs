@@ -196,13 +196,13 @@ impl EventLoop {
                 let mut ctx = self.shared.context(now, token);
                 let next = endpoint.on_resume(&mut ctx);
                 let budget_left = ctx.budget;
-                self.settle_client(token, next, budget_left);
+                self.apply(token, next, budget_left);
             }
         }
     }
 
-    /// Applies a client handler's verdict, and remembers a client that spent its budget.
-    fn settle_client(&mut self, token: Token, next: Next, budget_left: usize) {
+    /// Applies a handler's verdict, and remembers an endpoint that spent its budget.
+    fn apply(&mut self, token: Token, next: Next, budget_left: usize) {
         if next.is_continue() && budget_left == 0 {
             self.yielded.push(token);
         }
@@ -243,7 +243,7 @@ impl EventLoop {
                 let mut ctx = self.shared.context(now, token);
                 let next = endpoint.on_event(event, &mut ctx);
                 let budget_left = ctx.budget;
-                self.settle_client(token, next, budget_left);
+                self.apply(token, next, budget_left);
             }
         }
     }
@@ -293,16 +293,16 @@ impl EventLoop {
             let Some(endpoint) = self.table.get_mut(token) else {
                 continue;
             };
+            let mut ctx = self.shared.context(now, token);
             let next = match endpoint.deadline() {
-                Some(deadline) if deadline <= now => {
-                    endpoint.on_timeout(&mut self.shared.context(now, token))
-                }
+                // A timeout may start work (a download answering its request), budget and all.
+                Some(deadline) if deadline <= now => endpoint.on_timeout(&mut ctx),
                 // Activity moved the deadline later since it was armed; settling re-arms it.
                 _ => KEEP,
             };
+            let budget_left = ctx.budget;
             let backed_off = matches!(endpoint, Endpoint::Listener(_));
-            self.table
-                .settle(self.poll.registry(), token, next, &self.shared.stats);
+            self.apply(token, next, budget_left);
             if backed_off {
                 // Connections queued during the back-off raise no new edge: accept them now.
                 self.accept_all(token, now);

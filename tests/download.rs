@@ -329,6 +329,20 @@ fn a_bare_name_gets_the_raw_bytes_like_the_tutorial_downloader() {
     server.wait_for_no_open_connections();
 }
 
+/// A bare name is answered from the request-grace timer, not from a readiness event: a body far
+/// larger than one handler's fair share must still stream to the end.
+#[test]
+fn a_bare_name_answered_after_the_grace_streams_a_large_file_whole() {
+    let (root, server) = serve(&[], |_| {});
+    let len = 8 << 20;
+    let digest = write_big_file(&root.path().join("large.bin"), len);
+    let mut client = connect(server.files);
+    client.write_all(b"large.bin").unwrap();
+    let body = read_to_eof_within(&mut client, Duration::from_secs(30)).unwrap();
+    assert_eq!(body.len(), len);
+    assert_eq!(<[u8; 32]>::from(Sha256::digest(&body)), digest);
+}
+
 #[test]
 fn a_refused_bare_name_closes_without_a_body() {
     let (_root, server) = serve(&[], |_| {});
