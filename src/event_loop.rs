@@ -213,12 +213,11 @@ impl EventLoop {
     /// Hands one event to the endpoint its token names.
     fn dispatch(&mut self, event: &Event, now: Instant) {
         let token = event.token();
-        let stats = Arc::clone(&self.shared.stats);
-        stats.add(Metric::Events, 1);
+        self.shared.stats.add(Metric::Events, 1);
         let Some(endpoint) = self.table.get_mut(token) else {
             // Its endpoint was closed earlier in this batch; the slot may already hold another.
             trace!("{} stale event dropped", Id(token));
-            stats.add(Metric::StaleEvents, 1);
+            self.shared.stats.add(Metric::StaleEvents, 1);
             return;
         };
         trace!(

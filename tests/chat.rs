@@ -268,14 +268,20 @@ fn echo_off_stops_the_copy_to_the_sender_and_echo_on_restores_it() {
 // Rooms, nicknames and direct messages
 // ---------------------------------------------------------------------------------------------
 
+/// Three peers in the lobby, with the earlier two's notices of the later joins already read.
+fn three_in_the_lobby(server: SocketAddr) -> (Peer, Peer, Peer) {
+    let alice = Peer::joined(server);
+    let bob = Peer::joined(server);
+    let carol = Peer::joined(server);
+    alice.drain();
+    bob.drain();
+    (alice, bob, carol)
+}
+
 #[test]
 fn rooms_isolate_and_join_and_leave_notices_go_to_the_rooms() {
     let server = TestServer::start(|_| {});
-    let alice = Peer::joined(server.chat);
-    let bob = Peer::joined(server.chat);
-    let carol = Peer::joined(server.chat);
-    alice.drain();
-    bob.drain();
+    let (alice, bob, carol) = three_in_the_lobby(server.chat);
 
     carol.send("/join dev");
     carol.expect("* you joined dev (0 others here)");
@@ -312,11 +318,7 @@ fn rooms_isolate_and_join_and_leave_notices_go_to_the_rooms() {
 #[test]
 fn a_taken_nick_is_refused_and_msg_delivers_to_one_member_only() {
     let server = TestServer::start(|_| {});
-    let alice = Peer::joined(server.chat);
-    let bob = Peer::joined(server.chat);
-    let carol = Peer::joined(server.chat);
-    alice.drain();
-    bob.drain();
+    let (alice, bob, carol) = three_in_the_lobby(server.chat);
 
     alice.send("/nick alice");
     alice.expect("* you are now alice");
@@ -350,10 +352,7 @@ fn a_taken_nick_is_refused_and_msg_delivers_to_one_member_only() {
 #[test]
 fn who_lists_the_room_and_rooms_lists_every_room_with_its_size() {
     let server = TestServer::start(|_| {});
-    let alice = Peer::joined(server.chat);
-    let bob = Peer::joined(server.chat);
-    let carol = Peer::joined(server.chat);
-    alice.drain();
+    let (alice, bob, carol) = three_in_the_lobby(server.chat);
     alice.send("/nick alice");
     alice.expect("* you are now alice");
     carol.expect(&format!("* {} is now alice", alice.name));
