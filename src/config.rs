@@ -1,18 +1,14 @@
-//! The command line and the server's configuration, with every default named in one place.
+//! The server's configuration: plain typed settings, with every default named in one place.
 //!
-//! `readyloop` with no arguments is `readyloop serve` with the defaults below, so the first run
-//! needs no reading. Every flag also reads a `READYLOOP_*` environment variable (the flag wins),
-//! which suits service managers and containers. Durations take a unit (`300s`, `50ms`, `2m`); a
-//! bare number is seconds.
+//! `readyloop` with no arguments runs with the defaults below, so the first run needs no reading.
+//! Nothing here knows about flags: [`crate::cli`] turns the command line into a [`Config`], and
+//! tests and benchmarks build one directly. Each service then takes the few values it needs in a
+//! settings struct of its own (`service::Settings`, `chat::members::Limits`, `files::Settings`),
+//! so no handler depends on the whole configuration.
 
 use std::net::{IpAddr, Ipv4Addr};
 use std::path::PathBuf;
 use std::time::Duration;
-
-use clap::builder::BoolishValueParser;
-use clap::{Args, Parser, Subcommand};
-
-use crate::buffer::Watermarks;
 
 /// Address every service binds: all IPv4 interfaces, as the tutorial's servers do.
 pub const DEFAULT_BIND: IpAddr = IpAddr::V4(Ipv4Addr::UNSPECIFIED);
@@ -62,132 +58,62 @@ pub const DEFAULT_CHAT_QUEUE: usize = 1024;
 /// make the kernel answer with RST and destroy output the peer has not read yet.
 pub const DEFAULT_LINGER: Duration = Duration::from_secs(2);
 
-/// `readyloop [serve] [FLAGS]` or a subcommand.
-#[derive(Debug, Parser)]
-#[command(
-    name = "readyloop",
-    version,
-    about,
-    args_conflicts_with_subcommands = true
-)]
-pub struct Cli {
-    /// What to run; without one, `serve`.
-    #[command(subcommand)]
-    pub command: Option<Command>,
-    /// The server's flags, accepted without the word `serve`.
-    #[command(flatten)]
-    pub serve: Config,
-    /// More log output: -v debug, -vv trace (RUST_LOG, when set, wins).
-    #[arg(short, long, action = clap::ArgAction::Count, global = true)]
-    pub verbose: u8,
-    /// Less log output: -q warnings only, -qq errors only.
-    #[arg(short, long, action = clap::ArgAction::Count, global = true, conflicts_with = "verbose")]
-    pub quiet: u8,
-}
-
-/// The subcommands.
-#[derive(Debug, Subcommand)]
-pub enum Command {
-    /// Run the server (the default).
-    Serve(Config),
-    /// Generate load against a running server and report throughput and latency.
-    Bench(crate::bench::BenchArgs),
-}
-
-impl Cli {
-    /// The log filter the flags ask for, used when `RUST_LOG` is not set.
-    pub fn log_level(&self) -> log::LevelFilter {
-        use log::LevelFilter::*;
-        match (self.verbose, self.quiet) {
-            (0, 0) => Info,
-            (1, _) => Debug,
-            (_, 0) => Trace,
-            (_, 1) => Warn,
-            _ => Error,
-        }
-    }
-}
-
-/// Everything `serve` needs.
-#[derive(Debug, Clone, PartialEq, Eq, Args)]
+/// Everything the server needs to run: typed values, already checked by their parsers.
+///
+/// The command line ([`crate::cli`]) builds one; tests and benchmarks build one directly.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Config {
     /// Address the services listen on.
-    #[arg(long, env = "READYLOOP_BIND", default_value_t = DEFAULT_BIND)]
     pub bind: IpAddr,
     /// TCP echo port (0: any free port).
-    #[arg(long, env = "READYLOOP_ECHO_PORT", default_value_t = DEFAULT_ECHO_PORT)]
     pub echo_port: u16,
     /// TCP file download port (0: any free port).
-    #[arg(long, env = "READYLOOP_FILES_PORT", default_value_t = DEFAULT_FILES_PORT)]
     pub files_port: u16,
     /// UDP chat relay port (0: any free port).
-    #[arg(long, env = "READYLOOP_CHAT_PORT", default_value_t = DEFAULT_CHAT_PORT)]
     pub chat_port: u16,
     /// Directory served by the download service.
-    #[arg(long, env = "READYLOOP_ROOT", default_value = ".")]
     pub root: PathBuf,
     /// Close a connection after this long without traffic.
-    #[arg(long, env = "READYLOOP_IDLE_TIMEOUT", value_parser = parse_duration, default_value = "300s")]
     pub idle_timeout: Duration,
     /// Most client connections open at once; more are accepted and closed at once.
-    #[arg(long, env = "READYLOOP_MAX_CONNS", default_value_t = DEFAULT_MAX_CONNS)]
     pub max_conns: usize,
     /// Bytes owed to one client at which the server stops reading from it.
-    #[arg(long, env = "READYLOOP_HIGH_WATER", default_value_t = DEFAULT_HIGH_WATER)]
     pub high_water: usize,
     /// Bytes owed below which a paused client is read again.
-    #[arg(long, env = "READYLOOP_LOW_WATER", default_value_t = DEFAULT_LOW_WATER)]
     pub low_water: usize,
     /// Time open connections get to finish after SIGINT/SIGTERM.
-    #[arg(long, env = "READYLOOP_SHUTDOWN_GRACE", value_parser = parse_duration, default_value = "5s")]
     pub shutdown_grace: Duration,
     /// Time a closing connection keeps draining input after sending FIN.
-    #[arg(long, env = "READYLOOP_LINGER", value_parser = parse_duration, default_value = "2s")]
     pub linger: Duration,
     /// A download request ends when the client pauses this long after sending part of it.
-    #[arg(long, env = "READYLOOP_REQUEST_GRACE", value_parser = parse_duration, default_value = "50ms")]
     pub request_grace: Duration,
     /// Most files open for downloads at once; past it, requests get `ERR 503`.
-    #[arg(long, env = "READYLOOP_MAX_OPEN_FILES", default_value_t = DEFAULT_MAX_OPEN_FILES)]
     pub max_open_files: usize,
     /// Most entries in a `LIST` reply.
-    #[arg(long, env = "READYLOOP_LIST_MAX", default_value_t = DEFAULT_LIST_MAX)]
     pub list_max: usize,
     /// Serve and list names with a component starting with `.`.
-    #[arg(long, env = "READYLOOP_SERVE_HIDDEN", value_parser = BoolishValueParser::new())]
     pub serve_hidden: bool,
     /// Send file bodies with read/write instead of zero-copy sendfile(2).
-    #[arg(long, env = "READYLOOP_NO_SENDFILE", value_parser = BoolishValueParser::new())]
     pub no_sendfile: bool,
     /// A chat member silent this long expires.
-    #[arg(long, env = "READYLOOP_CHAT_IDLE", value_parser = parse_duration, default_value = "300s")]
     pub chat_idle: Duration,
     /// Longest chat datagram accepted, in bytes.
-    #[arg(long, env = "READYLOOP_CHAT_MAX_MSG", default_value_t = DEFAULT_CHAT_MAX_MSG)]
     pub chat_max_msg: usize,
     /// Most chat members at once; more get `* server full`.
-    #[arg(long, env = "READYLOOP_CHAT_MAX_MEMBERS", default_value_t = DEFAULT_CHAT_MAX_MEMBERS)]
     pub chat_max_members: usize,
     /// Most chat rooms at once.
-    #[arg(long, env = "READYLOOP_CHAT_MAX_ROOMS", default_value_t = DEFAULT_CHAT_MAX_ROOMS)]
     pub chat_max_rooms: usize,
     /// Messages per second per chat member (0: no limit).
-    #[arg(long, env = "READYLOOP_CHAT_RATE", default_value_t = DEFAULT_CHAT_RATE)]
     pub chat_rate: u32,
     /// Messages a chat member may send at once before the rate applies.
-    #[arg(long, env = "READYLOOP_CHAT_BURST", default_value_t = DEFAULT_CHAT_BURST)]
     pub chat_burst: u32,
     /// Datagrams waiting for the UDP socket before the oldest are dropped.
-    #[arg(long, env = "READYLOOP_CHAT_QUEUE", default_value_t = DEFAULT_CHAT_QUEUE)]
     pub chat_queue: usize,
     /// New chat addresses must echo a cookie (`/verify`) before they join.
-    #[arg(long, env = "READYLOOP_CHAT_VERIFY", value_parser = BoolishValueParser::new())]
     pub chat_verify: bool,
     /// Pin the loop's thread to this CPU core (for benchmarks: keep it apart from the load).
-    #[arg(long, env = "READYLOOP_PIN")]
     pub pin: Option<usize>,
     /// Log a line of statistics this often (0: never).
-    #[arg(long, env = "READYLOOP_STATS_INTERVAL", value_parser = parse_duration, default_value = "0")]
     pub stats_interval: Duration,
 }
 
@@ -225,15 +151,7 @@ impl Default for Config {
 }
 
 impl Config {
-    /// The output-buffer marks every connection uses.
-    pub fn watermarks(&self) -> Watermarks {
-        Watermarks {
-            high: self.high_water,
-            low: self.low_water,
-        }
-    }
-
-    /// Checks the values that clap's types alone cannot.
+    /// Checks the values that their types alone cannot (limits of 0, inverted water marks).
     ///
     /// # Errors
     /// A sentence naming the flag and what is wrong with it.
@@ -267,7 +185,8 @@ impl Config {
     }
 }
 
-/// Parses `300`, `300s`, `50ms` or `2m` into a duration; a bare number is seconds.
+/// Parses `300`, `300s`, `50ms` or `2m` into a duration; a bare number is seconds. Shared by the
+/// server's and the load generator's command lines.
 ///
 /// # Errors
 /// A message for clap to print when the text is not a number with one of those units.
@@ -296,25 +215,6 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn no_arguments_means_serve_with_the_named_defaults() {
-        let cli = Cli::try_parse_from(["readyloop"]).unwrap();
-        assert!(cli.command.is_none());
-        // Environment fallbacks would change the parsed values; none are set under `cargo test`.
-        assert_eq!(cli.serve, Config::default());
-        assert_eq!(cli.log_level(), log::LevelFilter::Info);
-    }
-
-    #[test]
-    fn serve_subcommand_takes_the_same_flags() {
-        let cli = Cli::try_parse_from(["readyloop", "serve", "--echo-port", "0", "-vv"]).unwrap();
-        let Some(Command::Serve(config)) = &cli.command else {
-            panic!("expected serve");
-        };
-        assert_eq!(config.echo_port, 0);
-        assert_eq!(cli.log_level(), log::LevelFilter::Trace);
-    }
 
     #[test]
     fn durations_take_units_and_bare_seconds() {

@@ -5,12 +5,7 @@
 //!
 //! # Tokens and stale events
 //!
-//! A token is the endpoint's slab key plus a generation number:
-//!
-//! ```text
-//!   Token(usize) = | generation (high half) | slab key (low half) |
-//! ```
-//!
+//! A token is the endpoint's slab key plus a generation number (see [`token`](crate::token)).
 //! Slab reuses the key of a removed entry for the next insert, and `poll` hands over a whole batch
 //! of events at once. So an event can outlive its endpoint: a handler early in the batch closes
 //! connection #5 (a shutdown request does this to every idle connection; on kqueue, where reads and
@@ -19,7 +14,6 @@
 //! be handed to the new client. With the generation its token no longer matches slot #5, and it is
 //! dropped as stale. The check is one comparison per event.
 
-use std::fmt;
 use std::io;
 use std::time::Instant;
 
@@ -30,20 +24,7 @@ use slab::Slab;
 use crate::service::{Endpoint, Next};
 use crate::stats::{CloseReason, Metric, Stats};
 use crate::timers::Timers;
-
-/// Bits of a token that hold the slab key; the rest hold the generation.
-const KEY_BITS: u32 = usize::BITS / 2;
-const KEY_MASK: usize = (1 << KEY_BITS) - 1;
-
-/// A token printed as `key.generation` in log lines.
-#[derive(Debug, Clone, Copy)]
-pub struct Id(pub Token);
-
-impl fmt::Display for Id {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "#{}.{}", self.0.0 & KEY_MASK, self.0.0 >> KEY_BITS)
-    }
-}
+use crate::token::{self, Id, KEY_MASK};
 
 /// One occupied slot of the table.
 #[derive(Debug)]
@@ -95,9 +76,9 @@ impl EndpointTable {
         if entry.key() > KEY_MASK {
             return Err(io::Error::other("endpoint table is full"));
         }
-        let generation = self.next_generation & KEY_MASK;
+        let token = token::compose(entry.key(), self.next_generation);
+        let generation = token::generation(token);
         self.next_generation = self.next_generation.wrapping_add(1);
-        let token = Token(entry.key() | generation << KEY_BITS);
 
         let registered = endpoint.interest();
         if let (Some(source), Some(interest)) = (endpoint.source(), registered) {
@@ -165,7 +146,7 @@ impl EndpointTable {
         if self.slot_mut(token).is_none() {
             return;
         }
-        let mut slot = self.slab.remove(token.0 & KEY_MASK);
+        let mut slot = self.slab.remove(token::key(token));
         if let Some(at) = slot.armed {
             self.timers.remove(at, token);
         }
@@ -207,7 +188,7 @@ impl EndpointTable {
     pub fn tokens(&self) -> Vec<Token> {
         self.slab
             .iter()
-            .map(|(key, slot)| Token(key | slot.generation << KEY_BITS))
+            .map(|(key, slot)| token::compose(key, slot.generation))
             .collect()
     }
 
@@ -218,8 +199,8 @@ impl EndpointTable {
 
 /// The stale-event guard: the slot behind `token`, only if its generation still matches.
 fn live(slab: &mut Slab<Slot>, token: Token) -> Option<&mut Slot> {
-    let slot = slab.get_mut(token.0 & KEY_MASK)?;
-    (slot.generation == token.0 >> KEY_BITS).then_some(slot)
+    let slot = slab.get_mut(token::key(token))?;
+    (slot.generation == token::generation(token)).then_some(slot)
 }
 
 /// Brings one source's registration to `wanted`: register, reregister or deregister.
@@ -246,13 +227,17 @@ fn reregister(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::listener::{Listener, Service};
+    use crate::listener::Listener;
+    use crate::service::Service;
     use crate::sys::tcp_listener;
     use mio::Poll;
 
     fn listener_endpoint() -> Endpoint {
         let socket = tcp_listener("127.0.0.1:0".parse().unwrap()).unwrap();
-        Endpoint::Listener(Listener::new(socket, Service::Echo))
+        Endpoint::Listener {
+            listener: Listener::new(socket, "echo"),
+            service: Service::Echo,
+        }
     }
 
     #[test]
@@ -268,7 +253,7 @@ mod tests {
             .insert(poll.registry(), listener_endpoint(), &stats)
             .unwrap();
 
-        assert_eq!(old.0 & KEY_MASK, new.0 & KEY_MASK, "slab reuses the key");
+        assert_eq!(token::key(old), token::key(new), "slab reuses the key");
         assert!(table.get_mut(old).is_none(), "the old token is stale");
         assert!(table.get_mut(new).is_some());
         // Closing through a stale token must not close the new endpoint.

@@ -29,12 +29,13 @@ use mio::event::Event;
 use mio::{Events, Poll, Registry, Token};
 
 use crate::config::Config;
-use crate::endpoint::{EndpointTable, Id};
-use crate::listener::Service;
-use crate::service::{Context, Endpoint, FAIR_SHARE, KEEP, Next, download, echo};
-use crate::stats::{CloseReason, Metric, Snapshot, Stats};
+use crate::endpoint::EndpointTable;
+use crate::service::{Context, Endpoint, FAIR_SHARE, KEEP, Next, Settings};
+use crate::stats::{CloseReason, Metric, Snapshot, Stats, StatsLine};
 use crate::sys::interrupted;
 use crate::timers::poll_timeout;
+use crate::token::Id;
+use shutdown::Phase;
 
 /// Readiness events taken from the kernel per `poll`: enough to amortise the system call over a
 /// busy batch; more events simply wait for the next pass.
@@ -43,22 +44,10 @@ const EVENTS_PER_POLL: usize = 1024;
 /// Size of the one read buffer all connections share: one default socket receive window.
 const SCRATCH_BYTES: usize = 64 * 1024;
 
-/// Where the server is in its life. Stopping is a phase, not a flag, so each phase's rules are in
-/// one `match`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Phase {
-    /// Accepting and serving.
-    Running,
-    /// Listeners are closed; open connections finish until they are done or the grace period ends.
-    Draining { until: Instant },
-    /// Everything is closed; `run` returns.
-    Stopped,
-}
-
 /// What every handler borrows for one event, apart from its own endpoint.
 #[derive(Debug)]
 struct Shared {
-    config: Config,
+    settings: Settings,
     stats: Arc<Stats>,
     scratch: Box<[u8]>,
 }
@@ -68,7 +57,7 @@ impl Shared {
         Context {
             now,
             token,
-            config: &self.config,
+            settings: &self.settings,
             stats: &self.stats,
             scratch: &mut self.scratch,
             budget: FAIR_SHARE,
@@ -81,13 +70,15 @@ impl Shared {
 /// The loop and everything it owns.
 #[derive(Debug)]
 pub struct EventLoop {
+    /// The loop's own settings: `--max-conns`, `--shutdown-grace`, `--stats-interval`, `--pin`.
+    config: Config,
     poll: Poll,
     events: Events,
     table: EndpointTable,
     shared: Shared,
     phase: Phase,
-    /// When to log the next periodic stats line; `None` when `--stats-interval` is 0.
-    next_stats_line: Option<Instant>,
+    /// The periodic stats line of `--stats-interval`.
+    stats_line: StatsLine,
     /// Connections that spent their budget and must be called again without an event.
     yielded: Vec<Token>,
     /// Stop requests from [`Handle`](crate::Handle)s, counted so two quick requests still mean
@@ -110,20 +101,21 @@ impl EventLoop {
             events: Events::with_capacity(EVENTS_PER_POLL),
             table: EndpointTable::with_capacity(config.max_conns.min(4096) + 8),
             shared: Shared {
-                config,
+                settings: Settings::from_config(&config),
                 stats,
                 scratch: vec![0; SCRATCH_BYTES].into_boxed_slice(),
             },
             phase: Phase::Running,
-            next_stats_line: None,
+            stats_line: StatsLine::new(config.stats_interval),
             yielded: Vec::new(),
             stop_requests,
+            config,
         })
     }
 
     /// The configuration the loop runs with.
     pub fn config(&self) -> &Config {
-        &self.shared.config
+        &self.config
     }
 
     /// The registry, for sources that register themselves (the waker).
@@ -145,13 +137,13 @@ impl EventLoop {
     /// # Errors
     /// `poll` itself failed (other than `EINTR`): the server cannot go on.
     pub fn run(&mut self) -> io::Result<Snapshot> {
-        let interval = self.shared.config.stats_interval;
-        self.next_stats_line = (!interval.is_zero()).then(|| Instant::now() + interval);
+        self.stats_line.start(Instant::now());
         while self.phase != Phase::Stopped {
             self.wait(self.poll_timeout())?;
             let now = Instant::now();
             self.handle_events(now);
             self.fire_due_deadlines(now);
+            self.stats_line.log_if_due(now, &self.shared.stats);
             self.advance_phase(now);
         }
         let summary = self.shared.stats.snapshot();
@@ -167,8 +159,8 @@ impl EventLoop {
         }
         let deadlines = [
             self.table.next_deadline(),
-            self.next_stats_line,
-            self.drain_deadline(),
+            self.stats_line.deadline(),
+            self.phase.deadline(),
         ];
         poll_timeout(Instant::now(), deadlines)
     }
@@ -229,7 +221,7 @@ impl EventLoop {
             event.is_read_closed() || event.is_write_closed(),
         );
         match endpoint {
-            Endpoint::Listener(_) => self.accept_all(token, now),
+            Endpoint::Listener { .. } => self.accept_all(token, now),
             Endpoint::Signals(signals) => {
                 let received = signals.pending().count();
                 (0..received).for_each(|_| self.request_stop(now));
@@ -247,43 +239,34 @@ impl EventLoop {
         }
     }
 
-    /// Accepts every queued connection on one listener and gives each to its service.
+    /// Accepts every queued connection on one listener and has its service build each one.
     fn accept_all(&mut self, token: Token, now: Instant) {
-        let registry = self.poll.registry();
+        let (registry, stats) = (self.poll.registry(), &self.shared.stats);
         loop {
-            let full = self.table.clients() >= self.shared.config.max_conns;
-            let mut ctx = self.shared.context(now, token);
-            let Some(Endpoint::Listener(listener)) = self.table.get_mut(token) else {
+            let full = self.table.clients() >= self.config.max_conns;
+            let Some(Endpoint::Listener { listener, service }) = self.table.get_mut(token) else {
                 return;
             };
-            let Some((stream, peer)) = listener.accept(&mut ctx) else {
+            let Some((stream, peer)) = listener.accept(now, stats) else {
                 break;
             };
             if full {
-                listener.on_refused(&mut ctx);
-                ctx.stats.count_close(CloseReason::Limit);
+                listener.on_refused(self.config.max_conns);
+                stats.count_close(CloseReason::Limit);
                 continue; // dropping `stream` closes it
             }
             listener.on_admitted();
-            let endpoint = match listener.service() {
-                Service::Echo => Endpoint::Echo(echo::Connection::new(stream, now, ctx.config)),
-                Service::Download(files) => Endpoint::Download(download::Connection::new(
-                    stream,
-                    now,
-                    ctx.config,
-                    Arc::clone(files),
-                )),
-            };
-            match self.table.insert(registry, endpoint, ctx.stats) {
+            let endpoint = service.connect(stream, now, &self.shared.settings);
+            match self.table.insert(registry, endpoint, stats) {
                 Ok(client) => {
-                    ctx.stats.add(Metric::Accepted, 1);
+                    stats.add(Metric::Accepted, 1);
                     trace!("{} accepted {peer} as {}", Id(token), Id(client));
                 }
                 Err(e) => warn!("cannot register a connection from {peer}: {e}"),
             }
         }
         // A listener that started backing off wants no events and a deadline: apply that.
-        self.table.settle(registry, token, KEEP, &self.shared.stats);
+        self.table.settle(registry, token, KEEP, stats);
     }
 
     /// Gives every endpoint whose deadline passed its `on_timeout`.
@@ -300,7 +283,7 @@ impl EventLoop {
                 _ => KEEP,
             };
             let budget_left = ctx.budget;
-            let backed_off = matches!(endpoint, Endpoint::Listener(_));
+            let backed_off = matches!(endpoint, Endpoint::Listener { .. });
             self.apply(token, next, budget_left);
             if backed_off {
                 // Connections queued during the back-off raise no new edge: accept them now.
@@ -308,71 +291,8 @@ impl EventLoop {
             }
         }
     }
-
-    /// A signal or a handle asked to stop: the first request drains, the second stops at once.
-    fn request_stop(&mut self, now: Instant) {
-        match self.phase {
-            Phase::Running => {
-                let grace = self.shared.config.shutdown_grace;
-                info!(
-                    "shutting down: no new connections; {} open connections get {grace:?} to finish",
-                    self.table.clients()
-                );
-                self.phase = Phase::Draining { until: now + grace };
-                for token in self.table.tokens() {
-                    if let Some(endpoint) = self.table.get_mut(token) {
-                        let next = endpoint.on_shutdown(&mut self.shared.context(now, token));
-                        self.table
-                            .settle(self.poll.registry(), token, next, &self.shared.stats);
-                    }
-                }
-            }
-            Phase::Draining { .. } => {
-                warn!("second stop request: closing every connection now");
-                self.phase = Phase::Stopped;
-            }
-            Phase::Stopped => {}
-        }
-    }
-
-    /// Logs the periodic stats line, ends draining when it is done or out of time, and closes
-    /// whatever is left once stopped.
-    fn advance_phase(&mut self, now: Instant) {
-        if let Some(at) = self.next_stats_line.filter(|at| *at <= now) {
-            info!("stats: {}", self.shared.stats.snapshot());
-            self.next_stats_line = Some(at.max(now) + self.shared.config.stats_interval);
-        }
-        match self.phase {
-            Phase::Running | Phase::Stopped => {}
-            Phase::Draining { .. } if self.table.clients() == 0 => self.phase = Phase::Stopped,
-            Phase::Draining { until } if now >= until => {
-                warn!(
-                    "shutdown grace over: closing {} connections still open",
-                    self.table.clients()
-                );
-                self.phase = Phase::Stopped;
-            }
-            Phase::Draining { .. } => {}
-        }
-        if self.phase == Phase::Stopped {
-            for token in self.table.tokens() {
-                self.table.close(
-                    self.poll.registry(),
-                    token,
-                    CloseReason::Shutdown,
-                    &self.shared.stats,
-                );
-            }
-        }
-    }
-
-    fn drain_deadline(&self) -> Option<Instant> {
-        match self.phase {
-            Phase::Draining { until } => Some(until),
-            Phase::Running | Phase::Stopped => None,
-        }
-    }
 }
 
+mod shutdown;
 #[cfg(test)]
 mod tests;

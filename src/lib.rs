@@ -30,6 +30,7 @@
 
 pub mod bench;
 pub mod buffer;
+pub mod cli;
 pub mod config;
 pub mod endpoint;
 pub mod event_loop;
@@ -39,6 +40,7 @@ pub mod service;
 pub mod stats;
 pub mod sys;
 pub mod timers;
+pub mod token;
 
 pub use config::Config;
 pub use server::{Addresses, Handle, Server, StartError};

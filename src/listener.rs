@@ -6,52 +6,34 @@
 //! fails again, and again. Instead the listener disarms itself (it deregisters, wanting no events)
 //! for [`ACCEPT_BACKOFF`], logs one warning for the whole burst, and retries when the deadline
 //! passes. It never sleeps: the rest of the loop keeps serving, and may free the descriptors.
+//!
+//! A listener knows nothing of the service its clients get: it accepts sockets and hands them to
+//! the loop, which asks the service layer ([`crate::service::Service`]) to build the connection.
 
 use std::fmt;
 use std::io;
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use log::{debug, info, warn};
+use log::{debug, info, trace, warn};
 use mio::Interest;
 use mio::net::{TcpListener, TcpStream};
 
-use crate::service::Context;
-use crate::service::download::files::Files;
-use crate::stats::Metric;
+use crate::stats::{Metric, Stats};
 use crate::sys::{interrupted, out_of_resources, peer_gone, would_block};
 
 /// How long a listener stays disarmed after `accept` ran out of resources: short enough that
 /// clients barely notice once descriptors free up, long enough to cost nothing while they don't.
 pub const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 
-/// The TCP services a listener can hand its connections to, with what they share.
-#[derive(Debug, Clone)]
-pub enum Service {
-    /// TCP echo (RFC 862).
-    Echo,
-    /// TCP file download from the served root.
-    Download(Arc<Files>),
-}
-
-impl Service {
-    /// The service's name in log lines and on the start-up line.
-    pub fn name(&self) -> &'static str {
-        match self {
-            Service::Echo => "echo",
-            Service::Download(_) => "files",
-        }
-    }
-}
-
-impl fmt::Display for Service {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.name())
-    }
-}
-
 /// Where a listener is in handling accept failures and the connection limit.
+///
+/// ```text
+///   ACCEPTING ⇄ FULL                         at --max-conns, and below it again
+///   ACCEPTING/FULL → BACKING-OFF → RETRYING   accept ran out of resources; the back-off ended
+///   RETRYING → ACCEPTING                      a connection was accepted again
+///   RETRYING → BACKING-OFF                    still failing: back off again, quietly
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum State {
     /// Accepting normally.
@@ -68,27 +50,34 @@ pub enum State {
     Retrying,
 }
 
-/// A listening socket and the service its clients get.
+impl fmt::Display for State {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            State::Accepting => "ACCEPTING",
+            State::Full => "FULL",
+            State::BackingOff { .. } => "BACKING-OFF",
+            State::Retrying => "RETRYING",
+        })
+    }
+}
+
+/// A listening socket.
 #[derive(Debug)]
 pub struct Listener {
     socket: TcpListener,
-    service: Service,
+    /// The service's name, for log lines.
+    name: &'static str,
     state: State,
 }
 
 impl Listener {
-    /// Wraps a bound, non-blocking listening socket.
-    pub fn new(socket: TcpListener, service: Service) -> Self {
+    /// Wraps a bound, non-blocking listening socket for the service called `name`.
+    pub fn new(socket: TcpListener, name: &'static str) -> Self {
         Listener {
             socket,
-            service,
+            name,
             state: State::Accepting,
         }
-    }
-
-    /// The service accepted clients get.
-    pub fn service(&self) -> &Service {
-        &self.service
     }
 
     /// Where the listener is in its accept cycle.
@@ -121,7 +110,7 @@ impl Listener {
     ///
     /// Returns `None` when the queue is drained (`WouldBlock`) or the listener has just started to
     /// back off; the caller calls again until then, as edge-triggered readiness requires.
-    pub fn accept(&mut self, ctx: &mut Context<'_>) -> Option<(TcpStream, SocketAddr)> {
+    pub fn accept(&mut self, now: Instant, stats: &Stats) -> Option<(TcpStream, SocketAddr)> {
         loop {
             if let State::BackingOff { .. } = self.state {
                 return None;
@@ -131,9 +120,9 @@ impl Listener {
                 Err(e) if would_block(&e) => return None,
                 Err(e) if interrupted(&e) => continue,
                 // The client gave up while queued: its problem, not the listener's.
-                Err(e) if peer_gone(&e) => debug!("{} accept: {e}", self.service),
+                Err(e) if peer_gone(&e) => debug!("{} accept: {e}", self.name),
                 Err(e) => {
-                    self.back_off(&e, ctx);
+                    self.back_off(&e, now, stats);
                     return None;
                 }
             }
@@ -145,40 +134,46 @@ impl Listener {
         match self.state {
             State::Accepting => {}
             State::Full => {
-                info!("{}: below --max-conns again, accepting", self.service);
-                self.state = State::Accepting;
+                info!("{}: below --max-conns again, accepting", self.name);
+                self.transition(State::Accepting);
             }
             State::Retrying => {
                 info!(
                     "{}: accepting again after running out of resources",
-                    self.service
+                    self.name
                 );
-                self.state = State::Accepting;
+                self.transition(State::Accepting);
             }
             State::BackingOff { .. } => unreachable!("accept returns nothing while backing off"),
         }
     }
 
     /// A connection was accepted past `--max-conns` and is being closed at once.
-    pub fn on_refused(&mut self, ctx: &mut Context<'_>) {
-        if self.state != State::Full {
-            warn!(
-                "{}: {} connections open (--max-conns): closing new connections until some end",
-                self.service, ctx.config.max_conns
-            );
-            self.state = State::Full;
+    pub fn on_refused(&mut self, max_conns: usize) {
+        match self.state {
+            State::Accepting | State::Retrying => {
+                warn!(
+                    "{}: {max_conns} connections open (--max-conns): refusing new connections until some end",
+                    self.name
+                );
+                self.transition(State::Full);
+            }
+            State::Full => {}
+            State::BackingOff { .. } => unreachable!("accept returns nothing while backing off"),
         }
     }
 
     /// The back-off is over: arm again, and let the loop accept at once.
-    pub fn on_timeout(&mut self, _ctx: &mut Context<'_>) {
-        if let State::BackingOff { .. } = self.state {
-            self.state = State::Retrying;
+    pub fn on_timeout(&mut self) {
+        match self.state {
+            State::BackingOff { .. } => self.transition(State::Retrying),
+            // Only a back-off sets a deadline; a stale one finds nothing to do.
+            State::Accepting | State::Full | State::Retrying => {}
         }
     }
 
-    fn back_off(&mut self, err: &io::Error, ctx: &mut Context<'_>) {
-        ctx.stats.add(Metric::AcceptBackoffs, 1);
+    fn back_off(&mut self, err: &io::Error, now: Instant, stats: &Stats) {
+        stats.add(Metric::AcceptBackoffs, 1);
         let resources = if out_of_resources(err) {
             "out of resources"
         } else {
@@ -187,15 +182,21 @@ impl Listener {
         match self.state {
             State::Accepting | State::Full => warn!(
                 "{}: accept failed ({resources}: {err}); pausing accepts, retrying every {} ms",
-                self.service,
+                self.name,
                 ACCEPT_BACKOFF.as_millis()
             ),
             State::Retrying | State::BackingOff { .. } => {
-                debug!("{}: accept still failing: {err}", self.service)
+                debug!("{}: accept still failing: {err}", self.name)
             }
         }
-        self.state = State::BackingOff {
-            until: ctx.now + ACCEPT_BACKOFF,
-        };
+        self.transition(State::BackingOff {
+            until: now + ACCEPT_BACKOFF,
+        });
+    }
+
+    /// The one place the state changes.
+    fn transition(&mut self, next: State) {
+        trace!("{} listener {} -> {next}", self.name, self.state);
+        self.state = next;
     }
 }

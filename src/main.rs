@@ -4,12 +4,12 @@
 //! --help` for the load generator. All logic lives in the library, so tests and benchmarks run
 //! exactly the server (and the generator) this binary runs.
 
+use std::error::Error;
 use std::process::ExitCode;
 
 use clap::Parser;
-use log::error;
 use readyloop::Server;
-use readyloop::config::{Cli, Command};
+use readyloop::cli::{Cli, Command, ServeArgs};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -17,29 +17,28 @@ fn main() -> ExitCode {
     let filter = format!("warn,readyloop={}", cli.log_level());
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or(filter)).init();
 
-    let config = match cli.command {
-        Some(Command::Serve(config)) => config,
+    let args = match cli.command {
+        Some(Command::Serve(args)) => args,
         Some(Command::Bench(args)) => return readyloop::bench::command(&args),
         None => cli.serve,
     };
-    let mut server = match Server::bind(config) {
-        Ok(server) => server,
+    match serve(args) {
+        Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("readyloop: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
-    if let Err(e) = server.watch_signals() {
-        eprintln!("readyloop: {e}");
-        return ExitCode::FAILURE;
-    }
-    // The start-up line: scripts and tests read the real ports from it. Keep its shape stable.
-    println!("readyloop listening {}", server.addresses());
-    match server.run() {
-        Ok(_) => ExitCode::SUCCESS,
-        Err(e) => {
-            error!("the event loop failed: {e}");
             ExitCode::FAILURE
         }
     }
+}
+
+/// Binds every service, prints the start-up line, and serves until shut down.
+fn serve(args: ServeArgs) -> Result<(), Box<dyn Error>> {
+    let mut server = Server::bind(args.into_config()?)?;
+    server.watch_signals()?;
+    // The start-up line: scripts and tests read the real ports from it. Keep its shape stable.
+    println!("readyloop listening {}", server.addresses());
+    server
+        .run()
+        .map_err(|e| format!("the event loop failed: {e}"))?;
+    Ok(())
 }

@@ -21,9 +21,9 @@ use signal_hook_mio::v1_0::Signals;
 
 use crate::config::Config;
 use crate::event_loop::EventLoop;
-use crate::listener::{Listener, Service};
+use crate::listener::Listener;
 use crate::service::download::files::Files;
-use crate::service::{Endpoint, chat};
+use crate::service::{Endpoint, Service, chat};
 use crate::stats::{Snapshot, Stats};
 use crate::sys;
 
@@ -255,8 +255,9 @@ fn bind_listener(
     };
     let socket = sys::tcp_listener(addr).map_err(bind_error)?;
     let bound = socket.local_addr().map_err(bind_error)?;
+    let listener = Listener::new(socket, name);
     event_loop
-        .insert(Endpoint::Listener(Listener::new(socket, service)))
+        .insert(Endpoint::Listener { listener, service })
         .map_err(bind_error)?;
     Ok(bound)
 }

@@ -9,6 +9,9 @@
 
 use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::time::{Duration, Instant};
+
+use log::info;
 
 /// Why a connection was closed. Each reason is counted separately.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -215,9 +218,61 @@ impl fmt::Display for Snapshot {
     }
 }
 
+/// The periodic line of `--stats-interval`: the figures logged at info level, every interval.
+#[derive(Debug)]
+pub struct StatsLine {
+    /// 0 means never.
+    interval: Duration,
+    /// When the next line is due; `None` when never, or not started.
+    next: Option<Instant>,
+}
+
+impl StatsLine {
+    /// A line every `interval`; never when it is zero.
+    pub fn new(interval: Duration) -> Self {
+        StatsLine {
+            interval,
+            next: None,
+        }
+    }
+
+    /// The first line falls due one interval after `now`.
+    pub fn start(&mut self, now: Instant) {
+        self.next = (!self.interval.is_zero()).then(|| now + self.interval);
+    }
+
+    /// When the loop must wake up to log the next line.
+    pub fn deadline(&self) -> Option<Instant> {
+        self.next
+    }
+
+    /// Logs the line if it is due, and schedules the next one.
+    pub fn log_if_due(&mut self, now: Instant, stats: &Stats) {
+        if let Some(at) = self.next.filter(|at| *at <= now) {
+            info!("stats: {}", stats.snapshot());
+            // A late pass does not cause a burst of lines to catch up.
+            self.next = Some(at.max(now) + self.interval);
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_stats_line_falls_due_every_interval_and_never_at_zero() {
+        let now = Instant::now();
+        let second = Duration::from_secs(1);
+        let mut line = StatsLine::new(second);
+        line.start(now);
+        assert_eq!(line.deadline(), Some(now + second));
+        line.log_if_due(now + 3 * second, &Stats::default());
+        assert_eq!(line.deadline(), Some(now + 4 * second), "no catching up");
+        let mut never = StatsLine::new(Duration::ZERO);
+        never.start(now);
+        assert_eq!(never.deadline(), None);
+    }
 
     #[test]
     fn metrics_are_listed_in_declaration_order() {

@@ -341,6 +341,45 @@ fn busy_port_gives_one_clear_line_and_a_failure_status() {
     assert!(lines[0].starts_with(&expected), "got {:?}", lines[0]);
 }
 
+/// `localhost` may resolve to `::1` first; the tutorial's IPv4 clients need 127.0.0.1.
+#[test]
+fn bind_takes_a_host_name_and_logs_the_address_it_chose() {
+    let args = [
+        "--bind",
+        "localhost",
+        "--echo-port",
+        "0",
+        "--files-port",
+        "0",
+    ];
+    let args: Vec<&str> = args.into_iter().chain(["--chat-port", "0"]).collect();
+    let mut server = Running::spawn(&args, &[]);
+    let echo = echo_of(&server.startup_addresses());
+    assert_eq!(echo.ip(), LOCALHOST);
+    round_trip(&mut server.connect(echo), b"bound by name");
+    // Logged before the start-up line, but stderr is read by another thread.
+    wait_until(START, "the log line naming the address", || {
+        server
+            .stderr()
+            .contains("--bind localhost resolved to 127.0.0.1")
+    });
+}
+
+#[test]
+fn a_bind_name_that_does_not_resolve_gives_one_clear_line_and_a_failure_status() {
+    let args = ["--bind", "no-such-host.invalid", "--echo-port", "0"];
+    let (status, stdout, stderr) = run_to_exit(&args, START);
+    assert_eq!(status.code(), Some(1), "stderr: {stderr}");
+    assert_eq!(stdout, "");
+    let lines: Vec<&str> = stderr.lines().collect();
+    assert_eq!(lines.len(), 1, "one line, got:\n{stderr}");
+    assert!(
+        lines[0].starts_with("readyloop: --bind no-such-host.invalid: cannot resolve the name"),
+        "got {:?}",
+        lines[0]
+    );
+}
+
 #[test]
 fn low_water_above_high_water_is_rejected_naming_the_flag() {
     let args: Vec<&str> = LOCAL

@@ -286,10 +286,10 @@ mod tests {
 
     fn parse(args: &[&str]) -> Result<Load, String> {
         use clap::Parser;
-        let cli = crate::config::Cli::try_parse_from(["readyloop", "bench"].iter().chain(args))
+        let cli = crate::cli::Cli::try_parse_from(["readyloop", "bench"].iter().chain(args))
             .map_err(|e| e.to_string())?;
         match cli.command {
-            Some(crate::config::Command::Bench(bench)) => bench.load().map_err(|e| e.to_string()),
+            Some(crate::cli::Command::Bench(bench)) => bench.load().map_err(|e| e.to_string()),
             other => panic!("expected bench, got {other:?}"),
         }
     }

@@ -11,10 +11,11 @@ use mio::net::TcpStream;
 
 use super::EventLoop;
 use crate::config::Config;
-use crate::listener::{Listener, Service};
-use crate::service::{Endpoint, echo};
+use crate::listener::Listener;
+use crate::service::{Endpoint, Service, echo};
 use crate::stats::{CloseReason, Metric, Stats};
 use crate::sys::tcp_listener;
+use crate::token;
 
 /// Every wait in these tests ends by this bound.
 const BOUND: Duration = Duration::from_secs(5);
@@ -30,7 +31,10 @@ fn test_loop() -> (EventLoop, Arc<Stats>, SocketAddr) {
     let socket = tcp_listener("127.0.0.1:0".parse().unwrap()).unwrap();
     let addr = socket.local_addr().unwrap();
     event_loop
-        .insert(Endpoint::Listener(Listener::new(socket, Service::Echo)))
+        .insert(Endpoint::Listener {
+            listener: Listener::new(socket, "echo"),
+            service: Service::Echo,
+        })
         .unwrap();
     (event_loop, stats, addr)
 }
@@ -90,12 +94,12 @@ fn an_event_for_a_closed_connection_never_reaches_the_one_reusing_its_slot() {
     let b_endpoint = Endpoint::Echo(echo::Connection::new(
         b_stream,
         Instant::now(),
-        &event_loop.shared.config,
+        &event_loop.shared.settings,
     ));
     let b_token = event_loop.insert(b_endpoint).unwrap();
     assert_eq!(
-        b_token.0 & 0xffff_ffff,
-        a_token.0 & 0xffff_ffff,
+        token::key(b_token),
+        token::key(a_token),
         "B reuses A's slab key"
     );
     assert_ne!(b_token, a_token);
@@ -116,7 +120,7 @@ fn an_event_for_a_closed_connection_never_reaches_the_one_reusing_its_slot() {
 #[test]
 fn connections_past_max_conns_are_closed_at_once_and_counted() {
     let (mut event_loop, stats, addr) = test_loop();
-    event_loop.shared.config.max_conns = 1;
+    event_loop.config.max_conns = 1;
     let _kept = StdStream::connect(addr).unwrap();
     turn_until(&mut event_loop, |l| l.table.clients() == 1);
     let mut refused = StdStream::connect(addr).unwrap();

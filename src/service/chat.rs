@@ -26,9 +26,9 @@ use self::members::{Chat, Limits};
 use self::outbox::{Datagram, Outbox};
 use super::{Context, Handler, KEEP, Next};
 use crate::config::Config;
-use crate::endpoint::Id;
 use crate::stats::Metric;
 use crate::sys::{interrupted, would_block};
+use crate::token::Id;
 
 /// Budget charged per datagram at the least, so a flood of tiny datagrams still yields the loop
 /// after a few hundred of them.

@@ -35,12 +35,11 @@ use mio::net::TcpStream;
 
 use self::files::{Files, Progress, Transfer};
 use self::request::{MAX_LINE, Refusal, Request};
-use super::{Context, Handler, KEEP, Next, Stream, discard_input, io_failure};
+use super::{Context, Handler, KEEP, Next, Settings, Stream, discard_input, io_failure};
 use crate::buffer::{Buffer, write_ready};
-use crate::config::Config;
-use crate::endpoint::Id;
 use crate::stats::{CloseReason, Metric};
 use crate::sys::{interrupted, would_block};
+use crate::token::Id;
 
 /// What follows the status line of a reply.
 #[derive(Debug)]
@@ -107,7 +106,7 @@ pub struct Connection {
 
 impl Connection {
     /// A new client, waiting for its request.
-    pub fn new(stream: TcpStream, now: Instant, config: &Config, files: Arc<Files>) -> Self {
+    pub fn new(stream: TcpStream, now: Instant, settings: &Settings, files: Arc<Files>) -> Self {
         Connection {
             stream,
             files,
@@ -115,7 +114,7 @@ impl Connection {
                 line: Vec::new(),
                 grace: None,
             },
-            idle_deadline: now + config.idle_timeout,
+            idle_deadline: now + settings.idle_timeout,
         }
     }
 
@@ -189,7 +188,7 @@ impl Connection {
                 Err(e) => return io_failure("download", &self.state, e, ctx),
             };
             ctx.stats.add(Metric::BytesIn, n as u64);
-            self.idle_deadline = ctx.now + ctx.config.idle_timeout;
+            self.idle_deadline = ctx.now + ctx.settings.idle_timeout;
             let input = &ctx.scratch[..n];
             let newline = input.iter().position(|&b| b == b'\n');
             let part = &input[..newline.unwrap_or(n)];
@@ -202,7 +201,7 @@ impl Connection {
             if newline.is_some() {
                 return self.respond(ctx);
             }
-            *grace = Some(ctx.now + ctx.config.request_grace);
+            *grace = Some(ctx.now + ctx.settings.request_grace);
             trace!(
                 "{} download request: {} bytes so far",
                 Id(ctx.token),
@@ -302,7 +301,7 @@ impl Connection {
             return KEEP;
         };
         // Writable means the client is reading: that is progress, not idleness.
-        self.idle_deadline = ctx.now + ctx.config.idle_timeout;
+        self.idle_deadline = ctx.now + ctx.settings.idle_timeout;
         let progress = head.write_to(&mut self.stream).and_then(|written| {
             ctx.stats.add(Metric::BytesOut, written as u64);
             if !head.is_empty() {
@@ -350,7 +349,7 @@ impl Connection {
         if let Err(e) = self.stream.shutdown_write() {
             return io_failure("download", &self.state, e, ctx);
         }
-        let until = ctx.now + ctx.config.linger;
+        let until = ctx.now + ctx.settings.linger;
         // Leaving REPLYING drops the body, and with it the open file.
         self.transition(State::Lingering { until, reason }, ctx);
         self.linger(ctx)

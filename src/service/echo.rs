@@ -23,12 +23,11 @@ use log::trace;
 use mio::Interest;
 use mio::net::TcpStream;
 
-use super::{Context, Handler, KEEP, Next, Stream, discard_input, io_failure};
+use super::{Context, Handler, KEEP, Next, Settings, Stream, discard_input, io_failure};
 use crate::buffer::{Buffer, write_ready};
-use crate::config::Config;
-use crate::endpoint::Id;
 use crate::stats::{CloseReason, Metric};
 use crate::sys::{interrupted, would_block};
+use crate::token::Id;
 
 /// Where an echo connection is in its life.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -82,12 +81,12 @@ impl Connection<TcpStream> {
 
 impl<S: Stream> Connection<S> {
     /// A new client, open and owing nothing.
-    pub fn new(stream: S, now: Instant, config: &Config) -> Self {
+    pub fn new(stream: S, now: Instant, settings: &Settings) -> Self {
         Connection {
             stream,
             state: State::Open,
             owed: Buffer::new(),
-            idle_deadline: now + config.idle_timeout,
+            idle_deadline: now + settings.idle_timeout,
         }
     }
 
@@ -153,7 +152,7 @@ impl<S: Stream> Connection<S> {
 
     /// OPEN: reads until `WouldBlock`, the client's FIN, or the high-water mark, echoing each read.
     fn echo_input(&mut self, ctx: &mut Context<'_>) -> Next {
-        let marks = ctx.config.watermarks();
+        let marks = ctx.settings.marks;
         loop {
             if ctx.budget == 0 {
                 return KEEP; // the loop resumes this connection after the rest of the batch
@@ -175,7 +174,7 @@ impl<S: Stream> Connection<S> {
             };
             ctx.stats.add(Metric::BytesIn, n as u64);
             ctx.budget = ctx.budget.saturating_sub(n);
-            self.idle_deadline = ctx.now + ctx.config.idle_timeout;
+            self.idle_deadline = ctx.now + ctx.settings.idle_timeout;
             trace!("{} echo read {n} bytes", Id(ctx.token));
             self.echo(n, ctx)?;
             if n < room && ctx.short_read_drains {
@@ -214,7 +213,7 @@ impl<S: Stream> Connection<S> {
             Ok(0) => KEEP,
             Ok(written) => {
                 ctx.stats.add(Metric::BytesOut, written as u64);
-                self.idle_deadline = ctx.now + ctx.config.idle_timeout;
+                self.idle_deadline = ctx.now + ctx.settings.idle_timeout;
                 trace!("{} echo wrote {written} owed bytes", Id(ctx.token));
                 KEEP
             }
@@ -263,7 +262,7 @@ impl<S: Stream> Connection<S> {
         if let Err(e) = self.stream.shutdown_write() {
             return self.fail(e, ctx);
         }
-        let until = ctx.now + ctx.config.linger;
+        let until = ctx.now + ctx.settings.linger;
         self.transition(State::Lingering { until }, ctx);
         // Input may already be waiting; it raises no new edge.
         self.linger(ctx)
@@ -302,7 +301,7 @@ impl<S: Stream> Handler for Connection<S> {
             State::Open => self.flush(ctx),
             State::Throttled => {
                 self.flush(ctx)?;
-                if ctx.config.watermarks().has_drained(&self.owed) {
+                if ctx.settings.marks.has_drained(&self.owed) {
                     self.resume_reading(ctx)
                 } else {
                     KEEP

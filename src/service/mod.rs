@@ -5,6 +5,9 @@
 //! keep the endpoint (registered for whatever [`Endpoint::interest`] now says), or close it for a
 //! named [`CloseReason`]. Handlers never touch the slab or the `Registry`; that is
 //! [`endpoint`](crate::endpoint)'s job alone.
+//!
+//! Nor does the loop build connections: when a listener accepts a socket, the loop hands it to the
+//! listener's [`Service`], which makes the right kind of connection of it.
 
 pub mod chat;
 pub mod download;
@@ -14,7 +17,8 @@ use std::fmt;
 use std::io::{self, Read, Write};
 use std::net::Shutdown;
 use std::ops::ControlFlow;
-use std::time::Instant;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use mio::event::{Event, Source};
 use mio::net::TcpStream;
@@ -23,11 +27,13 @@ use signal_hook_mio::v1_0::Signals;
 
 use log::debug;
 
+use self::download::files::Files;
+use crate::buffer::Watermarks;
 use crate::config::Config;
-use crate::endpoint::Id;
 use crate::listener::Listener;
 use crate::stats::{CloseReason, Stats};
 use crate::sys::{interrupted, peer_gone, would_block};
+use crate::token::Id;
 
 /// What a handler tells the loop: `Continue(())` keeps the endpoint, `Break(reason)` closes it.
 ///
@@ -37,6 +43,66 @@ pub type Next = ControlFlow<CloseReason>;
 /// Keep the endpoint open.
 pub const KEEP: Next = ControlFlow::Continue(());
 
+/// What connections need of the configuration: the few values read while handling events.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Settings {
+    /// Close a connection after this long without traffic (`--idle-timeout`).
+    pub idle_timeout: Duration,
+    /// How long a closing connection drains input after its FIN (`--linger`).
+    pub linger: Duration,
+    /// Stop reading from a client owed this much; read again below the low mark.
+    pub marks: Watermarks,
+    /// A download request ends when the client pauses this long (`--request-grace`).
+    pub request_grace: Duration,
+}
+
+impl Settings {
+    /// The connection settings of a configuration.
+    pub fn from_config(config: &Config) -> Self {
+        Settings {
+            idle_timeout: config.idle_timeout,
+            linger: config.linger,
+            marks: Watermarks {
+                high: config.high_water,
+                low: config.low_water,
+            },
+            request_grace: config.request_grace,
+        }
+    }
+}
+
+/// The TCP services a listener can hand its connections to, with what their connections share.
+#[derive(Debug, Clone)]
+pub enum Service {
+    /// TCP echo (RFC 862).
+    Echo,
+    /// TCP file download from the served root.
+    Download(Arc<Files>),
+}
+
+impl Service {
+    /// The service's name in log lines and on the start-up line.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Service::Echo => "echo",
+            Service::Download(_) => "files",
+        }
+    }
+
+    /// The connection an accepted socket becomes.
+    pub fn connect(&self, stream: TcpStream, now: Instant, settings: &Settings) -> Endpoint {
+        match self {
+            Service::Echo => Endpoint::Echo(echo::Connection::new(stream, now, settings)),
+            Service::Download(files) => Endpoint::Download(download::Connection::new(
+                stream,
+                now,
+                settings,
+                Arc::clone(files),
+            )),
+        }
+    }
+}
+
 /// Everything a handler may use besides its own endpoint, for one event.
 #[derive(Debug)]
 pub struct Context<'a> {
@@ -44,8 +110,8 @@ pub struct Context<'a> {
     pub now: Instant,
     /// The endpoint's token, for log lines.
     pub token: Token,
-    /// The server's configuration (water marks, timeouts).
-    pub config: &'a Config,
+    /// Timeouts and water marks.
+    pub settings: &'a Settings,
     /// Counters to add to.
     pub stats: &'a Stats,
     /// One read buffer shared by every connection: input is read here and written straight back,
@@ -151,8 +217,13 @@ fn resume(connection: &mut impl Handler, ctx: &mut Context<'_>) -> Next {
 
 /// One entry of the endpoint table: every source the loop polls.
 pub enum Endpoint {
-    /// A TCP listener for one of the services.
-    Listener(Listener),
+    /// A TCP listener, and the service its clients get.
+    Listener {
+        /// The listening socket and its accept state.
+        listener: Listener,
+        /// What an accepted socket becomes.
+        service: Service,
+    },
     /// A TCP echo client (RFC 862).
     Echo(echo::Connection),
     /// A TCP file download client.
@@ -170,7 +241,7 @@ pub enum Endpoint {
 impl fmt::Debug for Endpoint {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Endpoint::Listener(listener) => listener.fmt(f),
+            Endpoint::Listener { listener, .. } => listener.fmt(f),
             Endpoint::Echo(connection) => connection.fmt(f),
             Endpoint::Download(connection) => connection.fmt(f),
             Endpoint::Chat(relay) => relay.fmt(f),
@@ -183,7 +254,7 @@ impl Endpoint {
     /// A short name for log lines.
     pub fn kind(&self) -> &'static str {
         match self {
-            Endpoint::Listener(_) => "listener",
+            Endpoint::Listener { .. } => "listener",
             Endpoint::Echo(_) => "echo",
             Endpoint::Download(_) => "download",
             Endpoint::Chat(_) => "chat",
@@ -196,16 +267,17 @@ impl Endpoint {
     pub fn is_client(&self) -> bool {
         match self {
             Endpoint::Echo(_) | Endpoint::Download(_) => true,
-            Endpoint::Listener(_) | Endpoint::Chat(_) | Endpoint::Signals(_) | Endpoint::Waker => {
-                false
-            }
+            Endpoint::Listener { .. }
+            | Endpoint::Chat(_)
+            | Endpoint::Signals(_)
+            | Endpoint::Waker => false,
         }
     }
 
     /// The I/O source to register, or `None` for the waker, which registers itself.
     pub fn source(&mut self) -> Option<&mut dyn Source> {
         match self {
-            Endpoint::Listener(listener) => Some(listener.source()),
+            Endpoint::Listener { listener, .. } => Some(listener.source()),
             Endpoint::Echo(connection) => Some(connection.source()),
             Endpoint::Download(connection) => Some(connection.source()),
             Endpoint::Chat(relay) => Some(relay.source()),
@@ -218,7 +290,7 @@ impl Endpoint {
     /// (a listener backing off), and the endpoint is then deregistered until it wants some again.
     pub fn interest(&self) -> Option<Interest> {
         match self {
-            Endpoint::Listener(listener) => listener.interest(),
+            Endpoint::Listener { listener, .. } => listener.interest(),
             Endpoint::Echo(connection) => Some(connection.interest()),
             Endpoint::Download(connection) => Some(connection.interest()),
             Endpoint::Chat(relay) => Some(relay.interest()),
@@ -229,7 +301,7 @@ impl Endpoint {
     /// When this endpoint next needs [`Endpoint::on_timeout`], if ever.
     pub fn deadline(&self) -> Option<Instant> {
         match self {
-            Endpoint::Listener(listener) => listener.deadline(),
+            Endpoint::Listener { listener, .. } => listener.deadline(),
             Endpoint::Echo(connection) => Some(connection.deadline()),
             Endpoint::Download(connection) => Some(connection.deadline()),
             Endpoint::Chat(relay) => relay.deadline(),
@@ -244,15 +316,15 @@ impl Endpoint {
             Endpoint::Echo(connection) => deliver(connection, event, ctx),
             Endpoint::Download(connection) => deliver(connection, event, ctx),
             Endpoint::Chat(relay) => deliver(relay.as_mut(), event, ctx),
-            Endpoint::Listener(_) | Endpoint::Signals(_) | Endpoint::Waker => KEEP,
+            Endpoint::Listener { .. } | Endpoint::Signals(_) | Endpoint::Waker => KEEP,
         }
     }
 
     /// The endpoint's deadline has passed.
     pub fn on_timeout(&mut self, ctx: &mut Context<'_>) -> Next {
         match self {
-            Endpoint::Listener(listener) => {
-                listener.on_timeout(ctx);
+            Endpoint::Listener { listener, .. } => {
+                listener.on_timeout();
                 KEEP
             }
             Endpoint::Echo(connection) => connection.on_timeout(ctx),
@@ -268,7 +340,7 @@ impl Endpoint {
             Endpoint::Echo(connection) => resume(connection, ctx),
             Endpoint::Download(connection) => resume(connection, ctx),
             Endpoint::Chat(relay) => resume(relay.as_mut(), ctx),
-            Endpoint::Listener(_) | Endpoint::Signals(_) | Endpoint::Waker => KEEP,
+            Endpoint::Listener { .. } | Endpoint::Signals(_) | Endpoint::Waker => KEEP,
         }
     }
 
@@ -276,7 +348,7 @@ impl Endpoint {
     /// connections finish what they owe, then close; signals stay, to hear a second signal.
     pub fn on_shutdown(&mut self, ctx: &mut Context<'_>) -> Next {
         match self {
-            Endpoint::Listener(_) => ControlFlow::Break(CloseReason::Shutdown),
+            Endpoint::Listener { .. } => ControlFlow::Break(CloseReason::Shutdown),
             Endpoint::Echo(connection) => connection.on_shutdown(ctx),
             Endpoint::Download(connection) => connection.on_shutdown(ctx),
             // Datagrams need no goodbye; the relay serves until the loop stops.

@@ -11,8 +11,8 @@ use std::time::{Duration, Instant};
 use mio::{Interest, Token};
 
 use super::{Connection, State};
-use crate::config::Config;
-use crate::service::{Context, FAIR_SHARE, Handler, KEEP, Stream};
+use crate::buffer::Watermarks;
+use crate::service::{Context, FAIR_SHARE, Handler, KEEP, Settings, Stream};
 use crate::stats::{CloseReason, Metric, Stats};
 
 /// What the fake socket answers to the next read.
@@ -109,7 +109,7 @@ impl Stream for Fake {
 
 /// The loop's side of one connection: configuration, counters and the shared scratch buffer.
 struct Harness {
-    config: Config,
+    settings: Settings,
     stats: Stats,
     scratch: Vec<u8>,
     now: Instant,
@@ -120,12 +120,11 @@ struct Harness {
 impl Harness {
     fn new() -> Self {
         Harness {
-            config: Config {
-                high_water: 16,
-                low_water: 8,
+            settings: Settings {
+                marks: Watermarks { high: 16, low: 8 },
                 idle_timeout: Duration::from_secs(10),
                 linger: Duration::from_secs(1),
-                ..Config::default()
+                request_grace: Duration::from_millis(50),
             },
             stats: Stats::default(),
             scratch: vec![0; 64],
@@ -138,7 +137,7 @@ impl Harness {
         Context {
             now: self.now,
             token: Token(0),
-            config: &self.config,
+            settings: &self.settings,
             stats: &self.stats,
             scratch: &mut self.scratch,
             budget: FAIR_SHARE,
@@ -147,7 +146,7 @@ impl Harness {
     }
 
     fn connection(&mut self, fake: Fake) -> Connection<Fake> {
-        Connection::new(fake, self.now, &self.config)
+        Connection::new(fake, self.now, &self.settings)
     }
 }
 
@@ -349,7 +348,7 @@ fn open_activity_pushes_the_idle_deadline() {
     let mut h = Harness::new();
     let mut c = open(&mut h);
     let first = c.deadline();
-    assert_eq!(first, h.now + h.config.idle_timeout);
+    assert_eq!(first, h.now + h.settings.idle_timeout);
     h.now += Duration::from_secs(3);
     c.stream.input.push_back(Input::Bytes(b"k".to_vec()));
     assert_eq!(c.on_readable(&mut h.ctx()), KEEP);
@@ -530,7 +529,7 @@ fn flushing_sends_fin_once_everything_is_delivered() {
     assert_eq!(
         c.state(),
         State::Lingering {
-            until: h.now + h.config.linger
+            until: h.now + h.settings.linger
         }
     );
 }
@@ -584,7 +583,7 @@ fn lingering_writable_writes_nothing() {
 fn lingering_ends_at_its_deadline() {
     let mut h = Harness::new();
     let mut c = lingering(&mut h);
-    assert_eq!(c.deadline(), h.now + h.config.linger);
+    assert_eq!(c.deadline(), h.now + h.settings.linger);
     assert_eq!(c.on_timeout(&mut h.ctx()), close(CloseReason::Shutdown));
 }
 

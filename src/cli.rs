@@ -1,0 +1,246 @@
+//! The command line: clap's types for `readyloop [serve]` and `readyloop bench`, and the step from
+//! flags to a [`Config`].
+//!
+//! Everything that knows about flags, environment variables and their spelling lives here, so the
+//! rest of the crate works with plain typed settings ([`Config`]) that tests and benchmarks build
+//! directly. Every flag also reads a `READYLOOP_*` environment variable (the flag wins), which
+//! suits service managers and containers.
+
+use std::net::{IpAddr, ToSocketAddrs};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::builder::BoolishValueParser;
+use clap::{Args, Parser, Subcommand};
+use log::info;
+
+use crate::config::*;
+
+/// `readyloop [serve] [FLAGS]` or a subcommand.
+#[derive(Debug, Parser)]
+#[command(
+    name = "readyloop",
+    version,
+    about,
+    args_conflicts_with_subcommands = true
+)]
+pub struct Cli {
+    /// What to run; without one, `serve`.
+    #[command(subcommand)]
+    pub command: Option<Command>,
+    /// The server's flags, accepted without the word `serve`.
+    #[command(flatten)]
+    pub serve: ServeArgs,
+    /// More log output: -v debug, -vv trace (RUST_LOG, when set, wins).
+    #[arg(short, long, action = clap::ArgAction::Count, global = true)]
+    pub verbose: u8,
+    /// Less log output: -q warnings only, -qq errors only.
+    #[arg(short, long, action = clap::ArgAction::Count, global = true, conflicts_with = "verbose")]
+    pub quiet: u8,
+}
+
+/// The subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the server (the default).
+    Serve(ServeArgs),
+    /// Generate load against a running server and report throughput and latency.
+    Bench(crate::bench::BenchArgs),
+}
+
+impl Cli {
+    /// The log filter the flags ask for, used when `RUST_LOG` is not set.
+    pub fn log_level(&self) -> log::LevelFilter {
+        use log::LevelFilter::*;
+        match (self.verbose, self.quiet) {
+            (0, 0) => Info,
+            (1, _) => Debug,
+            (_, 0) => Trace,
+            (_, 1) => Warn,
+            _ => Error,
+        }
+    }
+}
+
+/// The flags of `serve`, as text turned into values by clap; [`ServeArgs::into_config`] makes
+/// the [`Config`] the server runs with.
+#[derive(Debug, Clone, PartialEq, Eq, Args)]
+pub struct ServeArgs {
+    /// Address the services listen on: an IP address or a host name (`localhost`).
+    #[arg(long, env = "READYLOOP_BIND", default_value_t = DEFAULT_BIND.to_string())]
+    pub bind: String,
+    /// TCP echo port (0: any free port).
+    #[arg(long, env = "READYLOOP_ECHO_PORT", default_value_t = DEFAULT_ECHO_PORT)]
+    pub echo_port: u16,
+    /// TCP file download port (0: any free port).
+    #[arg(long, env = "READYLOOP_FILES_PORT", default_value_t = DEFAULT_FILES_PORT)]
+    pub files_port: u16,
+    /// UDP chat relay port (0: any free port).
+    #[arg(long, env = "READYLOOP_CHAT_PORT", default_value_t = DEFAULT_CHAT_PORT)]
+    pub chat_port: u16,
+    /// Directory served by the download service.
+    #[arg(long, env = "READYLOOP_ROOT", default_value = ".")]
+    pub root: PathBuf,
+    /// Close a connection after this long without traffic.
+    #[arg(long, env = "READYLOOP_IDLE_TIMEOUT", value_parser = parse_duration, default_value = "300s")]
+    pub idle_timeout: Duration,
+    /// Most client connections open at once; more are accepted and closed at once.
+    #[arg(long, env = "READYLOOP_MAX_CONNS", default_value_t = DEFAULT_MAX_CONNS)]
+    pub max_conns: usize,
+    /// Bytes owed to one client at which the server stops reading from it.
+    #[arg(long, env = "READYLOOP_HIGH_WATER", default_value_t = DEFAULT_HIGH_WATER)]
+    pub high_water: usize,
+    /// Bytes owed below which a paused client is read again.
+    #[arg(long, env = "READYLOOP_LOW_WATER", default_value_t = DEFAULT_LOW_WATER)]
+    pub low_water: usize,
+    /// Time open connections get to finish after SIGINT/SIGTERM.
+    #[arg(long, env = "READYLOOP_SHUTDOWN_GRACE", value_parser = parse_duration, default_value = "5s")]
+    pub shutdown_grace: Duration,
+    /// Time a closing connection keeps draining input after sending FIN.
+    #[arg(long, env = "READYLOOP_LINGER", value_parser = parse_duration, default_value = "2s")]
+    pub linger: Duration,
+    /// A download request ends when the client pauses this long after sending part of it.
+    #[arg(long, env = "READYLOOP_REQUEST_GRACE", value_parser = parse_duration, default_value = "50ms")]
+    pub request_grace: Duration,
+    /// Most files open for downloads at once; past it, requests get `ERR 503`.
+    #[arg(long, env = "READYLOOP_MAX_OPEN_FILES", default_value_t = DEFAULT_MAX_OPEN_FILES)]
+    pub max_open_files: usize,
+    /// Most entries in a `LIST` reply.
+    #[arg(long, env = "READYLOOP_LIST_MAX", default_value_t = DEFAULT_LIST_MAX)]
+    pub list_max: usize,
+    /// Serve and list names with a component starting with `.`.
+    #[arg(long, env = "READYLOOP_SERVE_HIDDEN", value_parser = BoolishValueParser::new())]
+    pub serve_hidden: bool,
+    /// Send file bodies with read/write instead of zero-copy sendfile(2).
+    #[arg(long, env = "READYLOOP_NO_SENDFILE", value_parser = BoolishValueParser::new())]
+    pub no_sendfile: bool,
+    /// A chat member silent this long expires.
+    #[arg(long, env = "READYLOOP_CHAT_IDLE", value_parser = parse_duration, default_value = "300s")]
+    pub chat_idle: Duration,
+    /// Longest chat datagram accepted, in bytes.
+    #[arg(long, env = "READYLOOP_CHAT_MAX_MSG", default_value_t = DEFAULT_CHAT_MAX_MSG)]
+    pub chat_max_msg: usize,
+    /// Most chat members at once; more get `* server full`.
+    #[arg(long, env = "READYLOOP_CHAT_MAX_MEMBERS", default_value_t = DEFAULT_CHAT_MAX_MEMBERS)]
+    pub chat_max_members: usize,
+    /// Most chat rooms at once.
+    #[arg(long, env = "READYLOOP_CHAT_MAX_ROOMS", default_value_t = DEFAULT_CHAT_MAX_ROOMS)]
+    pub chat_max_rooms: usize,
+    /// Messages per second per chat member (0: no limit).
+    #[arg(long, env = "READYLOOP_CHAT_RATE", default_value_t = DEFAULT_CHAT_RATE)]
+    pub chat_rate: u32,
+    /// Messages a chat member may send at once before the rate applies.
+    #[arg(long, env = "READYLOOP_CHAT_BURST", default_value_t = DEFAULT_CHAT_BURST)]
+    pub chat_burst: u32,
+    /// Datagrams waiting for the UDP socket before the oldest are dropped.
+    #[arg(long, env = "READYLOOP_CHAT_QUEUE", default_value_t = DEFAULT_CHAT_QUEUE)]
+    pub chat_queue: usize,
+    /// New chat addresses must echo a cookie (`/verify`) before they join.
+    #[arg(long, env = "READYLOOP_CHAT_VERIFY", value_parser = BoolishValueParser::new())]
+    pub chat_verify: bool,
+    /// Pin the loop's thread to this CPU core (for benchmarks: keep it apart from the load).
+    #[arg(long, env = "READYLOOP_PIN")]
+    pub pin: Option<usize>,
+    /// Log a line of statistics this often (0: never).
+    #[arg(long, env = "READYLOOP_STATS_INTERVAL", value_parser = parse_duration, default_value = "0")]
+    pub stats_interval: Duration,
+}
+
+impl ServeArgs {
+    /// The configuration these flags describe, with `--bind` resolved to one address.
+    ///
+    /// # Errors
+    /// A sentence naming `--bind` when its host name does not resolve.
+    pub fn into_config(self) -> Result<Config, String> {
+        Ok(Config {
+            bind: resolve_bind(&self.bind)?,
+            echo_port: self.echo_port,
+            files_port: self.files_port,
+            chat_port: self.chat_port,
+            root: self.root,
+            idle_timeout: self.idle_timeout,
+            max_conns: self.max_conns,
+            high_water: self.high_water,
+            low_water: self.low_water,
+            shutdown_grace: self.shutdown_grace,
+            linger: self.linger,
+            request_grace: self.request_grace,
+            max_open_files: self.max_open_files,
+            list_max: self.list_max,
+            serve_hidden: self.serve_hidden,
+            no_sendfile: self.no_sendfile,
+            chat_idle: self.chat_idle,
+            chat_max_msg: self.chat_max_msg,
+            chat_max_members: self.chat_max_members,
+            chat_max_rooms: self.chat_max_rooms,
+            chat_rate: self.chat_rate,
+            chat_burst: self.chat_burst,
+            chat_queue: self.chat_queue,
+            chat_verify: self.chat_verify,
+            pin: self.pin,
+            stats_interval: self.stats_interval,
+        })
+    }
+}
+
+/// Turns `--bind` into the one address every service listens on.
+///
+/// An IP address is taken as it is. A host name is looked up, and the first IPv4 address wins
+/// when there is one: `localhost` often resolves to `::1` first, and the tutorial's clients speak
+/// IPv4 only. The choice is logged, since a name may stand for several addresses.
+fn resolve_bind(host: &str) -> Result<IpAddr, String> {
+    if let Ok(ip) = host.parse::<IpAddr>() {
+        return Ok(ip);
+    }
+    let unresolved = |why: String| format!("--bind {host}: cannot resolve the name: {why}");
+    let found: Vec<IpAddr> = (host, 0)
+        .to_socket_addrs()
+        .map_err(|e| unresolved(e.to_string()))?
+        .map(|addr| addr.ip())
+        .collect();
+    let chosen = found
+        .iter()
+        .find(|ip| ip.is_ipv4())
+        .or(found.first())
+        .copied()
+        .ok_or_else(|| unresolved("no address".into()))?;
+    let all: Vec<String> = found.iter().map(IpAddr::to_string).collect();
+    info!("--bind {host} resolved to {chosen} (of {})", all.join(", "));
+    Ok(chosen)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn no_arguments_means_serve_with_the_named_defaults() {
+        let cli = Cli::try_parse_from(["readyloop"]).unwrap();
+        assert!(cli.command.is_none());
+        // Environment fallbacks would change the parsed values; none are set under `cargo test`.
+        assert_eq!(cli.log_level(), log::LevelFilter::Info);
+        assert_eq!(cli.serve.into_config(), Ok(Config::default()));
+    }
+
+    #[test]
+    fn serve_subcommand_takes_the_same_flags() {
+        let cli = Cli::try_parse_from(["readyloop", "serve", "--echo-port", "0", "-vv"]).unwrap();
+        assert_eq!(cli.log_level(), log::LevelFilter::Trace);
+        let Some(Command::Serve(args)) = cli.command else {
+            panic!("expected serve");
+        };
+        assert_eq!(args.into_config().unwrap().echo_port, 0);
+    }
+
+    #[test]
+    fn bind_takes_addresses_and_host_names() {
+        assert_eq!(resolve_bind("::1"), Ok("::1".parse().unwrap()));
+        assert_eq!(resolve_bind("127.0.0.2"), Ok("127.0.0.2".parse().unwrap()));
+        assert_eq!(resolve_bind("localhost"), Ok("127.0.0.1".parse().unwrap()));
+        let error = resolve_bind("no-such-host.invalid").unwrap_err();
+        assert!(
+            error.starts_with("--bind no-such-host.invalid: cannot resolve"),
+            "{error}"
+        );
+    }
+}
