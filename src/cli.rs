@@ -87,6 +87,9 @@ pub struct ServeArgs {
     /// Most client connections open at once; more are accepted and closed at once.
     #[arg(long, env = "READYLOOP_MAX_CONNS", default_value_t = DEFAULT_MAX_CONNS)]
     pub max_conns: usize,
+    /// Most connections over --max-conns kept at once to be told `ERR 503` (download port).
+    #[arg(long, env = "READYLOOP_MAX_TURNED_AWAY", default_value_t = DEFAULT_MAX_TURNED_AWAY)]
+    pub max_turned_away: usize,
     /// Bytes owed to one client at which the server stops reading from it.
     #[arg(long, env = "READYLOOP_HIGH_WATER", default_value_t = DEFAULT_HIGH_WATER)]
     pub high_water: usize,
@@ -160,6 +163,7 @@ impl ServeArgs {
             root: self.root,
             idle_timeout: self.idle_timeout,
             max_conns: self.max_conns,
+            max_turned_away: self.max_turned_away,
             high_water: self.high_water,
             low_water: self.low_water,
             shutdown_grace: self.shutdown_grace,

@@ -24,6 +24,9 @@ pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(300);
 /// Open client connections: 10 000 fits in a default `ulimit -n` raised to 16 Ki with room for
 /// files and listeners, and costs well under 10 MiB of server memory when idle.
 pub const DEFAULT_MAX_CONNS: usize = 10_000;
+/// Connections accepted past `--max-conns` and kept for a moment to be told `ERR 503` (download
+/// port): enough to answer a burst politely, few enough that a flood costs a few pages of memory.
+pub const DEFAULT_MAX_TURNED_AWAY: usize = 64;
 /// Bytes owed to one client at which the server stops reading from it: 64 KiB is one default
 /// socket send buffer, enough to keep a fast reader busy.
 pub const DEFAULT_HIGH_WATER: usize = 64 * 1024;
@@ -77,6 +80,9 @@ pub struct Config {
     pub idle_timeout: Duration,
     /// Most client connections open at once; more are accepted and closed at once.
     pub max_conns: usize,
+    /// Most connections over `--max-conns` kept at once to be told why (`ERR 503`); more are
+    /// closed at once.
+    pub max_turned_away: usize,
     /// Bytes owed to one client at which the server stops reading from it.
     pub high_water: usize,
     /// Bytes owed below which a paused client is read again.
@@ -127,6 +133,7 @@ impl Default for Config {
             root: PathBuf::from("."),
             idle_timeout: DEFAULT_IDLE_TIMEOUT,
             max_conns: DEFAULT_MAX_CONNS,
+            max_turned_away: DEFAULT_MAX_TURNED_AWAY,
             high_water: DEFAULT_HIGH_WATER,
             low_water: DEFAULT_LOW_WATER,
             shutdown_grace: DEFAULT_SHUTDOWN_GRACE,

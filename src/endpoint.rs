@@ -49,6 +49,8 @@ pub struct EndpointTable {
     next_generation: usize,
     /// Client connections in the table (listeners, signals and the waker excluded).
     clients: usize,
+    /// Connections accepted past `--max-conns` only to be told so.
+    turned_away: usize,
 }
 
 impl EndpointTable {
@@ -59,6 +61,7 @@ impl EndpointTable {
             timers: Timers::default(),
             next_generation: 0,
             clients: 0,
+            turned_away: 0,
         }
     }
 
@@ -91,6 +94,9 @@ impl EndpointTable {
         if endpoint.is_client() {
             self.clients += 1;
             stats.add(Metric::Open, 1);
+        }
+        if endpoint.is_turned_away() {
+            self.turned_away += 1;
         }
         trace!("{} {} inserted, {registered:?}", Id(token), endpoint.kind());
         entry.insert(Slot {
@@ -160,6 +166,10 @@ impl EndpointTable {
             stats.count_close(reason);
             stats.sub(Metric::Open, 1);
         }
+        if slot.endpoint.is_turned_away() {
+            self.turned_away -= 1;
+            stats.count_close(reason);
+        }
         debug!("{} {} closed: {reason:?}", Id(token), slot.endpoint.kind());
     }
 
@@ -182,6 +192,11 @@ impl EndpointTable {
     /// Client connections open now.
     pub fn clients(&self) -> usize {
         self.clients
+    }
+
+    /// Connections accepted past `--max-conns` and open now, only to be told so.
+    pub fn turned_away(&self) -> usize {
+        self.turned_away
     }
 
     /// Tokens of every endpoint, for the rare passes over all of them (shutdown).

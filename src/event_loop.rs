@@ -24,14 +24,14 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use log::{info, trace, warn};
+use log::{info, trace};
 use mio::event::Event;
 use mio::{Events, Poll, Registry, Token};
 
 use crate::config::Config;
 use crate::endpoint::EndpointTable;
 use crate::service::{Context, Endpoint, FAIR_SHARE, KEEP, Next, Settings};
-use crate::stats::{CloseReason, Metric, Snapshot, Stats, StatsLine};
+use crate::stats::{Metric, Snapshot, Stats, StatsLine};
 use crate::sys::interrupted;
 use crate::timers::poll_timeout;
 use crate::token::Id;
@@ -184,18 +184,24 @@ impl EventLoop {
         }
         self.events = events;
         for token in mem::take(&mut self.yielded) {
-            if let Some(endpoint) = self.table.get_mut(token) {
-                let mut ctx = self.shared.context(now, token);
-                let next = endpoint.on_resume(&mut ctx);
-                let budget_left = ctx.budget;
-                self.apply(token, next, budget_left);
-            }
+            self.call(token, now, Endpoint::on_resume);
         }
     }
 
-    /// Applies a handler's verdict, and remembers an endpoint that spent its budget.
-    fn apply(&mut self, token: Token, next: Next, budget_left: usize) {
-        if next.is_continue() && budget_left == 0 {
+    /// Calls one handler of the endpoint behind `token` and applies its verdict: the table
+    /// settles it, and an endpoint that spent its budget is remembered for resumption.
+    fn call(
+        &mut self,
+        token: Token,
+        now: Instant,
+        handler: impl FnOnce(&mut Endpoint, &mut Context<'_>) -> Next,
+    ) {
+        let Some(endpoint) = self.table.get_mut(token) else {
+            return;
+        };
+        let mut ctx = self.shared.context(now, token);
+        let next = handler(endpoint, &mut ctx);
+        if next.is_continue() && ctx.budget == 0 {
             self.yielded.push(token);
         }
         self.table
@@ -231,60 +237,21 @@ impl EventLoop {
                 (0..requests).for_each(|_| self.request_stop(now));
             }
             Endpoint::Echo(_) | Endpoint::Download(_) | Endpoint::Chat(_) => {
-                let mut ctx = self.shared.context(now, token);
-                let next = endpoint.on_event(event, &mut ctx);
-                let budget_left = ctx.budget;
-                self.apply(token, next, budget_left);
+                self.call(token, now, |endpoint, ctx| endpoint.on_event(event, ctx));
             }
         }
-    }
-
-    /// Accepts every queued connection on one listener and has its service build each one.
-    fn accept_all(&mut self, token: Token, now: Instant) {
-        let (registry, stats) = (self.poll.registry(), &self.shared.stats);
-        loop {
-            let full = self.table.clients() >= self.config.max_conns;
-            let Some(Endpoint::Listener { listener, service }) = self.table.get_mut(token) else {
-                return;
-            };
-            let Some((stream, peer)) = listener.accept(now, stats) else {
-                break;
-            };
-            if full {
-                listener.on_refused(self.config.max_conns);
-                stats.count_close(CloseReason::Limit);
-                continue; // dropping `stream` closes it
-            }
-            listener.on_admitted();
-            let endpoint = service.connect(stream, now, &self.shared.settings);
-            match self.table.insert(registry, endpoint, stats) {
-                Ok(client) => {
-                    stats.add(Metric::Accepted, 1);
-                    trace!("{} accepted {peer} as {}", Id(token), Id(client));
-                }
-                Err(e) => warn!("cannot register a connection from {peer}: {e}"),
-            }
-        }
-        // A listener that started backing off wants no events and a deadline: apply that.
-        self.table.settle(registry, token, KEEP, stats);
     }
 
     /// Gives every endpoint whose deadline passed its `on_timeout`.
     fn fire_due_deadlines(&mut self, now: Instant) {
         while let Some(token) = self.table.pop_due(now) {
-            let Some(endpoint) = self.table.get_mut(token) else {
-                continue;
-            };
-            let mut ctx = self.shared.context(now, token);
-            let next = match endpoint.deadline() {
+            let backed_off = matches!(self.table.get_mut(token), Some(Endpoint::Listener { .. }));
+            self.call(token, now, |endpoint, ctx| match endpoint.deadline() {
                 // A timeout may start work (a download answering its request), budget and all.
-                Some(deadline) if deadline <= now => endpoint.on_timeout(&mut ctx),
+                Some(deadline) if deadline <= now => endpoint.on_timeout(ctx),
                 // Activity moved the deadline later since it was armed; settling re-arms it.
                 _ => KEEP,
-            };
-            let budget_left = ctx.budget;
-            let backed_off = matches!(endpoint, Endpoint::Listener { .. });
-            self.apply(token, next, budget_left);
+            });
             if backed_off {
                 // Connections queued during the back-off raise no new edge: accept them now.
                 self.accept_all(token, now);
@@ -293,6 +260,7 @@ impl EventLoop {
     }
 }
 
+mod accept;
 mod shutdown;
 #[cfg(test)]
 mod tests;

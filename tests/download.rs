@@ -533,3 +533,82 @@ fn shutdown_lets_a_download_under_way_finish() {
     assert_eq!(body.len(), len);
     assert_eq!(<[u8; 32]>::from(Sha256::digest(&body)), digest);
 }
+
+// ---- over --max-conns ------------------------------------------------------------------------
+
+/// A server at `--max-conns 1`, held full by one download client that has sent nothing.
+fn full_server(configure: impl FnOnce(&mut Config)) -> (TempDir, TestServer, TcpStream) {
+    let (root, server) = serve(&[("a.txt", b"abc")], |c| {
+        c.max_conns = 1;
+        configure(c);
+    });
+    let holder = connect(server.files);
+    server.wait_for(WAIT, "the holder admitted", |s| s.get(Metric::Open) == 1);
+    (root, server, holder)
+}
+
+#[test]
+fn get_and_list_over_max_conns_are_told_the_server_is_busy() {
+    let (_root, server, _holder) = full_server(|_| {});
+    for request in [&b"GET a.txt\n"[..], b"LIST\n"] {
+        let reply = exchange(server.files, request);
+        assert_eq!(
+            String::from_utf8_lossy(&reply),
+            "ERR 503 busy: too many connections, try again later\n",
+            "reply to {request:?}"
+        );
+    }
+    server.wait_for(WAIT, "both counted as refused at the limit", |s| {
+        s.get(Metric::ClosedLimit) == 2
+    });
+    assert_eq!(server.get(Metric::Open), 1, "turned away is not open");
+}
+
+/// The bare form has no error line: past the limit it is closed without a word, as any refusal.
+#[test]
+fn a_bare_name_over_max_conns_gets_a_silent_close() {
+    let (_root, server, _holder) = full_server(|_| {});
+    assert_eq!(exchange(server.files, b"a.txt"), b"");
+    server.wait_for(WAIT, "counted at the limit", |s| {
+        s.get(Metric::ClosedLimit) == 1
+    });
+}
+
+/// Turned-away clients that say nothing are held at most `TURN_AWAY_DEADLINE` (1 s) each, and
+/// only `--max-turned-away` of them at once: the next is closed at once, with no reply at all.
+#[test]
+fn turned_away_clients_are_a_small_pool_with_a_short_deadline() {
+    let (_root, server, _holder) = full_server(|c| c.max_turned_away = 2);
+    let started = Instant::now();
+    let mut silent: Vec<TcpStream> = (0..2).map(|_| connect(server.files)).collect();
+    let mut extra = connect(server.files);
+    assert_eq!(
+        read_to_eof_within(&mut extra, WAIT).expect("a clean close"),
+        b"",
+        "past the pool: closed at once"
+    );
+    server.wait_for(WAIT, "the extra one counted", |s| {
+        s.get(Metric::ClosedLimit) == 1
+    });
+    for client in &mut silent {
+        assert_eq!(
+            read_to_eof_within(client, WAIT).expect("a clean close"),
+            b""
+        );
+    }
+    assert!(
+        started.elapsed() >= Duration::from_millis(900),
+        "held until the deadline, not closed at once: {:?}",
+        started.elapsed()
+    );
+    server.wait_for(WAIT, "all three counted", |s| {
+        s.get(Metric::ClosedLimit) == 3
+    });
+    // The pool is free again: a typed request is answered.
+    let reply = exchange(server.files, b"LIST\n");
+    assert!(
+        reply.starts_with(b"ERR 503 "),
+        "{:?}",
+        String::from_utf8_lossy(&reply)
+    );
+}

@@ -27,7 +27,7 @@ use std::io::Read;
 use std::mem;
 use std::ops::ControlFlow;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use log::{debug, info, trace, warn};
 use mio::Interest;
@@ -40,6 +40,24 @@ use crate::buffer::{Buffer, write_ready};
 use crate::stats::{CloseReason, Metric};
 use crate::sys::{interrupted, would_block};
 use crate::token::Id;
+
+/// How long a client accepted past `--max-conns` has for its whole exchange: time enough for a
+/// request and a one-line reply on any working network, short enough that a flood of them costs
+/// the server little.
+pub const TURN_AWAY_DEADLINE: Duration = Duration::from_secs(1);
+
+/// What answers a connection's request.
+#[derive(Debug)]
+pub enum Answer {
+    /// The served root: files and listings.
+    Files(Arc<Files>),
+    /// Nothing: the connection was accepted past `--max-conns` only to say so. A `GET` or `LIST`
+    /// gets `ERR 503`, a bare name a silent close, and the whole exchange ends by `until`.
+    TurnedAway {
+        /// When the connection is closed, whatever it is doing.
+        until: Instant,
+    },
+}
 
 /// What follows the status line of a reply.
 #[derive(Debug)]
@@ -98,18 +116,18 @@ impl fmt::Display for State {
 #[derive(Debug)]
 pub struct Connection {
     stream: TcpStream,
-    files: Arc<Files>,
+    answer: Answer,
     state: State,
     /// When the connection counts as idle: pushed forward whenever the client makes progress.
     idle_deadline: Instant,
 }
 
 impl Connection {
-    /// A new client, waiting for its request.
-    pub fn new(stream: TcpStream, now: Instant, settings: &Settings, files: Arc<Files>) -> Self {
+    /// A new client, waiting for its request, which `answer` will answer.
+    pub fn new(stream: TcpStream, now: Instant, settings: &Settings, answer: Answer) -> Self {
         Connection {
             stream,
-            files,
+            answer,
             state: State::Request {
                 line: Vec::new(),
                 grace: None,
@@ -128,6 +146,14 @@ impl Connection {
         &self.state
     }
 
+    /// Accepted past `--max-conns`, only to be told so.
+    pub fn is_turned_away(&self) -> bool {
+        match self.answer {
+            Answer::TurnedAway { .. } => true,
+            Answer::Files(_) => false,
+        }
+    }
+
     /// Readable while reading the request or lingering; writable while replying.
     pub fn interest(&self) -> Interest {
         match self.state {
@@ -136,19 +162,30 @@ impl Connection {
         }
     }
 
-    /// The request grace, the idle deadline, or the end of lingering.
+    /// The request grace, the idle deadline, or the end of lingering; for a client turned away,
+    /// its hard deadline if that comes first.
     pub fn deadline(&self) -> Instant {
-        match self.state {
+        let deadline = match self.state {
             State::Request { grace, .. } => {
                 grace.map_or(self.idle_deadline, |at| at.min(self.idle_deadline))
             }
             State::Replying { .. } => self.idle_deadline,
             State::Lingering { until, .. } => until,
+        };
+        match self.answer {
+            Answer::Files(_) => deadline,
+            Answer::TurnedAway { until } => deadline.min(until),
         }
     }
 
     /// The deadline passed.
     pub fn on_timeout(&mut self, ctx: &mut Context<'_>) -> Next {
+        if let Answer::TurnedAway { until } = self.answer {
+            if until <= ctx.now {
+                // Whatever it was doing, a client turned away has had its time.
+                return ControlFlow::Break(CloseReason::Limit);
+            }
+        }
         match self.state {
             // The client sent something and then paused: that was its whole request.
             State::Request {
@@ -221,8 +258,11 @@ impl Connection {
         };
         let line = mem::take(line);
         let bare = request::is_bare(&line);
-        let reply = request::parse(&line, self.files.serve_hidden())
-            .and_then(|request| self.prepare(request, ctx));
+        let reply = match &self.answer {
+            Answer::Files(files) => request::parse(&line, files.serve_hidden())
+                .and_then(|request| prepare(files, request, ctx)),
+            Answer::TurnedAway { .. } => Err(Refusal::Full),
+        };
         match reply {
             Ok((head, body)) => {
                 self.transition(State::Replying { head, body }, ctx);
@@ -235,7 +275,7 @@ impl Connection {
                     Id(ctx.token),
                     printable(&line)
                 );
-                self.start_lingering(CloseReason::Finished, ctx)
+                self.start_lingering(self.close_reason(), ctx)
             }
             Err(refusal) => {
                 ctx.stats.add(Metric::DownloadsRefused, 1);
@@ -256,43 +296,6 @@ impl Connection {
                 self.send(ctx)
             }
         }
-    }
-
-    /// Opens what the request names and builds the reply's status line and body.
-    fn prepare(&self, request: Request, ctx: &Context<'_>) -> Result<(Buffer, Body), Refusal> {
-        let mut head = Buffer::new();
-        let body = match request {
-            Request::Get { name, offset } => {
-                let transfer = self.files.open_file(&name, offset)?;
-                head.extend(format!("OK {}\n", transfer.remaining()).as_bytes());
-                debug!(
-                    "{} GET {name:?} from {offset}: {} bytes",
-                    Id(ctx.token),
-                    transfer.remaining()
-                );
-                Body::File(transfer)
-            }
-            Request::Bare { name } => {
-                let transfer = self.files.open_file(&name, 0)?;
-                debug!(
-                    "{} bare {name:?}: {} bytes",
-                    Id(ctx.token),
-                    transfer.remaining()
-                );
-                Body::File(transfer)
-            }
-            Request::List => {
-                ctx.stats.add(Metric::Listings, 1);
-                Body::Listing {
-                    bytes: self.files.listing(ctx.now),
-                    pos: 0,
-                }
-            }
-        };
-        if let Body::File(_) = body {
-            ctx.stats.add(Metric::DownloadsStarted, 1);
-        }
-        Ok((head, body))
     }
 
     /// REPLYING: writes the status line, then the body, until done or the socket is full.
@@ -330,7 +333,7 @@ impl Connection {
                 if let Body::File(_) = body {
                     ctx.stats.add(Metric::DownloadsCompleted, 1);
                 }
-                self.start_lingering(CloseReason::Finished, ctx)
+                self.start_lingering(self.close_reason(), ctx)
             }
             Ok(Progress::Truncated) => {
                 ctx.stats.add(Metric::DownloadsTruncated, 1);
@@ -367,6 +370,14 @@ impl Connection {
         }
     }
 
+    /// What an exchange that ran its course counts as.
+    fn close_reason(&self) -> CloseReason {
+        match self.answer {
+            Answer::Files(_) => CloseReason::Finished,
+            Answer::TurnedAway { .. } => CloseReason::Limit,
+        }
+    }
+
     /// The one place the state changes.
     fn transition(&mut self, next: State, ctx: &Context<'_>) {
         trace!("{} download {} -> {next}", Id(ctx.token), self.state);
@@ -395,6 +406,43 @@ impl Handler for Connection {
             State::Lingering { .. } => KEEP,
         }
     }
+}
+
+/// Opens what the request names and builds the reply's status line and body.
+fn prepare(files: &Files, request: Request, ctx: &Context<'_>) -> Result<(Buffer, Body), Refusal> {
+    let mut head = Buffer::new();
+    let body = match request {
+        Request::Get { name, offset } => {
+            let transfer = files.open_file(&name, offset)?;
+            head.extend(format!("OK {}\n", transfer.remaining()).as_bytes());
+            debug!(
+                "{} GET {name:?} from {offset}: {} bytes",
+                Id(ctx.token),
+                transfer.remaining()
+            );
+            Body::File(transfer)
+        }
+        Request::Bare { name } => {
+            let transfer = files.open_file(&name, 0)?;
+            debug!(
+                "{} bare {name:?}: {} bytes",
+                Id(ctx.token),
+                transfer.remaining()
+            );
+            Body::File(transfer)
+        }
+        Request::List => {
+            ctx.stats.add(Metric::Listings, 1);
+            Body::Listing {
+                bytes: files.listing(ctx.now),
+                pos: 0,
+            }
+        }
+    };
+    if let Body::File(_) = body {
+        ctx.stats.add(Metric::DownloadsStarted, 1);
+    }
+    Ok((head, body))
 }
 
 /// A request line as it may appear in a log: lossy UTF-8, cut to 100 characters.

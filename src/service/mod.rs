@@ -93,12 +93,30 @@ impl Service {
     pub fn connect(&self, stream: TcpStream, now: Instant, settings: &Settings) -> Endpoint {
         match self {
             Service::Echo => Endpoint::Echo(echo::Connection::new(stream, now, settings)),
-            Service::Download(files) => Endpoint::Download(download::Connection::new(
-                stream,
-                now,
-                settings,
-                Arc::clone(files),
-            )),
+            Service::Download(files) => {
+                let answer = download::Answer::Files(Arc::clone(files));
+                Endpoint::Download(download::Connection::new(stream, now, settings, answer))
+            }
+        }
+    }
+
+    /// The connection an accepted socket becomes when the server is at `--max-conns`: one that
+    /// only says so, if the protocol has a way to say it; `None` closes the socket at once.
+    pub fn turn_away(
+        &self,
+        stream: TcpStream,
+        now: Instant,
+        settings: &Settings,
+    ) -> Option<Endpoint> {
+        match self {
+            // Echo has no words of its own: whatever it sent would look like an echo.
+            Service::Echo => None,
+            Service::Download(_) => {
+                let until = now + download::TURN_AWAY_DEADLINE;
+                let answer = download::Answer::TurnedAway { until };
+                let connection = download::Connection::new(stream, now, settings, answer);
+                Some(Endpoint::Download(connection))
+            }
         }
     }
 }
@@ -266,8 +284,22 @@ impl Endpoint {
     /// Client connections count against `--max-conns` and are drained at shutdown.
     pub fn is_client(&self) -> bool {
         match self {
-            Endpoint::Echo(_) | Endpoint::Download(_) => true,
+            Endpoint::Echo(_) => true,
+            Endpoint::Download(connection) => !connection.is_turned_away(),
             Endpoint::Listener { .. }
+            | Endpoint::Chat(_)
+            | Endpoint::Signals(_)
+            | Endpoint::Waker => false,
+        }
+    }
+
+    /// Connections accepted past `--max-conns` only to be told so: they count against
+    /// `--max-turned-away` instead, and are not waited for at shutdown.
+    pub fn is_turned_away(&self) -> bool {
+        match self {
+            Endpoint::Download(connection) => connection.is_turned_away(),
+            Endpoint::Listener { .. }
+            | Endpoint::Echo(_)
             | Endpoint::Chat(_)
             | Endpoint::Signals(_)
             | Endpoint::Waker => false,

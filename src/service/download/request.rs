@@ -51,6 +51,8 @@ pub enum Refusal {
     OffsetPastEnd,
     /// 503: the server is at its open-file limit.
     Busy,
+    /// 503: the server is at its connection limit (`--max-conns`).
+    Full,
 }
 
 impl Refusal {
@@ -62,7 +64,7 @@ impl Refusal {
             Refusal::NotFound => 404,
             Refusal::TooLong => 414,
             Refusal::OffsetPastEnd => 416,
-            Refusal::Busy => 503,
+            Refusal::Busy | Refusal::Full => 503,
         }
     }
 }
@@ -76,6 +78,7 @@ impl fmt::Display for Refusal {
             Refusal::TooLong => "request line too long",
             Refusal::OffsetPastEnd => "offset past end of file",
             Refusal::Busy => "busy: too many open files, try again later",
+            Refusal::Full => "busy: too many connections, try again later",
         };
         write!(f, "ERR {} {reason}", self.code())
     }

@@ -1,0 +1,59 @@
+//! The loop's side of accepting: draining a listener, the connection limit, and turning away.
+//!
+//! The listener ([`crate::listener`]) accepts sockets and backs off when the process runs out of
+//! descriptors; the service ([`crate::service::Service`]) builds the connection a socket becomes.
+//! What lies between is the loop's: counting clients against `--max-conns`, and deciding whether a
+//! connection past the limit is closed at once or kept a moment to be told why.
+
+use std::time::Instant;
+
+use log::{trace, warn};
+use mio::Token;
+
+use super::EventLoop;
+use crate::service::{Endpoint, KEEP};
+use crate::stats::{CloseReason, Metric};
+use crate::token::Id;
+
+impl EventLoop {
+    /// Accepts every queued connection on one listener and has its service build each one.
+    ///
+    /// Past `--max-conns` a connection is closed at once, unless its service can say why and
+    /// fewer than `--max-turned-away` others are being told: then it gets a short-lived one that
+    /// only says so.
+    pub(super) fn accept_all(&mut self, token: Token, now: Instant) {
+        let (registry, stats) = (self.poll.registry(), &self.shared.stats);
+        let settings = &self.shared.settings;
+        loop {
+            let full = self.table.clients() >= self.config.max_conns;
+            let pool_free = self.table.turned_away() < self.config.max_turned_away;
+            let Some(Endpoint::Listener { listener, service }) = self.table.get_mut(token) else {
+                return;
+            };
+            let Some((stream, peer)) = listener.accept(now, stats) else {
+                break;
+            };
+            let endpoint = if full {
+                listener.on_refused(self.config.max_conns);
+                let turned_away = pool_free.then(|| service.turn_away(stream, now, settings));
+                let Some(endpoint) = turned_away.flatten() else {
+                    stats.count_close(CloseReason::Limit);
+                    continue; // the stream is dropped, which closes it
+                };
+                endpoint
+            } else {
+                listener.on_admitted();
+                service.connect(stream, now, settings)
+            };
+            match self.table.insert(registry, endpoint, stats) {
+                Ok(client) => {
+                    stats.add(Metric::Accepted, 1);
+                    trace!("{} accepted {peer} as {}", Id(token), Id(client));
+                }
+                Err(e) => warn!("cannot register a connection from {peer}: {e}"),
+            }
+        }
+        // A listener that started backing off wants no events and a deadline: apply that.
+        self.table.settle(registry, token, KEEP, stats);
+    }
+}
