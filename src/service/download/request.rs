@@ -413,3 +413,93 @@ mod tests {
     }
 }
 
+/// Properties over generated lines: `parse` never panics, the line's form (`is_bare`) and the
+/// parse agree, and a parsed request renders to a line that parses back to it.
+#[cfg(test)]
+mod proptests {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    /// Lines built from the pieces the parser cares about, so that near misses, offsets, dot
+    /// components and forbidden bytes meet far more often than in random bytes.
+    fn request_lines() -> impl Strategy<Value = Vec<u8>> {
+        let piece = prop_oneof![
+            Just("GET"),
+            Just("get"),
+            Just("LIST"),
+            Just("List"),
+            Just(" "),
+            Just("\t"),
+            Just("\r"),
+            Just("/"),
+            Just("."),
+            Just(".."),
+            Just("\\"),
+            Just("\0"),
+            Just("0"),
+            Just("2024"),
+            Just("18446744073709551616"),
+            Just("a"),
+            Just("é"),
+        ];
+        prop::collection::vec(piece, 0..12).prop_map(|pieces| pieces.concat().into_bytes())
+    }
+
+    /// Anything a client could send: random bytes, random text, or a request-like line.
+    fn any_line() -> impl Strategy<Value = Vec<u8>> {
+        prop_oneof![
+            prop::collection::vec(any::<u8>(), 0..48),
+            any::<String>().prop_map(String::into_bytes),
+            request_lines(),
+        ]
+    }
+
+    /// A name as `check_name` returns it: components joined by `/`, none empty, `.`, `..` or
+    /// hidden, no control characters; some with a method for their first word or digits at the
+    /// end, the cases rendering must take care of.
+    fn served_name() -> impl Strategy<Value = String> {
+        let component = prop_oneof![
+            "[a-zA-Z0-9 é_-][a-zA-Z0-9 .é_-]{0,8}",
+            Just("get".to_string()),
+            Just("LIST 1".to_string()),
+            Just("GET".to_string()),
+            Just(" 5".to_string()),
+        ];
+        prop::collection::vec(component, 1..4).prop_map(|parts| parts.join("/"))
+    }
+
+    fn valid_request() -> impl Strategy<Value = Request> {
+        prop_oneof![
+            (served_name(), prop_oneof![Just(0), any::<u64>()])
+                .prop_map(|(name, offset)| Request::Get { name, offset }),
+            Just(Request::List),
+            served_name().prop_map(|name| Request::Bare { name }),
+        ]
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(512))]
+
+        /// parse(render(parse(x))) == parse(x) for every accepted x, and the form is kept.
+        #[test]
+        fn a_parsed_line_re_renders_to_a_line_that_parses_the_same(
+            line in any_line(),
+            serve_hidden in any::<bool>(),
+        ) {
+            let Ok(request) = parse(&line, serve_hidden) else {
+                return Ok(());
+            };
+            prop_assert_eq!(is_bare(&line), matches!(request, Request::Bare { .. }));
+            let rendered = request.to_string();
+            prop_assert_eq!(is_bare(rendered.as_bytes()), is_bare(&line));
+            prop_assert_eq!(parse(rendered.as_bytes(), serve_hidden), Ok(request));
+        }
+
+        #[test]
+        fn a_valid_request_renders_and_parses_back_to_itself(request in valid_request()) {
+            let rendered = request.to_string();
+            prop_assert_eq!(parse(rendered.as_bytes(), false), Ok(request));
+        }
+    }
+}
