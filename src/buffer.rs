@@ -252,3 +252,140 @@ mod tests {
         assert!(marks.has_drained(&buffer));
     }
 }
+
+/// Properties of a simulated echo connection that obeys [`Watermarks::room`] before each read:
+/// the bytes owed never exceed the high-water mark, and every byte comes out once, in order.
+#[cfg(test)]
+mod proptests {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    /// What the peer's socket does with one `write` call.
+    #[derive(Debug, Clone, Copy)]
+    enum Take {
+        /// Takes at most this many bytes (at least 1).
+        UpTo(usize),
+        /// Its send buffer is full.
+        WouldBlock,
+        /// A signal arrived; the caller must retry.
+        Interrupted,
+    }
+
+    /// A peer socket that answers `write` calls by its script, over and over.
+    struct Peer {
+        received: Vec<u8>,
+        script: Vec<Take>,
+        next: usize,
+    }
+
+    impl Write for Peer {
+        fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+            let take = self.script[self.next % self.script.len()];
+            self.next += 1;
+            match take {
+                Take::UpTo(n) => {
+                    let n = n.min(buf.len());
+                    self.received.extend_from_slice(&buf[..n]);
+                    Ok(n)
+                }
+                Take::WouldBlock => Err(io::ErrorKind::WouldBlock.into()),
+                Take::Interrupted => Err(io::ErrorKind::Interrupted.into()),
+            }
+        }
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    /// One readiness event of the simulated connection.
+    #[derive(Debug, Clone, Copy)]
+    enum Event {
+        /// The client has sent this many bytes (more than the connection may read, often).
+        Readable(usize),
+        /// The peer's socket may take output.
+        Writable,
+    }
+
+    fn marks() -> impl Strategy<Value = Watermarks> {
+        // The bounds `Config::validate` enforces: 1 <= low <= high.
+        (1..200usize)
+            .prop_flat_map(|high| (Just(high), 1..=high))
+            .prop_map(|(high, low)| Watermarks { high, low })
+    }
+
+    fn script() -> impl Strategy<Value = Vec<Take>> {
+        let take = prop_oneof![
+            (1..100usize).prop_map(Take::UpTo),
+            Just(Take::WouldBlock),
+            Just(Take::Interrupted),
+        ];
+        // Ending on WouldBlock keeps a script of nothing but Interrupted from retrying forever.
+        prop::collection::vec(take, 0..8).prop_map(|mut script| {
+            script.push(Take::WouldBlock);
+            script
+        })
+    }
+
+    fn events() -> impl Strategy<Value = Vec<Event>> {
+        let event = prop_oneof![
+            (1..300usize).prop_map(Event::Readable),
+            Just(Event::Writable),
+        ];
+        prop::collection::vec(event, 0..60)
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(256))]
+
+        #[test]
+        fn a_connection_obeying_room_never_owes_more_than_high_and_keeps_order(
+            marks in marks(),
+            script in script(),
+            events in events(),
+        ) {
+            let mut peer = Peer { received: Vec::new(), script, next: 0 };
+            let mut owed = Buffer::new();
+            let mut read: Vec<u8> = Vec::new();
+            let mut paused = false;
+            for event in events {
+                match event {
+                    // As echo reads: never more than the room left, and pause when there is none.
+                    Event::Readable(available) if !paused => {
+                        let room = marks.room(&owed).min(available);
+                        if room == 0 {
+                            paused = true;
+                            continue;
+                        }
+                        let start = read.len();
+                        read.extend((start..start + room).map(|i| (i % 251) as u8));
+                        let input = &read[start..];
+                        let written = if owed.is_empty() {
+                            write_ready(&mut peer, input).expect("the peer never fails")
+                        } else {
+                            0
+                        };
+                        owed.extend(&input[written..]);
+                    }
+                    // Paused: the connection does not read, and the client's bytes wait in TCP.
+                    Event::Readable(_) => {}
+                    Event::Writable => {
+                        owed.write_to(&mut peer).expect("the peer never fails");
+                        if paused && marks.has_drained(&owed) {
+                            paused = false;
+                        }
+                    }
+                }
+                prop_assert!(owed.len() <= marks.high, "{} owed", owed.len());
+                let sent = peer.received.len();
+                prop_assert_eq!(&peer.received[..], &read[..sent]);
+                prop_assert_eq!(owed.as_slice(), &read[sent..]);
+            }
+            // A peer that reads everything: all that was read comes out, and reading resumes.
+            peer.script = vec![Take::UpTo(usize::MAX)];
+            owed.write_to(&mut peer).expect("the peer never fails");
+            prop_assert!(owed.is_empty() && marks.has_drained(&owed));
+            prop_assert_eq!(peer.received, read);
+        }
+    }
+}

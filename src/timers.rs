@@ -109,3 +109,95 @@ mod tests {
         assert_eq!(poll_timeout(now, [Some(past)]), Some(Duration::ZERO));
     }
 }
+
+/// Properties of random insert, remove and pop sequences checked against a model, a sorted
+/// `Vec`: deadlines fire nearest first and only once due, nothing removed fires, and nothing
+/// armed is lost.
+#[cfg(test)]
+mod proptests {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    /// One thing the loop does to its deadlines. Times are milliseconds after the start.
+    #[derive(Debug, Clone, Copy)]
+    enum Op {
+        Insert {
+            at: u64,
+            token: usize,
+        },
+        /// Removes the armed entry at this index (modulo the count), as closing an endpoint does.
+        RemoveArmed(usize),
+        /// Removes an entry that may never have been armed: must change nothing.
+        RemoveAny {
+            at: u64,
+            token: usize,
+        },
+        /// Moves the clock on by this much, then pops every due deadline.
+        Advance(u64),
+    }
+
+    fn ops() -> impl Strategy<Value = Vec<Op>> {
+        // Few tokens and a narrow time range, so equal deadlines and repeated entries happen.
+        let op = prop_oneof![
+            3 => (0..50u64, 0..6usize).prop_map(|(at, token)| Op::Insert { at, token }),
+            1 => any::<usize>().prop_map(Op::RemoveArmed),
+            1 => (0..50u64, 0..6usize).prop_map(|(at, token)| Op::RemoveAny { at, token }),
+            2 => (0..15u64).prop_map(Op::Advance),
+        ];
+        prop::collection::vec(op, 0..80)
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(256))]
+
+        #[test]
+        fn deadlines_fire_in_order_once_due_and_none_is_lost(ops in ops()) {
+            let start = Instant::now();
+            let ms = |n: u64| start + Duration::from_millis(n);
+            let mut timers = Timers::default();
+            let mut model: Vec<(Instant, Token)> = Vec::new();
+            let mut now = start;
+            for op in ops {
+                match op {
+                    Op::Insert { at, token } => {
+                        let entry = (ms(at), Token(token));
+                        timers.insert(entry.0, entry.1);
+                        if let Err(i) = model.binary_search(&entry) {
+                            model.insert(i, entry);
+                        }
+                    }
+                    Op::RemoveArmed(_) if model.is_empty() => {}
+                    Op::RemoveArmed(i) => {
+                        let (at, token) = model.remove(i % model.len());
+                        timers.remove(at, token);
+                    }
+                    Op::RemoveAny { at, token } => {
+                        let entry = (ms(at), Token(token));
+                        timers.remove(entry.0, entry.1);
+                        model.retain(|armed| *armed != entry);
+                    }
+                    Op::Advance(by) => {
+                        now += Duration::from_millis(by);
+                        while let Some(fired) = timers.pop_due(now) {
+                            // The nearest armed deadline, and only once it is due.
+                            prop_assert_eq!(Some(&fired), model.first());
+                            prop_assert!(fired.0 <= now);
+                            model.remove(0);
+                        }
+                        prop_assert!(model.first().is_none_or(|(at, _)| *at > now));
+                    }
+                }
+                prop_assert_eq!(timers.len(), model.len());
+                prop_assert_eq!(timers.next_deadline(), model.first().map(|(at, _)| *at));
+            }
+            // Everything still armed fires once the clock passes it, in order.
+            let mut rest = Vec::new();
+            while let Some(fired) = timers.pop_due(ms(1_000)) {
+                rest.push(fired);
+            }
+            prop_assert_eq!(rest, model);
+            prop_assert!(timers.is_empty());
+        }
+    }
+}

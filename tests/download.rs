@@ -232,6 +232,7 @@ fn names_that_could_leave_the_root_are_forbidden() {
         (b"GET dir/../../secret\n", "'..' in name"),
         (b"GET dir\\file\n", "backslash"),
         (b"GET dir\0file\n", "NUL byte"),
+        (b"GET dir\x1b[0mfile\n", "control character"),
         (b"GET escape\n", "outside the served root"),
         (b"GET dir/deeper/secret\n", "outside the served root"),
         (b"GET dir\n", "is a directory"),
@@ -253,6 +254,39 @@ fn invalid_utf8_in_a_name_is_400() {
     let (_root, server) = serve(&[], |_| {});
     let reply = exchange(server.files, b"GET \xff\xfe.txt\n");
     assert_eq!(split_reply(&reply).0, "ERR 400 request is not valid UTF-8");
+}
+
+/// A line whose first word is `GET` or `LIST` in any case is a typed request: a slip is told what
+/// is wrong, then the server closes, instead of the line being looked up as a file name.
+#[test]
+fn near_misses_of_get_and_list_get_err_400_naming_the_mistake() {
+    let (_root, server) = serve(&[("a.txt", b"alpha")], |_| {});
+    let near_misses: [(&[u8], &str); 7] = [
+        (b"GET\n", "GET needs a file name"),
+        (b"GET \r\n", "GET needs a file name"),
+        (b"get a.txt\n", "methods are upper case: GET"),
+        (
+            b"GET\ta.txt\n",
+            "put one space between GET and the file name",
+        ),
+        (b"list\n", "methods are upper case: LIST"),
+        (b"LIST x\n", "LIST takes no argument"),
+        // Sent like the tutorial's downloader, with no newline: typed all the same.
+        (b"Get a.txt", "methods are upper case: GET"),
+    ];
+    for (request, reason) in near_misses {
+        assert_eq!(
+            String::from_utf8_lossy(&exchange(server.files, request)),
+            format!("ERR 400 {reason}\n"),
+            "{:?}",
+            String::from_utf8_lossy(request)
+        );
+    }
+    assert_eq!(
+        server.get(Metric::DownloadsRefused),
+        near_misses.len() as u64
+    );
+    assert_eq!(server.get(Metric::DownloadsStarted), 0);
 }
 
 #[test]
@@ -341,6 +375,39 @@ fn a_bare_name_answered_after_the_grace_streams_a_large_file_whole() {
     let body = read_to_eof_within(&mut client, Duration::from_secs(30)).unwrap();
     assert_eq!(body.len(), len);
     assert_eq!(<[u8; 32]>::from(Sha256::digest(&body)), digest);
+}
+
+/// Only the whole first word counts: a name that merely starts with `get` or `list` is a bare name.
+#[test]
+fn a_bare_name_that_only_starts_like_a_method_still_downloads() {
+    let (_root, server) = serve(
+        &[
+            ("list.txt", b"a list"),
+            ("Getting started.md", b"# start"),
+            ("GETa", b"getta"),
+        ],
+        |_| {},
+    );
+    assert_eq!(exchange(server.files, b"list.txt"), b"a list");
+    assert_eq!(exchange(server.files, b"Getting started.md"), b"# start");
+    assert_eq!(exchange(server.files, b"GETa\n"), b"getta");
+    assert_eq!(server.get(Metric::DownloadsRefused), 0);
+}
+
+/// The price of the rule: a file called `get` is typed in the bare form, so it is fetched as
+/// `./get` (or with `GET get`).
+#[test]
+fn a_file_named_like_a_method_is_fetched_bare_behind_dot_slash() {
+    let (_root, server) = serve(&[("get", b"a file called get")], |_| {});
+    assert_eq!(
+        exchange(server.files, b"get"),
+        b"ERR 400 methods are upper case: GET\n"
+    );
+    assert_eq!(exchange(server.files, b"./get"), b"a file called get");
+    assert_eq!(
+        exchange(server.files, b"GET get\n"),
+        b"OK 17\na file called get"
+    );
 }
 
 #[test]

@@ -56,6 +56,7 @@ pub use self::cli::{
 use self::driver::{Client, DRAIN, OPERATION_TIMEOUT, Shared, drive};
 pub use self::report::{Latency, Report};
 use self::report::{Tally, noun};
+use crate::service::download::request::Request;
 
 /// Load is generated this long unless `--duration` says otherwise.
 pub const DEFAULT_DURATION: Duration = Duration::from_secs(10);
@@ -362,7 +363,12 @@ pub fn run(load: &Load) -> Result<Report, BenchError> {
         }
         Scenario::Connect => supervise(load, None, |id| connect::Connection::new(id as u64)),
         Scenario::Download { name } => {
-            let request: Arc<[u8]> = format!("GET {name}\n").into_bytes().into();
+            // The server's own rendering: a name ending in ` <digits>` gets an explicit offset.
+            let line = Request::Get {
+                name: name.clone(),
+                offset: 0,
+            };
+            let request: Arc<[u8]> = format!("{line}\n").into_bytes().into();
             supervise(load, None, move |_| {
                 download::Connection::new(Arc::clone(&request))
             })

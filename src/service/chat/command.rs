@@ -125,3 +125,95 @@ mod tests {
         assert!(!is_name("127.0.0.1:80"));
     }
 }
+
+/// Properties over generated datagrams: `parse` never panics, and a command re-renders to a line
+/// that parses to the same command.
+#[cfg(test)]
+mod proptests {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    /// The line a client would type for `command`; `None` for a usage reply or an unknown
+    /// command, which keep no record of the whole line that earned them.
+    fn render(command: Command<'_>) -> Option<String> {
+        Some(match command {
+            Command::Nick(name) => format!("/nick {name}"),
+            Command::Join(room) => format!("/join {room}"),
+            Command::Leave => "/leave".into(),
+            Command::Who => "/who".into(),
+            Command::Rooms => "/rooms".into(),
+            Command::Msg { to, text } => format!("/msg {to} {text}"),
+            Command::Echo(true) => "/echo on".into(),
+            Command::Echo(false) => "/echo off".into(),
+            Command::Help => "/help".into(),
+            Command::Verify(cookie) => format!("/verify {cookie}"),
+            Command::Usage(_) | Command::Unknown(_) => return None,
+        })
+    }
+
+    /// Datagrams that start like commands, with arguments built from the pieces the parser
+    /// cares about: spaces of every kind, `:`, over-long names, line breaks.
+    fn command_lines() -> impl Strategy<Value = String> {
+        let word = prop_oneof![
+            Just("/nick"),
+            Just("/join"),
+            Just("/leave"),
+            Just("/who"),
+            Just("/rooms"),
+            Just("/msg"),
+            Just("/echo"),
+            Just("/help"),
+            Just("/verify"),
+            Just("/dance"),
+            Just("/"),
+        ];
+        let piece = prop_oneof![
+            Just(" "),
+            Just("  "),
+            Just("\t"),
+            Just("\n"),
+            Just("\u{3000}"),
+            Just("alice"),
+            Just("李雷"),
+            Just("a:b"),
+            Just("on"),
+            Just("off"),
+            Just("xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx"),
+        ];
+        (word, prop::collection::vec(piece, 0..6))
+            .prop_map(|(word, pieces)| format!("{word}{}", pieces.concat()))
+    }
+
+    fn any_datagram() -> impl Strategy<Value = String> {
+        prop_oneof![
+            command_lines(),
+            any::<String>().prop_map(|text| format!("/{text}")),
+            any::<String>(),
+        ]
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(512))]
+
+        #[test]
+        fn a_command_re_renders_to_a_line_that_parses_the_same(line in any_datagram()) {
+            let command = parse(&line);
+            match command {
+                Command::Nick(name) | Command::Join(name) => prop_assert!(is_name(name)),
+                Command::Msg { to, text } => {
+                    prop_assert!(!to.is_empty() && !to.contains(' '));
+                    prop_assert!(!text.is_empty() && text.trim() == text);
+                }
+                // What the reply names as unknown is the first word the client sent.
+                Command::Unknown(word) => {
+                    prop_assert!(line.starts_with(word) && !word.contains(' '));
+                }
+                _ => {}
+            }
+            if let Some(rendered) = render(command) {
+                prop_assert_eq!(parse(&rendered), command, "rendered as {:?}", rendered);
+            }
+        }
+    }
+}
