@@ -264,6 +264,23 @@ fn echo_off_stops_the_copy_to_the_sender_and_echo_on_restores_it() {
     bob.expect(&format!("{}: loud", alice.name));
 }
 
+/// A blank line has nothing to say: whatever its line ending, the sender alone is answered.
+#[test]
+fn an_empty_or_blank_line_is_answered_to_its_sender_and_relayed_to_nobody() {
+    let server = TestServer::start(|_| {});
+    let alice = Peer::joined(server.chat);
+    let bob = Peer::joined(server.chat);
+    alice.expect(&format!("* {} joined lobby", bob.name));
+
+    for blank in ["", "\n", "\r\n", "   \n"] {
+        bob.send(blank);
+        bob.expect("* not relayed: the message is empty");
+    }
+    alice.expect_silence(SILENCE);
+    assert_eq!(server.get(Metric::ChatRefused), 4);
+    assert_eq!(server.get(Metric::ChatRelayed), 0);
+}
+
 // ---------------------------------------------------------------------------------------------
 // Rooms, nicknames and direct messages
 // ---------------------------------------------------------------------------------------------
@@ -289,7 +306,7 @@ fn rooms_isolate_and_join_and_leave_notices_go_to_the_rooms() {
     bob.expect(&format!("* {} left lobby", carol.name));
 
     bob.send("/join dev");
-    bob.expect("* you joined dev (1 others here)");
+    bob.expect("* you joined dev (1 other here)");
     alice.expect(&format!("* {} left lobby", bob.name));
     carol.expect(&format!("* {} joined dev", bob.name));
 
@@ -706,6 +723,22 @@ fn the_tutorials_send_then_receive_program_gets_its_line_back_from_the_server() 
         std::str::from_utf8(&buf[..n]).unwrap(),
         format!("127.0.0.1:{port}: 你好, readyloop\n")
     );
+}
+
+/// The same program when its user just presses Enter: `input()` gives `""`, and the empty
+/// datagram must still get a reply, or `recvfrom` would wait for ever.
+#[test]
+fn the_tutorials_send_then_receive_program_is_answered_after_an_empty_line() {
+    let server = TestServer::start(|_| {});
+    let socket = UdpSocket::bind("0.0.0.0:0").unwrap();
+    socket.set_read_timeout(Some(RECV_WITHIN)).unwrap();
+    socket.send_to(b"", server.chat).unwrap();
+    let mut buf = [0; 1024];
+    let (n, from) = socket
+        .recv_from(&mut buf)
+        .expect("one reply within the bound");
+    assert_eq!(from, server.chat);
+    assert_eq!(&buf[..n], b"* not relayed: the message is empty\n");
 }
 
 /// The tutorial's chat program binds its own port and sends to the address it is given; with
