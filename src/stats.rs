@@ -119,7 +119,7 @@ metrics! {
     ChatOut => "chat_out",
     /// Member messages delivered to a member (one per recipient).
     ChatRelayed => "chat_relayed",
-    /// Datagrams refused with a `* ` error (too long, not UTF-8, server full, unanswerable).
+    /// Datagrams refused with a `* ` error (too long, not UTF-8, control characters, empty, server full, unanswerable).
     ChatRefused => "chat_refused",
     /// Datagrams dropped by the per-member rate limit.
     ChatDroppedRate => "chat_dropped_rate",

@@ -15,7 +15,8 @@ use sha2::{Digest, Sha256};
 use socket2::SockRef;
 
 use common::{
-    IO_TIMEOUT, TestServer, WAIT, connect, join_within, payload, read_to_eof_within, round_trip,
+    IO_TIMEOUT, TestServer, WAIT, connect, join_within, payload, prompt_bound, read_to_eof_within,
+    round_trip, slowest_round_trip,
 };
 
 #[test]
@@ -165,7 +166,8 @@ fn half_close_still_returns_every_byte() {
 
 /// A hog sends as fast as the server takes it (non-blocking writes, up to 64 MiB, bounded in
 /// time) and never reads. Once the hog's echo has filled its buffer to the high-water mark, a
-/// second client's round trips must stay prompt, and the buffer must never grow past the mark.
+/// second client's round trips must stay prompt (within [`prompt_bound`] of its trips before the
+/// hog came), and the buffer must never grow past the mark.
 #[test]
 fn a_client_that_never_reads_is_held_to_the_high_water_mark() {
     const HIGH: usize = 64 * 1024;
@@ -174,6 +176,8 @@ fn a_client_that_never_reads_is_held_to_the_high_water_mark() {
         c.high_water = HIGH;
         c.low_water = HIGH / 4;
     });
+    let mut other = connect(server.echo);
+    let bound = prompt_bound(slowest_round_trip(&mut other, 20));
 
     let hog = connect(server.echo);
     hog.set_nonblocking(true).unwrap();
@@ -203,7 +207,6 @@ fn a_client_that_never_reads_is_held_to_the_high_water_mark() {
     server.wait_for(WAIT, "the hog's buffer to reach the high-water mark", |s| {
         s.get(Metric::BufferedPeak) >= HIGH as u64
     });
-    let mut other = connect(server.echo);
     let mut slowest = Duration::ZERO;
     for i in 0..50 {
         let started = Instant::now();
@@ -214,8 +217,8 @@ fn a_client_that_never_reads_is_held_to_the_high_water_mark() {
     let (_hog, written) = join_within(hog_thread, IO_TIMEOUT, "the hog thread");
 
     assert!(
-        slowest < Duration::from_secs(1),
-        "a round trip took {slowest:?} beside the hog"
+        slowest < bound,
+        "a round trip took {slowest:?} beside the hog, more than {bound:?}"
     );
     let peak = server.get(Metric::BufferedPeak);
     assert!(
@@ -243,11 +246,14 @@ fn reset_mid_stream_leaves_the_server_serving() {
     server.wait_for(WAIT, "the reset connection to be closed", |s| {
         s.get(Metric::Open) == 0
     });
+    // The client never sent FIN, so no read can end in EOF before the reset is seen: on Linux
+    // the first read or write after the RST fails with `ConnectionReset` (a write's EPIPE
+    // counts as the peer gone, too), and the server closes on that first failure.
     let stats = server.stats();
     assert_eq!(
-        stats.get(Metric::ClosedReset) + stats.get(Metric::ClosedPeer),
+        stats.get(Metric::ClosedReset),
         1,
-        "closed as reset or finished by the peer; stats: {stats}"
+        "closed as reset; stats: {stats}"
     );
     assert_eq!(
         stats.get(Metric::ClosedError),

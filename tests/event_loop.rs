@@ -11,8 +11,8 @@ use std::time::{Duration, Instant};
 use readyloop::{Config, Metric, Server, StartError};
 
 use common::{
-    IO_TIMEOUT, TestServer, WAIT, connect, join_within, payload, read_to_eof_within, round_trip,
-    wait_until_refused,
+    AT_ONCE, IO_TIMEOUT, TestServer, WAIT, connect, join_within, payload, read_to_eof_within,
+    round_trip, wait_until_refused,
 };
 
 // ---- idle timeout ---------------------------------------------------------------------------
@@ -37,19 +37,20 @@ fn an_idle_client_is_closed_after_the_idle_timeout() {
     });
 }
 
-/// The pauses between messages are the behaviour under test (each shorter than the timeout,
-/// together three times longer), not synchronisation.
+/// The pauses between messages are the behaviour under test (each a tenth of the timeout,
+/// together twice as long), not synchronisation. Only a stall of most of a second between two
+/// round trips would let the timeout fire.
 #[test]
 fn a_client_that_keeps_talking_outlives_the_idle_timeout() {
-    const IDLE: Duration = Duration::from_millis(300);
+    const IDLE: Duration = Duration::from_secs(1);
     let server = TestServer::start(|c| c.idle_timeout = IDLE);
     let mut client = connect(server.echo);
     let started = Instant::now();
     let mut i = 0;
-    while started.elapsed() < IDLE * 3 {
+    while started.elapsed() < IDLE * 2 {
         round_trip(&mut client, format!("still here {i}").as_bytes());
         i += 1;
-        thread::sleep(IDLE / 5);
+        thread::sleep(IDLE / 10);
     }
     round_trip(&mut client, b"and still served");
     let stats = server.stats();
@@ -60,6 +61,7 @@ fn a_client_that_keeps_talking_outlives_the_idle_timeout() {
 // ---- connection limit -----------------------------------------------------------------------
 
 /// Opens `max_conns` (3) clients, waits until the server holds all of them, then opens one more.
+/// Left alone, that one would wait for the 300 s idle timeout.
 #[test]
 fn a_connection_past_max_conns_is_closed_at_once_and_counted() {
     let server = TestServer::start(|c| c.max_conns = 3);
@@ -68,18 +70,17 @@ fn a_connection_past_max_conns_is_closed_at_once_and_counted() {
 
     let started = Instant::now();
     let mut fourth = connect(server.echo);
-    match read_to_eof_within(&mut fourth, WAIT) {
-        Ok(data) => assert!(
-            data.is_empty(),
-            "the refused client was sent {} bytes",
-            data.len()
-        ),
-        Err((e, _)) => assert_eq!(e.kind(), ErrorKind::ConnectionReset, "unexpected error {e}"),
-    }
+    // The server accepts and drops the socket. The client has sent nothing, so nothing is
+    // left unread on the server's side and the kernel closes with FIN, not RST: a clean EOF.
+    let data = read_to_eof_within(&mut fourth, WAIT)
+        .unwrap_or_else(|(e, _)| panic!("expected EOF from the refusal, got {e}"));
     assert!(
-        started.elapsed() < Duration::from_secs(2),
-        "not closed at once"
+        data.is_empty(),
+        "the refused client was sent {} bytes",
+        data.len()
     );
+    let took = started.elapsed();
+    assert!(took < AT_ONCE, "not closed at once: after {took:?}");
     server.wait_for(WAIT, "the refusal to be counted", |s| {
         s.get(Metric::ClosedLimit) == 1
     });
@@ -193,11 +194,8 @@ fn a_second_shutdown_request_stops_at_once() {
     let asked = Instant::now();
     server.shutdown();
     let last = server.wait_stopped(WAIT);
-    assert!(
-        asked.elapsed() < Duration::from_secs(2),
-        "took {:?}",
-        asked.elapsed()
-    );
+    let took = asked.elapsed();
+    assert!(took < AT_ONCE, "stopped {took:?} after the second request");
     assert!(last.get(Metric::ClosedShutdown) >= 1, "stats: {last}");
     assert_eq!(last.get(Metric::Open), 0);
 }
@@ -298,11 +296,13 @@ fn a_throttled_client_is_read_again_once_drained_below_the_low_water_mark() {
 
     let mut echoed = Vec::with_capacity(TOTAL);
     let mut buf = vec![0; 64 * 1024];
-    let deadline = Instant::now() + Duration::from_secs(10);
+    // A wedged connection echoes nothing more at all; a healthy one takes well under a second,
+    // so the bound is generous for a loaded machine (as for the other 16 MiB transfers).
+    let deadline = Instant::now() + Duration::from_secs(30);
     while echoed.len() < TOTAL {
         assert!(
             Instant::now() < deadline,
-            "only {} of {TOTAL} bytes echoed within 10 s; stats: {}",
+            "only {} of {TOTAL} bytes echoed within 30 s; stats: {}",
             echoed.len(),
             server.stats()
         );

@@ -478,7 +478,8 @@ pub(crate) fn build_message(out: &mut Vec<u8>, sender: u64, seq: u64, sent_ns: u
 pub(crate) enum Heard {
     /// A relayed benchmark message.
     Message { sender: u64, seq: u64, sent_ns: u64 },
-    /// `* you joined ROOM` (or `* you are already in ROOM`, when an earlier answer was lost).
+    /// `* you joined ROOM (N others here)`, `(1 other here)` for one, or `* you are already in
+    /// ROOM` when an earlier answer was lost. Only the room is read, not the count.
     Joined,
     /// The relay refused a member, a room or a message.
     Refused,
@@ -579,6 +580,10 @@ mod tests {
             Heard::Joined
         );
         assert_eq!(
+            Heard::parse(b"* you joined bench-1 (1 other here)\n", room),
+            Heard::Joined
+        );
+        assert_eq!(
             Heard::parse(b"* you are already in bench-1\n", room),
             Heard::Joined
         );
@@ -587,7 +592,11 @@ mod tests {
             Heard::Notice
         );
         assert_eq!(
-            Heard::parse(b"* slow down: 20 messages/s\n", room),
+            Heard::parse(b"* slow down: at most 20 messages a second\n", room),
+            Heard::SlowDown
+        );
+        assert_eq!(
+            Heard::parse(b"* slow down: at most 1 message a second\n", room),
             Heard::SlowDown
         );
         assert_eq!(Heard::parse(b"* server full\n", room), Heard::Refused);
@@ -697,6 +706,17 @@ mod tests {
         assert_eq!(member.state.to_string(), "LISTENING");
         assert!(h.tally.reached);
         assert!(roster.complete());
+    }
+
+    #[test]
+    fn joining_a_room_with_one_other_there_then_listening() {
+        let relay = Relay::new();
+        let mut h = Harness::new(relay.addr(), None);
+        let roster = roster(2);
+        let (mut member, from) = joining(&mut h, &relay, Role::Member, &roster);
+        relay.send(&format!("* you joined {ROOM} (1 other here)\n"), from);
+        h.run_until(&mut member, "LISTENING", is("LISTENING"));
+        assert!(h.tally.errors.is_empty(), "{:?}", h.tally.errors);
     }
 
     #[test]

@@ -26,6 +26,12 @@ pub const IO_TIMEOUT: Duration = Duration::from_secs(10);
 /// Default bound for waiting on a stats figure or on the server to stop.
 pub const WAIT: Duration = Duration::from_secs(5);
 
+/// Slack for "at once" on a machine shared with other builds, where a step that takes
+/// microseconds alone can wait for a CPU for a good part of a second. A test that asserts
+/// something happened at once allows this much, and makes sure the alternative it rules out (a
+/// grace period, an idle timeout, a run's full duration, for ever) takes far longer.
+pub const AT_ONCE: Duration = Duration::from_secs(3);
+
 /// How often [`wait_until`] looks at its condition.
 const POLL_EVERY: Duration = Duration::from_millis(5);
 
@@ -308,6 +314,27 @@ pub fn round_trip(stream: &mut TcpStream, payload: &[u8]) {
         "echo differs from the {} bytes sent",
         payload.len()
     );
+}
+
+/// The slowest of `trips` small round trips on `stream`: how fast this machine answers right now,
+/// measured before a test adds the load it is about.
+#[track_caller]
+pub fn slowest_round_trip(stream: &mut TcpStream, trips: u64) -> Duration {
+    let mut slowest = Duration::ZERO;
+    for i in 0..trips {
+        let started = Instant::now();
+        round_trip(stream, &payload(u64::MAX - i, 64));
+        slowest = slowest.max(started.elapsed());
+    }
+    slowest
+}
+
+/// How long a round trip may take beside a client that loads the server (a hog, a flood, a
+/// stalled reader), given the `baseline` from [`slowest_round_trip`] without it: ten times the
+/// baseline, and never less than [`AT_ONCE`]. A machine busy with other builds slows the
+/// baseline too; a loop stuck on the other client never answers at all.
+pub fn prompt_bound(baseline: Duration) -> Duration {
+    (baseline * 10).max(AT_ONCE)
 }
 
 /// `len` pseudo-random bytes determined by `seed`: distinct seeds give distinct payloads, so a

@@ -146,6 +146,8 @@ impl Chat {
         let Some(member) = self.members.get_mut(&from) else {
             return;
         };
+        // Any datagram is activity, even one refused below (empty, too long, over the rate): it
+        // shows the address is still there, which is all that expiry asks.
         member.last_seen = now;
         if limits.rate > 0 && !member.bucket.take(limits.rate, limits.burst, now) {
             stats.add(Metric::ChatDroppedRate, 1);
@@ -154,7 +156,8 @@ impl Chat {
                 .is_none_or(|at| now.duration_since(at) >= Duration::from_secs(1))
             {
                 member.slowed = Some(now);
-                let line = format!("* slow down: at most {} messages a second", limits.rate);
+                let rate = counted(limits.rate as usize, "message", "messages");
+                let line = format!("* slow down: at most {rate} a second");
                 reply(out, from, &line);
             }
             return;
@@ -162,8 +165,8 @@ impl Chat {
         if data.len() > limits.max_msg {
             stats.add(Metric::ChatRefused, 1);
             let line = format!(
-                "* message too long: {} bytes, the limit is {}",
-                data.len(),
+                "* message too long: {}, the limit is {}",
+                counted(data.len(), "byte", "bytes"),
                 limits.max_msg
             );
             return reply(out, from, &line);
@@ -172,6 +175,13 @@ impl Chat {
             stats.add(Metric::ChatRefused, 1);
             return reply(out, from, "* not relayed: messages must be UTF-8 text");
         };
+        // Nothing to say is not relayed, but answered: the tutorial's "send, then wait for a
+        // reply" program would otherwise wait forever after an empty line (IRC likewise answers
+        // an empty PRIVMSG with ERR_NOTEXTTOSEND). It still counted as activity above.
+        if text.trim().is_empty() {
+            stats.add(Metric::ChatRefused, 1);
+            return reply(out, from, "* not relayed: the message is empty");
+        }
         let text = text.strip_suffix('\n').unwrap_or(text);
         let text = text.strip_suffix('\r').unwrap_or(text);
         // One datagram is one line: a line break inside would let a member forge a server line
@@ -332,11 +342,8 @@ impl Chat {
                 self.tell_room(room, None, &format!("* {name} joined {room}"), out);
                 self.enter(from, room, stats);
                 let others = self.rooms.get(room).map_or(0, |r| r.len() - 1);
-                reply(
-                    out,
-                    from,
-                    &format!("* you joined {room} ({others} others here)"),
-                );
+                let others = counted(others, "other", "others");
+                reply(out, from, &format!("* you joined {room} ({others} here)"));
             }
             Command::Leave => {
                 if let Some((name, room)) = self.remove(from, stats) {
@@ -454,6 +461,11 @@ fn reply(out: &mut Vec<Datagram>, to: SocketAddr, line: &str) {
 
 fn push(out: &mut Vec<Datagram>, to: SocketAddr, payload: Arc<[u8]>) {
     out.push(Datagram { to, payload });
+}
+
+/// `n` and a noun, singular for exactly one: `0 others`, `1 other`, `3 others`.
+fn counted(n: usize, one: &str, many: &str) -> String {
+    format!("{n} {}", if n == 1 { one } else { many })
 }
 
 /// `prefix` and the items joined by `, `, cut to [`MAX_LIST_REPLY`] bytes with "and N more".

@@ -155,10 +155,30 @@ fn joining_tells_the_room_left_and_the_room_joined() {
     let sent = h.send(BOB, b"/join dev");
     assert!(sent.contains(&(ALICE, line("* bob left lobby"))));
     assert!(sent.contains(&(CAROL, line("* bob joined dev"))));
-    assert!(sent.contains(&(BOB, line("* you joined dev (1 others here)"))));
+    assert!(sent.contains(&(BOB, line("* you joined dev (1 other here)"))));
     assert_eq!(
         h.to(BOB, BOB, b"/join dev"),
         vec![line("* you are already in dev")]
+    );
+}
+
+#[test]
+fn the_join_reply_counts_the_others_in_the_singular_for_one() {
+    let mut h = Harness::new(limits());
+    for port in [ALICE, BOB, CAROL, 4000] {
+        h.send(port, b"hi");
+    }
+    assert_eq!(
+        h.to(ALICE, ALICE, b"/join dev"),
+        vec![line("* you joined dev (0 others here)")]
+    );
+    assert_eq!(
+        h.to(BOB, BOB, b"/join dev"),
+        vec![line("* you joined dev (1 other here)")]
+    );
+    assert_eq!(
+        h.to(CAROL, CAROL, b"/join dev"),
+        vec![line("* you joined dev (2 others here)")]
     );
 }
 
@@ -184,7 +204,7 @@ fn rooms_past_the_limit_are_refused() {
     );
     assert_eq!(
         h.to(CAROL, CAROL, b"/join a"),
-        vec![line("* you joined a (1 others here)")]
+        vec![line("* you joined a (1 other here)")]
     );
 }
 
@@ -296,6 +316,49 @@ fn oversize_and_invalid_utf8_datagrams_are_refused_not_relayed() {
     assert_eq!(h.stats.get(Metric::ChatRelayed), 0);
 }
 
+/// Nothing to say is not relayed, but the sender is answered, so a client that waits for a reply
+/// to each line (the tutorial's first program) is not left waiting.
+#[test]
+fn an_empty_or_blank_datagram_is_answered_and_not_relayed() {
+    let mut h = Harness::three_members();
+    let blanks: [&[u8]; 8] = [
+        b"",
+        b"\n",
+        b"\r\n",
+        b"   \n",
+        b"\t",
+        b" \t \r\n",
+        b"\n\n",
+        "\u{3000}".as_bytes(), // an ideographic space, as a Chinese keyboard types it
+    ];
+    for data in blanks {
+        assert_eq!(
+            h.send(ALICE, data),
+            vec![(ALICE, line("* not relayed: the message is empty"))],
+            "{data:?}"
+        );
+    }
+    assert_eq!(h.stats.get(Metric::ChatRefused), blanks.len() as u64);
+    assert_eq!(h.stats.get(Metric::ChatRelayed), 0);
+    // Spaces around real text are kept: only an all-blank line is refused.
+    assert_eq!(h.to(BOB, ALICE, b" x \n"), vec![line("alice:  x ")]);
+}
+
+#[test]
+fn an_empty_first_datagram_still_makes_a_member() {
+    let mut h = Harness::new(limits());
+    h.send(ALICE, b"hi");
+    let sent = h.send(BOB, b"\n");
+    assert_eq!(
+        sent,
+        vec![
+            (ALICE, line("* 127.0.0.1:1002 joined lobby")),
+            (BOB, line("* not relayed: the message is empty")),
+        ]
+    );
+    assert_eq!(h.chat.members(), 2);
+}
+
 #[test]
 fn text_with_a_line_break_or_control_character_is_refused() {
     let mut h = Harness::three_members();
@@ -315,6 +378,24 @@ fn text_with_a_line_break_or_control_character_is_refused() {
         );
     }
     assert_eq!(h.send(ALICE, b"tab\tis fine\r\n").len(), 3);
+}
+
+#[test]
+fn sizes_and_rates_of_one_are_told_in_the_singular() {
+    let mut h = Harness::new(Limits {
+        max_msg: 0,
+        rate: 1,
+        burst: 1,
+        ..limits()
+    });
+    assert_eq!(
+        h.send(ALICE, b"x"),
+        vec![(ALICE, line("* message too long: 1 byte, the limit is 0"))]
+    );
+    assert_eq!(
+        h.send(ALICE, b"x"),
+        vec![(ALICE, line("* slow down: at most 1 message a second"))]
+    );
 }
 
 #[test]
@@ -385,6 +466,24 @@ fn silent_members_expire_and_their_room_is_told() {
     assert_eq!(h.chat.members(), 0);
     assert_eq!(h.chat.rooms(), 0);
     assert_eq!(h.chat.next_expiry(), None);
+}
+
+/// An empty datagram is not relayed, but it shows the member is still there, as any datagram
+/// does.
+#[test]
+fn an_empty_datagram_keeps_a_member_from_expiring() {
+    let mut h = Harness::three_members();
+    h.now += Duration::from_secs(30);
+    h.send(ALICE, b"\n");
+    h.now += Duration::from_secs(31);
+    h.chat.expire(h.now, &h.stats, &mut h.out);
+    let sent = h.drain();
+    assert!(
+        sent.contains(&(ALICE, line("* bob left lobby (silent for 60s)"))),
+        "{sent:?}"
+    );
+    assert_eq!(h.chat.members(), 1, "alice stays");
+    assert_eq!(h.to(ALICE, ALICE, b"/who"), vec![line("* in lobby: alice")]);
 }
 
 // ---- verification ------------------------------------------------------------------------------
