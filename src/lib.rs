@@ -39,6 +39,7 @@ pub mod server;
 pub mod service;
 pub mod stats;
 pub mod sys;
+pub mod text;
 pub mod timers;
 pub mod token;
 

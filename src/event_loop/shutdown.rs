@@ -13,6 +13,7 @@ use log::{info, trace, warn};
 
 use super::EventLoop;
 use crate::stats::CloseReason;
+use crate::text::counted;
 
 /// Where the server is in its life.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -72,7 +73,7 @@ impl EventLoop {
             Phase::Draining { until } if now >= until => {
                 warn!(
                     "shutdown grace over: closing {} still open",
-                    connections(self.table.clients())
+                    counted(self.table.clients(), "connection", "connections")
                 );
                 self.transition(Phase::Stopped);
             }
@@ -92,7 +93,7 @@ impl EventLoop {
         let grace = self.config.shutdown_grace;
         info!(
             "shutting down: no new connections; {} open, {grace:?} to finish",
-            connections(self.table.clients())
+            counted(self.table.clients(), "connection", "connections")
         );
         self.transition(Phase::Draining { until: now + grace });
         for token in self.table.tokens() {
@@ -108,14 +109,5 @@ impl EventLoop {
     fn transition(&mut self, next: Phase) {
         trace!("loop {} -> {next}", self.phase);
         self.phase = next;
-    }
-}
-
-/// "1 connection", "2 connections".
-fn connections(n: usize) -> String {
-    if n == 1 {
-        "1 connection".into()
-    } else {
-        format!("{n} connections")
     }
 }

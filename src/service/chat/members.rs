@@ -19,6 +19,7 @@ use super::cookie::Cookies;
 use super::outbox::Datagram;
 use crate::config::Config;
 use crate::stats::{Metric, Stats};
+use crate::text::counted;
 
 /// The room every new member starts in.
 pub const LOBBY: &str = "lobby";
@@ -461,11 +462,6 @@ fn reply(out: &mut Vec<Datagram>, to: SocketAddr, line: &str) {
 
 fn push(out: &mut Vec<Datagram>, to: SocketAddr, payload: Arc<[u8]>) {
     out.push(Datagram { to, payload });
-}
-
-/// `n` and a noun, singular for exactly one: `0 others`, `1 other`, `3 others`.
-fn counted(n: usize, one: &str, many: &str) -> String {
-    format!("{n} {}", if n == 1 { one } else { many })
 }
 
 /// `prefix` and the items joined by `, `, cut to [`MAX_LIST_REPLY`] bytes with "and N more".
