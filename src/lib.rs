@@ -4,18 +4,20 @@
 //!
 //! - [`event_loop`]: the loop itself: `poll`, dispatch by token, deadlines, the shutdown phase.
 //!   Start here; it fits on a few screens.
-//! - [`endpoint`]: the table of every socket (a slab), tokens with generations so a stale event
-//!   never reaches the wrong connection, and the only code that talks to the `Registry`.
-//! - [`service`]: what lives in the table and the contract between the loop and a handler; one
-//!   module per protocol beneath it ([`service::echo`]).
-//! - [`listener`]: accepting connections, the connection limit, and backing off when out of file
-//!   descriptors.
+//! - [`endpoint`]: the table of every socket (a slab), the stale-event guard, and the only code
+//!   that talks to the `Registry`; [`token`]: how a token names a slot and its generation.
+//! - [`service`]: what lives in the table, the contract between the loop and a handler, and
+//!   building the connection an accepted socket becomes; one module per protocol beneath it
+//!   ([`service::echo`], [`service::download`], [`service::chat`]).
+//! - [`listener`]: accepting connections and backing off when out of file descriptors.
 //! - [`buffer`]: the bounded output buffer and its water marks: why memory stays bounded.
 //! - [`timers`]: deadlines without threads, turned into the `poll` timeout.
 //! - [`stats`]: what is counted, and why connections close.
-//! - [`config`]: the command line, defaults and environment fallbacks.
+//! - [`config`]: the server's settings and their defaults; [`cli`]: the command line and
+//!   environment variables that make a [`Config`].
 //! - [`server`]: binding the services, the start-up line, and the [`Handle`] for other threads.
-//! - [`sys`]: socket options and the OS error kinds the loop tells apart.
+//! - [`sys`]: socket options and the OS error kinds the loop tells apart; [`text`]: wording
+//!   shared by log lines and chat lines.
 //! - [`bench`]: `readyloop bench`, the load generator: the same design pointed the other way,
 //!   one mio loop per thread driving client state machines, with latency percentiles.
 //!
