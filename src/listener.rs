@@ -9,6 +9,8 @@
 //!
 //! A listener knows nothing of the service its clients get: it accepts sockets and hands them to
 //! the loop, which asks the service layer ([`crate::service::Service`]) to build the connection.
+//! Nor does it need a real socket: it runs on anything that can [`Accept`], so the unit tests in
+//! `listener/tests.rs` drive every state with a scripted fake, `EMFILE` included.
 
 use std::fmt;
 use std::io;
@@ -61,18 +63,48 @@ impl fmt::Display for State {
     }
 }
 
+/// A socket a [`Listener`] can accept from: a TCP listener in the server, a scripted fake in the
+/// state-machine tests. The listener is generic over it rather than holding a `dyn Accept`, so the
+/// server's listener compiles to direct calls on mio's `TcpListener`.
+pub trait Accept {
+    /// What an accepted connection is.
+    type Stream;
+
+    /// Takes the next queued connection.
+    ///
+    /// # Errors
+    /// As `accept(2)`: `WouldBlock` when the queue is empty, and the kernel's reasons otherwise.
+    fn accept(&mut self) -> io::Result<(Self::Stream, SocketAddr)>;
+}
+
+impl Accept for TcpListener {
+    type Stream = TcpStream;
+
+    fn accept(&mut self) -> io::Result<(TcpStream, SocketAddr)> {
+        // The inherent method: mio's own accept, which sets the new socket non-blocking.
+        TcpListener::accept(self)
+    }
+}
+
 /// A listening socket.
 #[derive(Debug)]
-pub struct Listener {
-    socket: TcpListener,
+pub struct Listener<L = TcpListener> {
+    socket: L,
     /// The service's name, for log lines.
     name: &'static str,
     state: State,
 }
 
-impl Listener {
+impl Listener<TcpListener> {
+    /// The socket, for registration.
+    pub fn source(&mut self) -> &mut TcpListener {
+        &mut self.socket
+    }
+}
+
+impl<L: Accept> Listener<L> {
     /// Wraps a bound, non-blocking listening socket for the service called `name`.
-    pub fn new(socket: TcpListener, name: &'static str) -> Self {
+    pub fn new(socket: L, name: &'static str) -> Self {
         Listener {
             socket,
             name,
@@ -83,11 +115,6 @@ impl Listener {
     /// Where the listener is in its accept cycle.
     pub fn state(&self) -> State {
         self.state
-    }
-
-    /// The socket, for registration.
-    pub fn source(&mut self) -> &mut TcpListener {
-        &mut self.socket
     }
 
     /// Readable while accepting; nothing at all while backing off.
@@ -110,7 +137,7 @@ impl Listener {
     ///
     /// Returns `None` when the queue is drained (`WouldBlock`) or the listener has just started to
     /// back off; the caller calls again until then, as edge-triggered readiness requires.
-    pub fn accept(&mut self, now: Instant, stats: &Stats) -> Option<(TcpStream, SocketAddr)> {
+    pub fn accept(&mut self, now: Instant, stats: &Stats) -> Option<(L::Stream, SocketAddr)> {
         loop {
             if let State::BackingOff { .. } = self.state {
                 return None;
@@ -200,3 +227,6 @@ impl Listener {
         self.state = next;
     }
 }
+
+#[cfg(test)]
+mod tests;

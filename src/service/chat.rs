@@ -7,7 +7,8 @@
 //!
 //! This file is the socket side: receive until `WouldBlock`, hand each datagram to [`Chat`] (in
 //! [`members`]), send what it produces, and queue what the socket will not take yet in the bounded
-//! [`Outbox`], with writable interest only while something waits there.
+//! [`Outbox`], with writable interest only while something waits there. The relay runs on any
+//! datagram [`Socket`], so `chat/tests.rs` drives it with a scripted fake.
 
 pub mod bucket;
 pub mod command;
@@ -15,7 +16,9 @@ pub mod cookie;
 pub mod members;
 pub mod outbox;
 
+use std::io;
 use std::mem;
+use std::net::SocketAddr;
 use std::time::Instant;
 
 use log::debug;
@@ -34,30 +37,62 @@ use crate::token::Id;
 /// after a few hundred of them.
 const DATAGRAM_COST: usize = 1024;
 
+/// A datagram socket the relay can run on: a UDP socket in the server, a scripted fake in the
+/// relay's tests. The relay is generic over it rather than holding a `dyn Socket`, so the server's
+/// relay compiles to direct calls on mio's `UdpSocket`.
+pub trait Socket {
+    /// Receives one datagram into `buf`: its length and its sender.
+    ///
+    /// # Errors
+    /// As `recvfrom(2)`: `WouldBlock` when nothing waits; on Linux also an error (such as
+    /// `ECONNREFUSED`) reported by ICMP for an earlier send.
+    fn recv_from(&mut self, buf: &mut [u8]) -> io::Result<(usize, SocketAddr)>;
+
+    /// Sends `buf` as one datagram to `to`.
+    ///
+    /// # Errors
+    /// As `sendto(2)`: `WouldBlock` when the send buffer is full, and the kernel's reasons
+    /// otherwise.
+    fn send_to(&mut self, buf: &[u8], to: SocketAddr) -> io::Result<usize>;
+}
+
+impl Socket for UdpSocket {
+    // The inherent methods: mio's own, which take `&self`.
+    fn recv_from(&mut self, buf: &mut [u8]) -> io::Result<(usize, SocketAddr)> {
+        UdpSocket::recv_from(self, buf)
+    }
+
+    fn send_to(&mut self, buf: &[u8], to: SocketAddr) -> io::Result<usize> {
+        UdpSocket::send_to(self, buf, to)
+    }
+}
+
 /// The chat relay endpoint.
 #[derive(Debug)]
-pub struct Relay {
-    socket: UdpSocket,
+pub struct Relay<S = UdpSocket> {
+    socket: S,
     chat: Chat,
     outbox: Outbox,
     /// What the datagram being handled produced; kept to reuse its allocation.
     produced: Vec<Datagram>,
 }
 
-impl Relay {
+impl Relay<UdpSocket> {
+    /// The socket, for registration.
+    pub fn source(&mut self) -> &mut UdpSocket {
+        &mut self.socket
+    }
+}
+
+impl<S: Socket> Relay<S> {
     /// A relay on a bound socket.
-    pub fn new(socket: UdpSocket, config: &Config, now: Instant) -> Self {
+    pub fn new(socket: S, config: &Config, now: Instant) -> Self {
         Relay {
             socket,
             chat: Chat::new(Limits::from_config(config), now),
             outbox: Outbox::new(config.chat_queue),
             produced: Vec::new(),
         }
-    }
-
-    /// The socket, for registration.
-    pub fn source(&mut self) -> &mut UdpSocket {
-        &mut self.socket
     }
 
     /// Always readable; writable only while datagrams wait in the outbox.
@@ -128,7 +163,7 @@ impl Relay {
     }
 }
 
-impl Handler for Relay {
+impl<S: Socket> Handler for Relay<S> {
     /// Receives datagrams until `WouldBlock` (or the budget is spent) and handles each.
     fn on_readable(&mut self, ctx: &mut Context<'_>) -> Next {
         while ctx.budget > 0 {
@@ -172,3 +207,6 @@ impl Handler for Relay {
         KEEP
     }
 }
+
+#[cfg(test)]
+mod tests;
