@@ -22,7 +22,7 @@ use mio::Interest;
 use mio::net::{TcpListener, TcpStream};
 
 use crate::stats::{Metric, Stats};
-use crate::sys::{interrupted, out_of_resources, peer_gone, would_block};
+use crate::sys::{interrupted, network_hiccup, out_of_resources, peer_gone, would_block};
 
 /// How long a listener stays disarmed after `accept` ran out of resources: short enough that
 /// clients barely notice once descriptors free up, long enough to cost nothing while they don't.
@@ -148,6 +148,8 @@ impl<L: Accept> Listener<L> {
                 Err(e) if interrupted(&e) => continue,
                 // The client gave up while queued: its problem, not the listener's.
                 Err(e) if peer_gone(&e) => debug!("{} accept: {e}", self.name),
+                // A network error of that one connection: the rest of the queue may be fine.
+                Err(e) if network_hiccup(&e) => debug!("{} accept: {e}", self.name),
                 Err(e) => {
                     self.back_off(&e, now, stats);
                     return None;

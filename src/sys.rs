@@ -43,6 +43,24 @@ pub fn peer_gone(err: &io::Error) -> bool {
     )
 }
 
+/// `accept` failed for one queued connection because of the network under it (accept(2): "treat
+/// them like EAGAIN by retrying"). The next queued connection may be fine, so the listener goes on.
+pub fn network_hiccup(err: &io::Error) -> bool {
+    matches!(
+        err.raw_os_error(),
+        Some(
+            libc::ENETDOWN
+                | libc::EPROTO
+                | libc::ENOPROTOOPT
+                | libc::EHOSTDOWN
+                | libc::ENONET
+                | libc::EHOSTUNREACH
+                | libc::EOPNOTSUPP
+                | libc::ENETUNREACH
+        )
+    )
+}
+
 /// `accept` failed because the process or the system ran out of a resource (file descriptors,
 /// socket buffers). Retrying at once would fail again and spin the loop, so the listener backs off.
 pub fn out_of_resources(err: &io::Error) -> bool {

@@ -145,6 +145,24 @@ fn accepting_retries_an_interrupted_accept() {
     assert_eq!(l.state(), State::Accepting);
 }
 
+/// accept(2) passes up network errors of the new connection (`EPROTO`, `ENETUNREACH`, ...) and
+/// says to retry as for `EAGAIN`: the next queued connection is taken, with no back-off.
+#[test]
+fn accepting_retries_after_a_network_error_of_one_connection() {
+    for errno in [
+        libc::EPROTO,
+        libc::ENETDOWN,
+        libc::EHOSTUNREACH,
+        libc::ENETUNREACH,
+    ] {
+        let h = Harness::new();
+        let mut l = accepting();
+        assert_eq!(h.accept(&mut l, [os_error(errno), client(3)]), Some(3));
+        assert_eq!(l.state(), State::Accepting, "errno {errno}");
+        assert_eq!(h.stats.get(Metric::AcceptBackoffs), 0, "errno {errno}");
+    }
+}
+
 /// `ECONNABORTED`: the client reset while its connection sat in the queue. The next one is taken
 /// in the same call, so the drain goes on.
 #[test]
