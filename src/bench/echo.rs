@@ -7,90 +7,91 @@
 //!           BACKING-OFF ←────┘                       an error: count it, wait, connect again
 //! ```
 //!
+//! The states around EXCHANGING are every TCP client's and live in `tcp.rs`; this file holds what
+//! is the echo client's own: `Pipeline` and its one connected state, `Exchange`.
+//!
 //! Messages are lowercase letters from a shift that depends on the connection and the message
 //! number, ending in `\n`: readable in a packet capture, and a byte delivered to the wrong
 //! connection or out of order shows up as a "mismatch". The payload is computed, never stored,
 //! so checking costs no memory whatever the size.
 
 use std::collections::VecDeque;
-use std::fmt;
 use std::time::Instant;
 
-use mio::event::Event;
 use mio::net::TcpStream;
 
-use super::driver::{Client, Ctx, OPERATION_TIMEOUT};
-use super::report::{CLOSED, MISMATCH, PROTOCOL, TIMEOUT};
-use super::tcp::{self, Failure, Machine};
+use super::driver::{Ctx, OPERATION_TIMEOUT};
+use super::report::{CLOSED, MISMATCH, PROTOCOL};
+use super::tcp::{self, Failure, Outcome, Protocol, Session};
 
 /// The alphabet twice, so that any run of up to 26 letters from any shift is one slice.
 const LETTERS: &[u8; 52] = b"abcdefghijklmnopqrstuvwxyzabcdefghijklmnopqrstuvwxyz";
 
-/// Where an echo client is.
+/// What makes a TCP client an echo client: whose messages it sends, how big, and how many at
+/// once.
 #[derive(Debug)]
-pub(crate) enum State {
-    /// Not started yet.
-    Idle,
-    /// Waiting for the connect to finish.
-    Connecting {
-        stream: TcpStream,
-        /// When the connect started: it times out [`OPERATION_TIMEOUT`] later.
-        since: Instant,
-    },
-    /// Connected: sending messages and checking their echoes.
-    Exchanging(Exchange),
-    /// After an error: reconnect at `until`.
-    BackingOff { until: Instant },
-    /// Done for this run; the socket is closed.
-    Finished,
+pub(crate) struct Pipeline {
+    /// Which client this is in the run: part of every payload.
+    id: u64,
+    size: usize,
+    /// Messages kept in flight (`--pipeline`).
+    depth: usize,
 }
 
-impl Machine for State {
+impl Pipeline {
+    pub fn new(id: u64, size: usize, depth: usize) -> Pipeline {
+        Pipeline { id, size, depth }
+    }
+}
+
+impl Protocol for Pipeline {
     const SERVICE: &'static str = "echo";
 
-    /// The name `docs/DESIGN.md`-style diagrams use.
-    fn name(&self) -> &'static str {
-        match self {
-            State::Idle => "IDLE",
-            State::Connecting { .. } => "CONNECTING",
-            State::Exchanging(_) => "EXCHANGING",
-            State::BackingOff { .. } => "BACKING-OFF",
-            State::Finished => "FINISHED",
+    type Session = Exchange;
+
+    /// A message is the operation, not a connection, so connecting takes no ticket; it is
+    /// pointless once the load stopped or every ticket is taken.
+    fn may_connect(&self, ctx: &Ctx<'_>) -> bool {
+        !ctx.stopping && !ctx.shared.tickets.exhausted()
+    }
+
+    /// CONNECTING → EXCHANGING, with nothing queued yet: the first messages go out at once.
+    fn open(&mut self, _since: Instant, _ctx: &Ctx<'_>) -> Exchange {
+        Exchange {
+            in_flight: VecDeque::new(),
+            output: Vec::new(),
+            written: 0,
+            next_seq: 0,
+            echo_seq: 0,
+            echo_pos: 0,
+            // Registered for both directions while connecting.
+            writable: true,
         }
     }
 
-    /// The socket this state holds, if any.
-    fn into_socket(self) -> Option<TcpStream> {
-        match self {
-            State::Connecting { stream, .. } => Some(stream),
-            State::Exchanging(exchange) => Some(exchange.stream),
-            State::Idle | State::BackingOff { .. } | State::Finished => None,
-        }
-    }
-
-    fn is_connecting(&self) -> bool {
-        matches!(self, State::Connecting { .. })
-    }
-
-    fn backing_off(until: Instant) -> State {
-        State::BackingOff { until }
-    }
-
-    fn finished() -> State {
-        State::Finished
+    /// EXCHANGING: read echoes, queue more, send; finished when nothing is left in flight.
+    fn advance(
+        &mut self,
+        stream: &mut TcpStream,
+        exchange: &mut Exchange,
+        ctx: &mut Ctx<'_>,
+    ) -> Result<Outcome<Exchange>, Failure> {
+        exchange.receive(stream, self.id, self.size, ctx)?;
+        exchange.queue(self.id, self.size, self.depth, ctx);
+        exchange.send(stream, ctx)?;
+        Ok(if exchange.in_flight.is_empty() {
+            // Queueing got no ticket and every echo is in.
+            Outcome::Finished
+        } else {
+            Outcome::Wait
+        })
     }
 }
 
-impl fmt::Display for State {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.name())
-    }
-}
-
-/// What [`State::Exchanging`] holds.
+/// EXCHANGING, the echo client's one connected state: the messages in flight and the output
+/// not yet sent.
 #[derive(Debug)]
 pub(crate) struct Exchange {
-    stream: TcpStream,
     /// When each message whose echo is not complete was queued, oldest first; never longer than
     /// the pipeline.
     in_flight: VecDeque<Instant>,
@@ -106,88 +107,31 @@ pub(crate) struct Exchange {
     writable: bool,
 }
 
-/// One echo client.
-#[derive(Debug)]
-pub(crate) struct Connection {
-    /// Which client this is in the run: part of every payload.
-    id: u64,
-    size: usize,
-    pipeline: usize,
-    state: State,
-}
-
-impl Connection {
-    pub fn new(id: u64, size: usize, pipeline: usize) -> Connection {
-        Connection {
-            id,
-            size,
-            pipeline,
-            state: State::Idle,
-        }
+impl Session for Exchange {
+    fn name(&self) -> &'static str {
+        "EXCHANGING"
     }
 
-    /// IDLE/BACKING-OFF → CONNECTING, or → BACKING-OFF if the connect fails at once.
-    fn start_connecting(&mut self, ctx: &mut Ctx<'_>) {
-        if ctx.stopping || ctx.shared.tickets.exhausted() {
-            return self.state.finish(ctx);
-        }
-        match tcp::connect(ctx) {
-            Ok(stream) => {
-                let since = ctx.now;
-                self.state
-                    .transition(ctx, |_| State::Connecting { stream, since });
-            }
-            Err(err) => {
-                ctx.connect_failed(err);
-                self.state.back_off(ctx);
-            }
-        }
-    }
-
-    /// CONNECTING → EXCHANGING: queue the first messages and send them.
-    fn start_exchange(&mut self, ctx: &mut Ctx<'_>) {
-        ctx.reached();
-        self.state.transition(ctx, |socket| match socket.take() {
-            Some(stream) => State::Exchanging(Exchange {
-                stream,
-                in_flight: VecDeque::new(),
-                output: Vec::new(),
-                written: 0,
-                next_seq: 0,
-                echo_seq: 0,
-                echo_pos: 0,
-                // Registered for both directions while connecting.
-                writable: true,
-            }),
-            None => State::Finished, // only called from CONNECTING, which has a socket
-        });
-        self.exchange(ctx);
-    }
-
-    /// EXCHANGING: read echoes, queue more, send; finish when nothing is left in flight.
-    fn exchange(&mut self, ctx: &mut Ctx<'_>) {
-        let State::Exchanging(exchange) = &mut self.state else {
-            return;
-        };
-        let result = exchange.receive(self.id, self.size, ctx).and_then(|()| {
-            exchange.queue(self.id, self.size, self.pipeline, ctx);
-            exchange.send(ctx)
-        });
-        match result {
-            // Queueing got no ticket and every echo is in: nothing more to do.
-            Ok(()) if exchange.in_flight.is_empty() => self.state.finish(ctx),
-            Ok(()) => {}
-            Err(failure) => self.state.fail(failure, ctx),
-        }
+    /// The oldest message in flight times out.
+    fn deadline(&self) -> Option<Instant> {
+        self.in_flight
+            .front()
+            .map(|queued| *queued + OPERATION_TIMEOUT)
     }
 }
 
 impl Exchange {
     /// Reads until `WouldBlock`, checking each byte and completing each message whose last byte
     /// arrived.
-    fn receive(&mut self, id: u64, size: usize, ctx: &mut Ctx<'_>) -> Result<(), Failure> {
+    fn receive(
+        &mut self,
+        stream: &mut TcpStream,
+        id: u64,
+        size: usize,
+        ctx: &mut Ctx<'_>,
+    ) -> Result<(), Failure> {
         loop {
-            let n = match tcp::read(&mut self.stream, ctx.scratch)? {
+            let n = match tcp::read(stream, ctx.scratch)? {
                 None => return Ok(()),
                 // The server closed while echoes were owed (or before any message).
                 Some(0) => return Err(Failure::Protocol(CLOSED)),
@@ -218,13 +162,13 @@ impl Exchange {
         }
     }
 
-    /// Queues messages until `pipeline` are in flight or no ticket is left.
-    fn queue(&mut self, id: u64, size: usize, pipeline: usize, ctx: &mut Ctx<'_>) {
+    /// Queues messages until `depth` are in flight or no ticket is left.
+    fn queue(&mut self, id: u64, size: usize, depth: usize, ctx: &mut Ctx<'_>) {
         if self.written == self.output.len() {
             self.output.clear();
             self.written = 0;
         }
-        while self.in_flight.len() < pipeline && ctx.take_ticket() {
+        while self.in_flight.len() < depth && ctx.take_ticket() {
             write_message(id, self.next_seq, size, &mut self.output);
             self.next_seq += 1;
             self.in_flight.push_back(ctx.now);
@@ -232,84 +176,14 @@ impl Exchange {
     }
 
     /// Writes queued output until done or `WouldBlock`; writable interest follows what is left.
-    fn send(&mut self, ctx: &mut Ctx<'_>) -> Result<(), Failure> {
-        self.written += tcp::write(&mut self.stream, &self.output[self.written..])?;
+    fn send(&mut self, stream: &mut TcpStream, ctx: &mut Ctx<'_>) -> Result<(), Failure> {
+        self.written += tcp::write(stream, &self.output[self.written..])?;
         let waiting = self.written < self.output.len();
         if waiting != self.writable {
-            tcp::set_writable(&mut self.stream, ctx, waiting)?;
+            tcp::set_writable(stream, ctx, waiting)?;
             self.writable = waiting;
         }
         Ok(())
-    }
-
-    /// When the oldest message in flight times out.
-    fn deadline(&self) -> Option<Instant> {
-        self.in_flight
-            .front()
-            .map(|queued| *queued + OPERATION_TIMEOUT)
-    }
-}
-
-impl Client for Connection {
-    fn start(&mut self, ctx: &mut Ctx<'_>) {
-        self.start_connecting(ctx);
-    }
-
-    fn on_event(&mut self, _event: &Event, ctx: &mut Ctx<'_>) {
-        match &self.state {
-            State::Connecting { stream, .. } => match tcp::connect_finished(stream) {
-                Ok(true) => self.start_exchange(ctx),
-                // Spurious, or left over from this token's previous socket.
-                Ok(false) => {}
-                Err(err) => self.state.fail(Failure::Io(err), ctx),
-            },
-            State::Exchanging(_) => self.exchange(ctx),
-            // No socket: an event left over from a socket closed earlier in this batch.
-            State::Idle | State::BackingOff { .. } | State::Finished => {}
-        }
-    }
-
-    fn on_tick(&mut self, ctx: &mut Ctx<'_>) {
-        match &self.state {
-            State::Connecting { since, .. } if ctx.now >= *since + OPERATION_TIMEOUT => {
-                let err = std::io::Error::new(
-                    std::io::ErrorKind::TimedOut,
-                    format!("no connection within {OPERATION_TIMEOUT:?}"),
-                );
-                self.state.fail(Failure::Io(err), ctx);
-            }
-            State::Exchanging(exchange) if exchange.deadline().is_some_and(|d| ctx.now >= d) => {
-                self.state.fail(Failure::Protocol(TIMEOUT), ctx)
-            }
-            State::BackingOff { until } if ctx.now >= *until => self.start_connecting(ctx),
-            // Not due yet, or nothing to time.
-            State::Idle
-            | State::Connecting { .. }
-            | State::Exchanging(_)
-            | State::BackingOff { .. }
-            | State::Finished => {}
-        }
-    }
-
-    fn on_stop(&mut self, ctx: &mut Ctx<'_>) {
-        match self.state {
-            State::Finished => {}
-            // Echoes still in flight are abandoned: they belong to no measured interval.
-            State::Idle
-            | State::Connecting { .. }
-            | State::Exchanging(_)
-            | State::BackingOff { .. } => self.state.finish(ctx),
-        }
-    }
-
-    fn close(&mut self, ctx: &mut Ctx<'_>) {
-        if !self.is_finished() {
-            self.state.finish(ctx);
-        }
-    }
-
-    fn is_finished(&self) -> bool {
-        matches!(self.state, State::Finished)
     }
 }
 
@@ -412,14 +286,19 @@ mod tests {
         assert!(!message_matches(1, 0, 64, 63, b"x"));
     }
 
-    // ---- state machine: fixtures ----
+    // ---- state machine ----
+    //
+    // IDLE, CONNECTING, BACKING-OFF and FINISHED, and stopping from every state, are the shared
+    // states of `tcp.rs`, tested there. Here: when an echo client may connect, and EXCHANGING
+    // with each of its inputs (an event, a tick).
 
     use std::io::{Read, Write};
     use std::net::SocketAddr;
-    use std::time::Duration;
 
-    use crate::bench::driver::harness::{Harness, closed_port, leftover_event, serve_one};
-    use crate::bench::report::{REFUSED, TIMEOUT};
+    use crate::bench::driver::Client;
+    use crate::bench::driver::harness::{Harness, serve_one};
+    use crate::bench::report::{TIMEOUT, Tally};
+    use crate::bench::tcp::{Connection, State};
 
     /// Echoes everything on one connection until EOF.
     fn echo_server() -> SocketAddr {
@@ -440,88 +319,59 @@ mod tests {
         })
     }
 
-    fn is(state: &'static str) -> impl Fn(&Connection, &crate::bench::report::Tally) -> bool {
-        move |c, _| c.state.name() == state
-    }
-
-    /// A client in CONNECTING (its connect may already have finished, unseen).
-    fn connecting(h: &mut Harness) -> Connection {
-        let mut client = Connection::new(1, 8, 2);
-        client.start(&mut h.ctx(Instant::now()));
-        assert_eq!(client.state.name(), "CONNECTING");
-        client
+    fn is(state: &'static str) -> impl Fn(&Connection<Pipeline>, &Tally) -> bool {
+        move |c, _| c.state().name() == state
     }
 
     /// A client in EXCHANGING, with its first messages sent.
-    fn exchanging(h: &mut Harness) -> Connection {
-        let mut client = connecting(h);
+    fn exchanging(h: &mut Harness) -> Connection<Pipeline> {
+        let mut client = Connection::new(Pipeline::new(1, 8, 2));
+        client.start(&mut h.ctx(Instant::now()));
         h.run_until(&mut client, "EXCHANGING", is("EXCHANGING"));
         client
     }
 
-    /// A client in BACKING-OFF after a timed-out connect.
-    fn backing_off(h: &mut Harness) -> (Connection, Instant) {
-        let mut client = connecting(h);
-        let later = Instant::now() + OPERATION_TIMEOUT;
-        client.on_tick(&mut h.ctx(later));
-        let State::BackingOff { until } = client.state else {
-            panic!("expected BACKING-OFF, got {}", client.state);
-        };
-        (client, until)
-    }
-
-    // ---- IDLE ----
+    // ---- connecting ----
 
     #[test]
-    fn idle_starts_by_connecting() {
-        let mut h = Harness::new(silent_server(), None);
-        connecting(&mut h);
-    }
+    fn connecting_takes_no_ticket_but_needs_one_left() {
+        let mut h = Harness::new(silent_server(), Some(1));
+        let mut client = Connection::new(Pipeline::new(0, 8, 1));
+        client.start(&mut h.ctx(Instant::now()));
+        assert_eq!(client.state().name(), "CONNECTING");
+        assert!(!h.shared.tickets.exhausted(), "the ticket is the message's");
 
-    #[test]
-    fn idle_with_no_ticket_left_finishes_at_once() {
         let mut h = Harness::new(silent_server(), Some(0));
-        let mut client = Connection::new(0, 8, 1);
+        let mut client = Connection::new(Pipeline::new(0, 8, 1));
         client.start(&mut h.ctx(Instant::now()));
         assert!(client.is_finished());
     }
 
-    // ---- CONNECTING ----
+    #[test]
+    fn once_the_load_stops_an_echo_client_does_not_connect() {
+        let mut h = Harness::new(silent_server(), None);
+        h.stopping = true;
+        let mut client = Connection::new(Pipeline::new(0, 8, 1));
+        client.start(&mut h.ctx(Instant::now()));
+        assert!(client.is_finished());
+    }
+
+    // ---- EXCHANGING ----
 
     #[test]
-    fn connecting_to_a_listener_starts_the_exchange_with_a_full_pipeline() {
+    fn exchanging_starts_with_a_full_pipeline() {
         let mut h = Harness::new(silent_server(), None);
         let client = exchanging(&mut h);
         assert!(h.tally.reached);
-        let State::Exchanging(exchange) = &client.state else {
-            unreachable!()
+        let State::Connected {
+            session: exchange, ..
+        } = client.state()
+        else {
+            panic!("expected EXCHANGING, got {}", client.state());
         };
         assert_eq!(exchange.in_flight.len(), 2);
         assert_eq!(exchange.output.len(), 16, "two 8-byte messages queued");
     }
-
-    #[test]
-    fn a_refused_connect_is_counted_and_backs_off() {
-        let mut h = Harness::new(closed_port(), None);
-        let mut client = Connection::new(0, 8, 1);
-        client.start(&mut h.ctx(Instant::now()));
-        h.run_until(&mut client, "BACKING-OFF", is("BACKING-OFF"));
-        assert_eq!(h.tally.errors.get(REFUSED), Some(&1));
-        assert!(!h.tally.reached);
-        assert!(h.tally.first_failure.is_some());
-    }
-
-    #[test]
-    fn connecting_times_out_after_the_operation_timeout() {
-        let mut h = Harness::new(silent_server(), None);
-        let mut client = connecting(&mut h);
-        client.on_tick(&mut h.ctx(Instant::now() + Duration::from_secs(1)));
-        assert_eq!(client.state.name(), "CONNECTING", "not due yet");
-        let (_, _) = backing_off(&mut h);
-        assert_eq!(h.tally.errors.get(TIMEOUT), Some(&1));
-    }
-
-    // ---- EXCHANGING ----
 
     #[test]
     fn exchanging_completes_messages_and_times_each() {
@@ -545,8 +395,10 @@ mod tests {
     fn exchanging_times_out_when_no_echo_comes() {
         let mut h = Harness::new(silent_server(), None);
         let mut client = exchanging(&mut h);
+        client.on_tick(&mut h.ctx(Instant::now() + OPERATION_TIMEOUT / 2));
+        assert_eq!(client.state().name(), "EXCHANGING", "not due yet");
         client.on_tick(&mut h.ctx(Instant::now() + OPERATION_TIMEOUT));
-        assert_eq!(client.state.name(), "BACKING-OFF");
+        assert_eq!(client.state().name(), "BACKING-OFF");
         assert_eq!(h.tally.errors.get(TIMEOUT), Some(&1));
     }
 
@@ -577,51 +429,26 @@ mod tests {
         assert_eq!(h.tally.errors.get(MISMATCH), Some(&1));
     }
 
-    // ---- BACKING-OFF ----
-
     #[test]
-    fn backing_off_reconnects_once_due_and_not_before() {
-        let mut h = Harness::new(silent_server(), None);
-        let (mut client, until) = backing_off(&mut h);
-        client.on_tick(&mut h.ctx(until - Duration::from_millis(1)));
-        assert_eq!(client.state.name(), "BACKING-OFF");
-        client.on_tick(&mut h.ctx(until));
-        assert_eq!(client.state.name(), "CONNECTING");
-    }
-
-    /// IDLE, BACKING-OFF and FINISHED hold no socket, so an event for their token can only be a
-    /// leftover of the previous socket.
-    #[test]
-    fn a_leftover_event_without_a_socket_changes_nothing() {
-        let mut h = Harness::new(silent_server(), None);
-        let (mut client, _) = backing_off(&mut h);
-        let mut finished = Connection::new(0, 8, 1);
-        finished.on_stop(&mut h.ctx(Instant::now()));
-        let event = leftover_event();
-        client.on_event(&event, &mut h.ctx(Instant::now()));
-        finished.on_event(&event, &mut h.ctx(Instant::now()));
-        assert_eq!(client.state.name(), "BACKING-OFF");
-        assert!(finished.is_finished());
-        assert!(h.tally.errors.get(TIMEOUT) == Some(&1) && h.tally.errors.len() == 1);
-    }
-
-    // ---- stopping, from every state ----
-
-    #[test]
-    fn stop_finishes_every_state() {
-        let mut h = Harness::new(silent_server(), None);
-        let mut idle = Connection::new(0, 8, 1);
-        let mut connecting = connecting(&mut h);
-        let (mut backing_off, _) = backing_off(&mut h);
-        let mut h2 = Harness::new(silent_server(), None);
-        let mut exchanging = exchanging(&mut h2);
-        for client in [&mut idle, &mut connecting, &mut backing_off] {
-            client.on_stop(&mut h.ctx(Instant::now()));
-            assert!(client.is_finished());
-        }
-        exchanging.on_stop(&mut h2.ctx(Instant::now()));
-        assert!(exchanging.is_finished());
-        exchanging.on_stop(&mut h2.ctx(Instant::now()));
-        assert!(exchanging.is_finished(), "FINISHED stays FINISHED");
+    fn exchanging_counts_bytes_never_sent_as_a_protocol_error() {
+        // Takes the first message, echoes it, then sends a second the client never asked for.
+        let addr = serve_one(|mut stream| {
+            let mut buf = [0; 8];
+            if stream.read_exact(&mut buf).is_ok() {
+                // One write, so both copies arrive in one read.
+                let _ = stream.write_all(&[buf, buf].concat());
+                let _ = stream.read_to_end(&mut Vec::new());
+            }
+        });
+        let mut h = Harness::new(addr, Some(1));
+        let mut client = Connection::new(Pipeline::new(1, 8, 1));
+        client.start(&mut h.ctx(Instant::now()));
+        h.run_until(&mut client, "an error", |_, t| !t.errors.is_empty());
+        assert_eq!(
+            h.tally.errors.get(PROTOCOL),
+            Some(&1),
+            "{:?}",
+            h.tally.errors
+        );
     }
 }

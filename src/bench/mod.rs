@@ -13,8 +13,9 @@
 //! - [`chat`]: `--senders` and `--members` in one room on the UDP relay.
 //!
 //! Beneath them, `driver.rs` is the per-thread loop and the `Client` trait every scenario
-//! implements, `tcp.rs` the connect/read/write moves the TCP scenarios share, and `cli.rs` the
-//! command line. [`report`] holds the tallies, the histogram summary, the table and the JSON.
+//! implements, `tcp.rs` the states and the connect/read/write moves the TCP scenarios share, and
+//! `cli.rs` the command line. [`report`] holds the tallies, the histogram summary, the table and
+//! the JSON.
 //!
 //! [`run`] starts the threads and supervises them: it prints the progress line, stops the run
 //! early when the target is plainly unreachable, and merges the threads' tallies into a
@@ -358,10 +359,12 @@ pub fn run(load: &Load) -> Result<Report, BenchError> {
         Scenario::Echo { size, pipeline } => {
             let (size, pipeline) = (*size, *pipeline);
             supervise(load, None, move |id| {
-                echo::Connection::new(id as u64, size, pipeline)
+                tcp::Connection::new(echo::Pipeline::new(id as u64, size, pipeline))
             })
         }
-        Scenario::Connect => supervise(load, None, |id| connect::Connection::new(id as u64)),
+        Scenario::Connect => supervise(load, None, |id| {
+            tcp::Connection::new(connect::Churn::new(id as u64))
+        }),
         Scenario::Download { name } => {
             // The server's own rendering: a name ending in ` <digits>` gets an explicit offset.
             let line = Request::Get {
@@ -370,7 +373,7 @@ pub fn run(load: &Load) -> Result<Report, BenchError> {
             };
             let request: Arc<[u8]> = format!("{line}\n").into_bytes().into();
             supervise(load, None, move |_| {
-                download::Connection::new(Arc::clone(&request))
+                tcp::Connection::new(download::Fetch::new(Arc::clone(&request)))
             })
         }
         Scenario::Chat { senders, size, .. } => {
