@@ -12,6 +12,8 @@
 pub mod chat;
 pub mod download;
 pub mod echo;
+#[cfg(test)]
+pub(crate) mod fake;
 
 use std::fmt;
 use std::fs::File;
