@@ -23,7 +23,6 @@ pub mod listing;
 pub mod request;
 
 use std::fmt;
-use std::io::Read;
 use std::mem;
 use std::ops::ControlFlow;
 use std::sync::Arc;
@@ -114,17 +113,24 @@ impl fmt::Display for State {
 
 /// One download client.
 #[derive(Debug)]
-pub struct Connection {
-    stream: TcpStream,
+pub struct Connection<S = TcpStream> {
+    stream: S,
     answer: Answer,
     state: State,
     /// When the connection counts as idle: pushed forward whenever the client makes progress.
     idle_deadline: Instant,
 }
 
-impl Connection {
+impl Connection<TcpStream> {
+    /// The socket, for registration.
+    pub fn source(&mut self) -> &mut TcpStream {
+        &mut self.stream
+    }
+}
+
+impl<S: Stream> Connection<S> {
     /// A new client, waiting for its request, which `answer` will answer.
-    pub fn new(stream: TcpStream, now: Instant, settings: &Settings, answer: Answer) -> Self {
+    pub fn new(stream: S, now: Instant, settings: &Settings, answer: Answer) -> Self {
         Connection {
             stream,
             answer,
@@ -134,11 +140,6 @@ impl Connection {
             },
             idle_deadline: now + settings.idle_timeout,
         }
-    }
-
-    /// The socket, for registration.
-    pub fn source(&mut self) -> &mut TcpStream {
-        &mut self.stream
     }
 
     /// The current state.
@@ -385,7 +386,7 @@ impl Connection {
     }
 }
 
-impl Handler for Connection {
+impl<S: Stream> Handler for Connection<S> {
     /// The socket has input (or an error, or the client's FIN).
     fn on_readable(&mut self, ctx: &mut Context<'_>) -> Next {
         match self.state {
@@ -449,3 +450,6 @@ fn prepare(files: &Files, request: Request, ctx: &Context<'_>) -> Result<(Buffer
 fn printable(line: &[u8]) -> String {
     String::from_utf8_lossy(line).chars().take(100).collect()
 }
+
+#[cfg(test)]
+mod tests;

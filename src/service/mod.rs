@@ -12,8 +12,11 @@
 pub mod chat;
 pub mod download;
 pub mod echo;
+#[cfg(test)]
+pub(crate) mod fake;
 
 use std::fmt;
+use std::fs::File;
 use std::io::{self, Read, Write};
 use std::net::Shutdown;
 use std::ops::ControlFlow;
@@ -32,7 +35,7 @@ use crate::buffer::Watermarks;
 use crate::config::Config;
 use crate::listener::Listener;
 use crate::stats::{CloseReason, Stats};
-use crate::sys::{interrupted, peer_gone, would_block};
+use crate::sys::{self, interrupted, peer_gone, would_block};
 use crate::token::Id;
 
 /// What a handler tells the loop: `Continue(())` keeps the endpoint, `Break(reason)` closes it.
@@ -159,11 +162,28 @@ pub trait Stream: Read + Write {
     /// # Errors
     /// As `shutdown(2)`; `ENOTCONN` when the peer is already gone.
     fn shutdown_write(&mut self) -> io::Result<()>;
+
+    /// Sends up to `count` bytes of `file` from `offset` without copying them through user space,
+    /// and moves `offset` past what was sent; `Ok(0)` means the file ended.
+    ///
+    /// A stream with no such path keeps this default, and the download body is copied through
+    /// the scratch buffer instead (see `files::Transfer::send`).
+    ///
+    /// # Errors
+    /// `WouldBlock` when the stream is full; `Unsupported` when there is no zero-copy path.
+    fn send_file(&mut self, file: &File, offset: &mut u64, count: usize) -> io::Result<usize> {
+        let _ = (file, offset, count);
+        Err(io::ErrorKind::Unsupported.into())
+    }
 }
 
 impl Stream for TcpStream {
     fn shutdown_write(&mut self) -> io::Result<()> {
         self.shutdown(Shutdown::Write)
+    }
+
+    fn send_file(&mut self, file: &File, offset: &mut u64, count: usize) -> io::Result<usize> {
+        sys::sendfile(self, file, offset, count)
     }
 }
 

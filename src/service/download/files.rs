@@ -15,11 +15,11 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use log::warn;
-use mio::net::TcpStream;
 
 use super::request::Refusal;
 use crate::buffer::write_ready;
 use crate::config::Config;
+use crate::service::Stream;
 use crate::stats::{Metric, Stats};
 use crate::sys::{self, Opened, interrupted, would_block};
 
@@ -149,7 +149,8 @@ impl Files {
 /// How a body's bytes leave: straight from the page cache, or copied through the scratch buffer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Via {
-    /// `sendfile(2)`: no copy through user space.
+    /// `sendfile(2)`, through [`Stream::send_file`]: no copy through user space. A stream or
+    /// file system without it answers `Unsupported`, and the transfer goes on with `Copy`.
     Sendfile,
     /// `pread` into the loop's scratch buffer, then `write`. Bytes the socket refuses are read
     /// again next time, so the connection holds no buffer of its own.
@@ -205,7 +206,7 @@ impl Transfer {
     /// A write error on the socket or a read error on the file.
     pub fn send(
         &mut self,
-        socket: &mut TcpStream,
+        socket: &mut impl Stream,
         scratch: &mut [u8],
         budget: &mut usize,
     ) -> io::Result<Progress> {
@@ -215,7 +216,7 @@ impl Transfer {
             }
             let want = usize::try_from(self.remaining()).map_or(*budget, |left| left.min(*budget));
             let sent = match self.via {
-                Via::Sendfile => sys::sendfile(socket, &self.file, &mut self.pos, want),
+                Via::Sendfile => socket.send_file(&self.file, &mut self.pos, want),
                 Via::Copy => self.copy(socket, scratch, want),
             };
             match sent {
@@ -247,7 +248,7 @@ impl Transfer {
     /// One step of the portable path: read at `pos` into scratch, write what the socket takes.
     fn copy(
         &mut self,
-        socket: &mut TcpStream,
+        socket: &mut impl Stream,
         scratch: &mut [u8],
         want: usize,
     ) -> io::Result<usize> {

@@ -3,8 +3,7 @@
 //! Each state has a fixture that builds a connection already in it; every (state, input) pair has a
 //! test below its state's banner. Water marks are tiny (high 16, low 8) so a few bytes reach them.
 
-use std::collections::VecDeque;
-use std::io::{self, Read, Write};
+use std::io;
 use std::ops::ControlFlow;
 use std::time::{Duration, Instant};
 
@@ -12,100 +11,9 @@ use mio::{Interest, Token};
 
 use super::{Connection, State};
 use crate::buffer::Watermarks;
-use crate::service::{Context, FAIR_SHARE, Handler, KEEP, Settings, Stream};
+use crate::service::fake::{Fake, Input};
+use crate::service::{Context, FAIR_SHARE, Handler, KEEP, Settings};
 use crate::stats::{CloseReason, Metric, Stats};
-
-/// What the fake socket answers to the next read.
-enum Input {
-    Bytes(Vec<u8>),
-    Fin,
-    Fail(io::ErrorKind),
-}
-
-/// A socket whose input is a script and whose send buffer takes `window` more bytes.
-#[derive(Default)]
-struct Fake {
-    /// Empty means `WouldBlock`.
-    input: VecDeque<Input>,
-    output: Vec<u8>,
-    window: usize,
-    write_error: Option<io::ErrorKind>,
-    fin_sent: bool,
-    /// Answer the next read or write with `Interrupted` first.
-    interrupt: bool,
-}
-
-impl Fake {
-    fn with_input(chunks: &[&[u8]]) -> Self {
-        Fake {
-            input: chunks.iter().map(|c| Input::Bytes(c.to_vec())).collect(),
-            window: usize::MAX,
-            ..Fake::default()
-        }
-    }
-}
-
-impl Read for Fake {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        if std::mem::take(&mut self.interrupt) {
-            return Err(io::ErrorKind::Interrupted.into());
-        }
-        match self.input.pop_front() {
-            None => Err(io::ErrorKind::WouldBlock.into()),
-            Some(Input::Fin) => {
-                self.input.push_front(Input::Fin);
-                Ok(0)
-            }
-            Some(Input::Fail(kind)) => Err(kind.into()),
-            Some(Input::Bytes(bytes)) => {
-                // Like a kernel receive buffer: one read takes everything queued, up to `buf`.
-                self.input.push_front(Input::Bytes(bytes));
-                let mut n = 0;
-                while let Some(Input::Bytes(bytes)) = self.input.front_mut() {
-                    let take = bytes.len().min(buf.len() - n);
-                    buf[n..n + take].copy_from_slice(&bytes[..take]);
-                    n += take;
-                    if take < bytes.len() {
-                        bytes.drain(..take);
-                        break;
-                    }
-                    self.input.pop_front();
-                }
-                Ok(n)
-            }
-        }
-    }
-}
-
-impl Write for Fake {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        if std::mem::take(&mut self.interrupt) {
-            return Err(io::ErrorKind::Interrupted.into());
-        }
-        if let Some(kind) = self.write_error {
-            return Err(kind.into());
-        }
-        assert!(!self.fin_sent, "wrote after FIN");
-        let n = buf.len().min(self.window);
-        if n == 0 {
-            return Err(io::ErrorKind::WouldBlock.into());
-        }
-        self.window -= n;
-        self.output.extend_from_slice(&buf[..n]);
-        Ok(n)
-    }
-
-    fn flush(&mut self) -> io::Result<()> {
-        Ok(())
-    }
-}
-
-impl Stream for Fake {
-    fn shutdown_write(&mut self) -> io::Result<()> {
-        self.fin_sent = true;
-        Ok(())
-    }
-}
 
 /// The loop's side of one connection: configuration, counters and the shared scratch buffer.
 struct Harness {
