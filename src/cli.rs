@@ -102,7 +102,8 @@ pub struct ServeArgs {
     /// Time a closing connection keeps draining input after sending FIN.
     #[arg(long, env = "READYLOOP_LINGER", value_parser = parse_duration, default_value = "2s")]
     pub linger: Duration,
-    /// A download request ends when the client pauses this long after sending part of it.
+    /// A client that pauses this long has finished sending: a download request without its
+    /// newline ends; at shutdown, an echo connection owing nothing sends FIN.
     #[arg(long, env = "READYLOOP_REQUEST_GRACE", value_parser = parse_duration, default_value = "50ms")]
     pub request_grace: Duration,
     /// Most files open for downloads at once; past it, requests get `ERR 503`.

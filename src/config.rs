@@ -36,7 +36,8 @@ pub const DEFAULT_LOW_WATER: usize = 16 * 1024;
 pub const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 /// How long a download client may pause after sending part of a request before that part counts
 /// as the whole request: the tutorial's downloader sends a bare name with no newline, in one
-/// packet; 50 ms is far above loopback and LAN jitter, yet unnoticeable to a person.
+/// packet; 50 ms is far above loopback and LAN jitter, yet unnoticeable to a person. At shutdown
+/// the same pause tells an echo client that has finished from one still streaming.
 pub const DEFAULT_REQUEST_GRACE: Duration = Duration::from_millis(50);
 /// Files open for downloads at once: 1 024 leaves most of a 16 Ki descriptor limit to sockets.
 pub const DEFAULT_MAX_OPEN_FILES: usize = 1024;
@@ -91,7 +92,8 @@ pub struct Config {
     pub shutdown_grace: Duration,
     /// Time a closing connection keeps draining input after sending FIN.
     pub linger: Duration,
-    /// A download request ends when the client pauses this long after sending part of it.
+    /// A client that pauses this long has finished sending: a download request without its
+    /// newline ends, and at shutdown an echo connection that owes nothing sends FIN.
     pub request_grace: Duration,
     /// Most files open for downloads at once; past it, requests get `ERR 503`.
     pub max_open_files: usize,

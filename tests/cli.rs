@@ -451,8 +451,8 @@ fn sigterm_exits_zero_with_the_stopped_summary() {
     );
 }
 
-/// The idle client gets FIN at once but never answers it, and `--linger 30s` would wait for it:
-/// only the 1 s grace can end the drain.
+/// The idle client gets FIN once it has been quiet for `--request-grace` (50 ms), but never
+/// answers it, and `--linger 30s` would wait for it: only the 1 s grace can end the drain.
 #[test]
 fn sigint_with_an_open_idle_client_still_exits_zero_within_grace() {
     const GRACE: Duration = Duration::from_secs(1);

@@ -4,15 +4,16 @@
 mod common;
 
 use std::io::{ErrorKind, Read, Write};
-use std::net::TcpStream;
+use std::net::{Shutdown, TcpStream};
 use std::thread;
 use std::time::{Duration, Instant};
 
 use readyloop::{Config, Metric, Server, StartError};
+use sha2::{Digest, Sha256};
 
 use common::{
-    AT_ONCE, IO_TIMEOUT, TestServer, WAIT, connect, join_within, payload, read_to_eof_within,
-    round_trip, wait_until_refused,
+    AT_ONCE, IO_TIMEOUT, TestServer, WAIT, connect, join_within, payload, read_exact_within,
+    read_to_eof_within, round_trip, wait_until_refused,
 };
 
 // ---- idle timeout ---------------------------------------------------------------------------
@@ -118,8 +119,7 @@ fn a_slot_freed_below_max_conns_serves_new_clients_again() {
 /// The client sends 16 MiB without reading: more than loopback's kernel buffers hold (about
 /// 4 MiB here), so most of the echo is owed by the server itself when shutdown begins. The
 /// high-water mark is raised above 16 MiB so the server reads every byte before the shutdown:
-/// draining delivers what the server has read, while input still queued in the kernel is
-/// discarded after FIN, by design.
+/// this test is about output the server owes (the next one, about input still waiting to be read).
 #[test]
 fn graceful_shutdown_delivers_all_owed_output_then_eof() {
     const TOTAL: usize = 16 * 1024 * 1024;
@@ -156,6 +156,129 @@ fn graceful_shutdown_delivers_all_owed_output_then_eof() {
     assert_eq!(last.get(Metric::BytesOut), TOTAL as u64, "stats: {last}");
     assert!(last.get(Metric::ClosedShutdown) >= 1, "stats: {last}");
     assert_eq!(last.get(Metric::Open), 0);
+}
+
+/// The client hands the server 8 MiB without reading. With the default 64 KiB high-water mark the
+/// server is throttled long before that, so when the shutdown begins most of the input still waits
+/// in the kernel's buffers or in the blocked writer thread: only a server that keeps reading and
+/// echoing while it drains sends it all back. The stream ends with EOF either way: the writer
+/// half-closes once done, or the server finds the connection quiet and sends FIN.
+#[test]
+fn graceful_shutdown_keeps_echoing_a_busy_client_until_its_stream_ends() {
+    const TOTAL: usize = 8 * 1024 * 1024;
+    // Far more than the echo takes, so a slow machine cannot turn the grace into the verdict.
+    const GRACE: Duration = Duration::from_secs(20);
+    let mut server = TestServer::start(|c| {
+        c.shutdown_grace = GRACE;
+        // A writer thread starved of the CPU on a busy machine is not a client that has finished.
+        c.request_grace = Duration::from_secs(1);
+    });
+    let high = server.config.high_water as u64;
+    let mut reader = connect(server.echo);
+    let mut writer = reader.try_clone().unwrap();
+    let sent = payload(8, TOTAL);
+    let sent_digest = Sha256::digest(&sent);
+    // The write blocks once the server is throttled, and goes on only as the reader below reads.
+    let sender = thread::spawn(move || {
+        writer.write_all(&sent)?;
+        writer.shutdown(Shutdown::Write)
+    });
+    server.wait_for(WAIT, "the server to be throttled", |s| {
+        s.get(Metric::BufferedPeak) == high
+    });
+
+    let asked = Instant::now();
+    server.shutdown();
+    wait_until_refused(server.echo, WAIT);
+    // Loopback's buffers hold about 4 MiB of the echo here; the rest of the input must wait.
+    let before = server.stats();
+    assert!(
+        before.get(Metric::BytesIn) + (1 << 20) <= TOTAL as u64,
+        "less than 1 MiB of input was left unread at the shutdown, the test proves little; \
+         stats: {before}"
+    );
+    let echoed = read_to_eof_within(&mut reader, GRACE)
+        .unwrap_or_else(|(e, data)| panic!("read failed after {} bytes: {e}", data.len()));
+    assert_eq!(echoed.len(), TOTAL, "stats: {}", server.stats());
+    assert!(
+        Sha256::digest(&echoed) == sent_digest,
+        "the echo's SHA-256 differs from what was sent"
+    );
+    join_within(sender, IO_TIMEOUT, "the writer thread").expect("send 8 MiB, then FIN");
+
+    let last = server.wait_stopped(WAIT);
+    let took = asked.elapsed();
+    assert!(
+        took < GRACE,
+        "stopped after {took:?}: by the grace, not the echo"
+    );
+    assert_eq!(last.get(Metric::BytesIn), TOTAL as u64, "stats: {last}");
+    assert_eq!(last.get(Metric::BytesOut), TOTAL as u64, "stats: {last}");
+    assert_eq!(
+        last.get(Metric::ClosedPeer) + last.get(Metric::ClosedShutdown),
+        1,
+        "closed at the client's FIN or after the server's; stats: {last}"
+    );
+}
+
+/// The client never stops sending and keeps reading, so it never pauses for `--request-grace`,
+/// and only the end of the grace closes its connection. Were it wrongly found quiet, it would get
+/// FIN and be closed when the 50 ms linger ran out, long before the grace. (The pause is raised
+/// to 250 ms so that a writer thread starved of the CPU on a busy machine does not look finished.)
+#[test]
+fn a_client_that_never_goes_quiet_is_served_until_the_grace_ends() {
+    const GRACE: Duration = Duration::from_secs(1);
+    const CHUNK: usize = 16 * 1024;
+    let mut server = TestServer::start(|c| {
+        c.shutdown_grace = GRACE;
+        c.request_grace = Duration::from_millis(250);
+        c.linger = Duration::from_millis(50);
+    });
+    let mut reader = connect(server.echo);
+    let mut writer = reader.try_clone().unwrap();
+    let sender = thread::spawn(move || {
+        let chunk = payload(3, CHUNK);
+        let give_up = Instant::now() + IO_TIMEOUT;
+        // Ends when the server closes the connection (a reset or a broken pipe).
+        while Instant::now() < give_up {
+            if let Err(e) = writer.write_all(&chunk) {
+                return Ok(e);
+            }
+        }
+        Err("the server never closed the connection")
+    });
+    let mut buf = vec![0; CHUNK];
+    read_exact_within(&mut reader, CHUNK, WAIT);
+
+    let asked = Instant::now();
+    server.shutdown();
+    wait_until_refused(server.echo, WAIT);
+    let read_before = server.get(Metric::BytesIn);
+    let deadline = asked + GRACE + WAIT;
+    loop {
+        assert!(Instant::now() < deadline, "still open long after the grace");
+        match reader.read(&mut buf) {
+            Ok(0) => break,
+            Ok(_) => {}
+            Err(e) if e.kind() == ErrorKind::Interrupted => {}
+            // The server closed with input unread: a reset, as the loop cuts it at the grace end.
+            Err(e) if e.kind() == ErrorKind::ConnectionReset => break,
+            Err(e) => panic!("read failed: {e}"),
+        }
+    }
+    let last = server.wait_stopped(WAIT);
+    let took = asked.elapsed();
+    assert!(
+        took >= GRACE,
+        "stopped after {took:?}, before the {GRACE:?} grace"
+    );
+    assert!(
+        last.get(Metric::BytesIn) > read_before,
+        "nothing was read while draining; stats: {last}"
+    );
+    assert_eq!(last.get(Metric::ClosedShutdown), 1, "stats: {last}");
+    assert_eq!(last.get(Metric::Open), 0);
+    join_within(sender, IO_TIMEOUT, "the writer thread").expect("the writer stops at the close");
 }
 
 /// The hog never reads, so its owed output can never drain; only the grace period ends the
@@ -215,8 +338,8 @@ fn new_connections_are_refused_after_shutdown() {
     assert_eq!(refused.kind(), ErrorKind::ConnectionRefused);
 }
 
-/// An idle client during shutdown gets FIN at once (it owes nothing), and the server stops when
-/// the client answers with its own FIN.
+/// An idle client during shutdown gets FIN as soon as it has been quiet for `--request-grace`
+/// (it is owed nothing), and the server stops when the client answers with its own FIN.
 #[test]
 fn shutdown_sends_fin_to_idle_clients_and_stops_when_they_close() {
     let mut server = TestServer::start(|c| {

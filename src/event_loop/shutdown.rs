@@ -12,6 +12,7 @@ use std::time::Instant;
 use log::{info, trace, warn};
 
 use super::EventLoop;
+use crate::service::Endpoint;
 use crate::stats::CloseReason;
 use crate::text::counted;
 
@@ -97,11 +98,8 @@ impl EventLoop {
         );
         self.transition(Phase::Draining { until: now + grace });
         for token in self.table.tokens() {
-            if let Some(endpoint) = self.table.get_mut(token) {
-                let next = endpoint.on_shutdown(&mut self.shared.context(now, token));
-                let registry = self.poll.registry();
-                (self.table).settle(registry, token, next, &self.shared.stats);
-            }
+            // A connection may go on echoing here, and spend its budget like any handler.
+            self.call(token, now, Endpoint::on_shutdown);
         }
     }
 

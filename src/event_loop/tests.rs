@@ -1,6 +1,6 @@
 //! Loop behaviour that needs to stand between `poll` and dispatch, where integration tests cannot.
 
-use std::io::{Read, Write};
+use std::io::{ErrorKind, Read, Write};
 use std::net::{SocketAddr, TcpListener as StdListener, TcpStream as StdStream};
 use std::sync::Arc;
 use std::sync::atomic::AtomicUsize;
@@ -12,7 +12,7 @@ use mio::net::TcpStream;
 use super::EventLoop;
 use crate::config::Config;
 use crate::listener::Listener;
-use crate::service::{Endpoint, Service, echo};
+use crate::service::{Endpoint, FAIR_SHARE, Service, echo};
 use crate::stats::{CloseReason, Metric, Stats};
 use crate::sys::tcp_listener;
 use crate::token;
@@ -130,4 +130,45 @@ fn connections_past_max_conns_are_closed_at_once_and_counted() {
     let mut buf = [0; 1];
     // EOF, or a reset if the close raced with the client's handshake bookkeeping.
     assert!(matches!(refused.read(&mut buf), Ok(0) | Err(_)));
+}
+
+/// At shutdown a busy echo connection goes on reading, and may spend its budget there as in any
+/// handler: the loop must then resume it, since no new edge comes for the input left behind.
+#[test]
+fn a_connection_that_spends_its_budget_at_shutdown_is_resumed() {
+    let (mut event_loop, stats, addr) = test_loop();
+    let mut client = StdStream::connect(addr).unwrap();
+    turn_until(&mut event_loop, |l| !echo_tokens(l).is_empty());
+    let token = echo_tokens(&mut event_loop)[0];
+
+    // More than one fair share, sent while no pass of the loop runs to read it.
+    client.set_nonblocking(true).unwrap();
+    let chunk = vec![7; 64 * 1024];
+    let mut sent = 0;
+    while sent < 2 * FAIR_SHARE {
+        match client.write(&chunk) {
+            Ok(n) => sent += n,
+            Err(e) if e.kind() == ErrorKind::WouldBlock => break,
+            Err(e) => panic!("send failed: {e}"),
+        }
+    }
+    assert!(
+        sent > FAIR_SHARE,
+        "only {sent} bytes fit in the kernel's buffers"
+    );
+
+    event_loop.request_stop(Instant::now());
+    let read = stats.get(Metric::BytesIn);
+    assert!(
+        read >= FAIR_SHARE as u64 && read < sent as u64,
+        "read {read} of {sent} bytes at shutdown: not one fair share"
+    );
+    assert_eq!(
+        event_loop.yielded,
+        [token],
+        "the connection waits to be resumed"
+    );
+    turn_until(&mut event_loop, |_| {
+        stats.get(Metric::BytesIn) == sent as u64
+    });
 }

@@ -55,7 +55,8 @@ pub struct Settings {
     pub linger: Duration,
     /// Stop reading from a client owed this much; read again below the low mark.
     pub marks: Watermarks,
-    /// A download request ends when the client pauses this long (`--request-grace`).
+    /// A client that pauses this long has finished sending (`--request-grace`): a download
+    /// request without its newline ends, and an echo stream ends once the server is shutting down.
     pub request_grace: Duration,
 }
 

@@ -89,20 +89,35 @@ fn half_closed(h: &mut Harness) -> Connection<Fake> {
     c
 }
 
-/// 5 bytes are owed when the server starts shutting down.
-fn flushing(h: &mut Harness) -> Connection<Fake> {
+/// 5 bytes are owed when the server starts shutting down: the client is busy, not quiet.
+fn draining(h: &mut Harness) -> Connection<Fake> {
     let mut fake = Fake::with_input(&[b"hello"]);
     fake.window = 0;
     let mut c = h.connection(fake);
     assert_eq!(c.on_readable(&mut h.ctx()), KEEP);
     assert_eq!(c.on_shutdown(&mut h.ctx()), KEEP);
-    assert_eq!(c.state(), State::Flushing);
+    assert_eq!(c.state(), State::Draining);
     c
 }
 
-/// Nothing is owed when the server starts shutting down: FIN goes out at once.
+/// The shutdown's read spent the whole budget echoing 64 bytes: nothing is owed, and the loop will
+/// resume the connection, readable then writable, as it does any that spent its budget.
+fn draining_with_nothing_owed(h: &mut Harness) -> Connection<Fake> {
+    let mut c = h.connection(Fake::with_input(&[&[1; 64]]));
+    let mut ctx = h.ctx();
+    ctx.budget = 64;
+    assert_eq!(c.on_shutdown(&mut ctx), KEEP);
+    assert_eq!(ctx.budget, 0);
+    assert_eq!((c.state(), c.owed()), (State::Draining, 0));
+    assert_eq!(c.interest(), Interest::READABLE);
+    c
+}
+
+/// The client has sent nothing for `--request-grace` when the server starts shutting down, and is
+/// owed nothing: the connection is quiet, and FIN goes out at once.
 fn lingering(h: &mut Harness) -> Connection<Fake> {
     let mut c = open(h);
+    h.now += h.settings.request_grace;
     assert_eq!(c.on_shutdown(&mut h.ctx()), KEEP);
     assert!(matches!(c.state(), State::Lingering { .. }));
     assert!(c.stream.fin_sent);
@@ -270,22 +285,57 @@ fn open_times_out_as_idle() {
     assert_eq!(c.on_timeout(&mut h.ctx()), close(CloseReason::Idle));
 }
 
+/// The client sent its last words just now: it has not paused long enough to call quiet, so the
+/// connection waits `--request-grace` for more before its FIN.
 #[test]
-fn open_shutdown_echoes_waiting_input_then_sends_fin() {
+fn open_shutdown_echoes_waiting_input_then_sends_fin_after_the_pause() {
     let mut h = Harness::new();
     let mut c = h.connection(Fake::with_input(&[b"last words"]));
     assert_eq!(c.on_shutdown(&mut h.ctx()), KEEP);
     assert_eq!(c.stream.output, b"last words");
+    assert_eq!(c.state(), State::Draining);
+    assert!(!c.stream.fin_sent);
+    assert_eq!(c.deadline(), h.now + h.settings.request_grace);
+
+    h.now = c.deadline();
+    assert_eq!(c.on_timeout(&mut h.ctx()), KEEP);
     assert!(c.stream.fin_sent);
     assert!(matches!(c.state(), State::Lingering { .. }));
 }
 
 #[test]
-fn open_shutdown_with_output_owed_flushes_first() {
+fn open_shutdown_of_a_client_that_had_paused_sends_fin_at_once() {
     let mut h = Harness::new();
-    let c = flushing(&mut h);
+    let c = lingering(&mut h);
+    assert!(c.stream.output.is_empty());
+}
+
+#[test]
+fn open_shutdown_with_output_owed_drains_and_waits_for_writable() {
+    let mut h = Harness::new();
+    let c = draining(&mut h);
     assert!(!c.stream.fin_sent, "no FIN before the owed bytes");
     assert_eq!(c.interest(), Interest::WRITABLE);
+}
+
+/// The shutdown's own read pass is not the last one: a connection with more input than one fair
+/// share yields like any handler, and stays DRAINING for the loop to resume.
+#[test]
+fn open_shutdown_yields_once_its_budget_is_spent() {
+    let mut h = Harness::new();
+    let mut c = h.connection(Fake::with_input(&[&[1; 64], &[2; 64]]));
+    let mut ctx = h.ctx();
+    ctx.budget = 40;
+    assert_eq!(c.on_shutdown(&mut ctx), KEEP);
+    assert_eq!(ctx.budget, 0, "spent: the loop will resume this connection");
+    assert_eq!(c.state(), State::Draining);
+    assert_eq!(c.interest(), Interest::READABLE);
+    assert_eq!(
+        c.stream.output.len(),
+        48,
+        "three reads of 16 (the high mark)"
+    );
+    assert!(!c.stream.fin_sent, "input still waits: not quiet");
 }
 
 #[test]
@@ -362,11 +412,14 @@ fn throttled_times_out_as_idle() {
 }
 
 #[test]
-fn throttled_shutdown_flushes_before_fin() {
+fn throttled_shutdown_drains_and_reads_nothing_until_the_flush() {
     let mut h = Harness::new();
     let mut c = throttled(&mut h);
     assert_eq!(c.on_shutdown(&mut h.ctx()), KEEP);
-    assert_eq!(c.state(), State::Flushing);
+    assert_eq!(c.state(), State::Draining);
+    assert_eq!(c.interest(), Interest::WRITABLE);
+    assert_eq!(c.owed(), 16, "the 4 waiting bytes stay in the kernel");
+    assert!(!c.stream.fin_sent);
 }
 
 // ---- HALF-CLOSED -------------------------------------------------------------------------------
@@ -415,21 +468,23 @@ fn half_closed_shutdown_keeps_delivering() {
     assert_eq!(c.state(), State::HalfClosed);
 }
 
-// ---- FLUSHING ----------------------------------------------------------------------------------
+// ---- DRAINING ----------------------------------------------------------------------------------
 
 #[test]
-fn flushing_reads_nothing() {
+fn draining_with_an_echo_owed_reads_nothing() {
     let mut h = Harness::new();
-    let mut c = flushing(&mut h);
+    let mut c = draining(&mut h);
     c.stream.input.push_back(Input::Bytes(b"late".to_vec()));
     assert_eq!(c.on_readable(&mut h.ctx()), KEEP);
     assert_eq!(c.owed(), 5);
+    assert_eq!(c.stream.input.len(), 1, "the input waits for the flush");
 }
 
 #[test]
-fn flushing_sends_fin_once_everything_is_delivered() {
+fn draining_sends_fin_once_delivered_if_the_client_has_paused() {
     let mut h = Harness::new();
-    let mut c = flushing(&mut h);
+    let mut c = draining(&mut h);
+    h.now += h.settings.request_grace;
     c.stream.window = usize::MAX;
     assert_eq!(c.on_writable(&mut h.ctx()), KEEP);
     assert_eq!(c.stream.output, b"hello");
@@ -442,27 +497,213 @@ fn flushing_sends_fin_once_everything_is_delivered() {
     );
 }
 
+/// Nothing waits, but the client sent its last bytes only just now: they may be the start of a
+/// pause or a gap in a stream still under way. Only `--request-grace` of silence tells.
 #[test]
-fn flushing_closes_on_write_error() {
+fn draining_waits_for_the_pause_before_calling_a_client_quiet() {
     let mut h = Harness::new();
-    let mut c = flushing(&mut h);
-    c.stream.write_error = Some(io::ErrorKind::ConnectionReset);
-    assert_eq!(c.on_writable(&mut h.ctx()), close(CloseReason::Reset));
+    let mut c = draining(&mut h);
+    c.stream.window = usize::MAX;
+    assert_eq!(c.on_writable(&mut h.ctx()), KEEP);
+    assert_eq!(c.stream.output, b"hello");
+    assert!(!c.stream.fin_sent);
+    assert_eq!(c.state(), State::Draining);
+    assert_eq!(c.interest(), Interest::READABLE);
+    assert_eq!(c.deadline(), h.now + h.settings.request_grace);
+
+    h.now = c.deadline();
+    assert_eq!(c.on_timeout(&mut h.ctx()), KEEP);
+    assert!(c.stream.fin_sent);
+    assert!(matches!(c.state(), State::Lingering { .. }));
 }
 
 #[test]
-fn flushing_times_out_as_idle() {
+fn draining_input_within_the_pause_is_echoed_and_starts_the_pause_again() {
     let mut h = Harness::new();
-    let mut c = flushing(&mut h);
+    let mut c = draining(&mut h);
+    c.stream.window = usize::MAX;
+    assert_eq!(c.on_writable(&mut h.ctx()), KEEP);
+    h.now += h.settings.request_grace / 2;
+    c.stream.input.push_back(Input::Bytes(b" again".to_vec()));
+    assert_eq!(c.on_readable(&mut h.ctx()), KEEP);
+    assert_eq!(c.stream.output, b"hello again");
+    assert_eq!(c.deadline(), h.now + h.settings.request_grace);
+    assert!(!c.stream.fin_sent);
+}
+
+/// The pause's deadline reads once more before calling the client quiet: input found then is
+/// echoed, and the pause starts again.
+#[test]
+fn draining_pause_deadline_echoes_input_it_finds_instead_of_sending_fin() {
+    let mut h = Harness::new();
+    let mut c = draining(&mut h);
+    c.stream.window = usize::MAX;
+    assert_eq!(c.on_writable(&mut h.ctx()), KEEP);
+    h.now = c.deadline();
+    c.stream.input.push_back(Input::Bytes(b"!".to_vec()));
+    assert_eq!(c.on_timeout(&mut h.ctx()), KEEP);
+    assert_eq!(c.stream.output, b"hello!");
+    assert!(!c.stream.fin_sent);
+    assert_eq!(c.deadline(), h.now + h.settings.request_grace);
+}
+
+/// Input that arrived while the echo was owed raises no new edge: the flush reads it at once.
+#[test]
+fn draining_echoes_input_that_waited_for_the_flush() {
+    let mut h = Harness::new();
+    let mut c = draining(&mut h);
+    c.stream.input.push_back(Input::Bytes(b" world".to_vec()));
+    c.stream.window = usize::MAX;
+    assert_eq!(c.on_writable(&mut h.ctx()), KEEP);
+    assert_eq!(c.stream.output, b"hello world");
+    assert_eq!(h.stats.get(Metric::BytesIn), 11);
+    assert_eq!(c.state(), State::Draining);
+}
+
+/// The client is slow to read: each time part of an echo is owed, reading stops until the flush
+/// has delivered it, and then goes on. The connection owes at most one read's worth.
+#[test]
+fn draining_stops_reading_while_an_echo_is_owed_and_resumes_after_the_flush() {
+    let mut h = Harness::new();
+    let mut c = draining(&mut h);
+    c.stream.input.push_back(Input::Bytes(b"abc".to_vec()));
+    c.stream.input.push_back(Input::Bytes(b"def".to_vec()));
+    c.stream.window = 6; // "hello", and one byte of the next echo
+    assert_eq!(c.on_writable(&mut h.ctx()), KEEP);
+    assert_eq!(c.stream.output, b"helloa");
+    assert_eq!(
+        c.owed(),
+        5,
+        "\"bcdef\" owed: everything waiting was one read"
+    );
+    assert_eq!(c.state(), State::Draining);
+    assert_eq!(c.interest(), Interest::WRITABLE);
+    assert_eq!(
+        c.deadline(),
+        h.now + h.settings.idle_timeout,
+        "no pause while owing"
+    );
+
+    c.stream.input.push_back(Input::Bytes(b"ghi".to_vec()));
+    c.stream.window = 2;
+    assert_eq!(c.on_writable(&mut h.ctx()), KEEP);
+    assert_eq!(c.owed(), 3, "not yet delivered: nothing more read");
+    assert_eq!(c.stream.input.len(), 1);
+
+    c.stream.window = usize::MAX;
+    assert_eq!(c.on_writable(&mut h.ctx()), KEEP);
+    assert_eq!(c.stream.output, b"helloabcdefghi");
+    assert_eq!(c.interest(), Interest::READABLE);
+}
+
+/// The budget applies in DRAINING too: a spent connection stays DRAINING, readable, for the loop
+/// to resume; it is not quiet, since input may still wait.
+#[test]
+fn draining_yields_once_its_budget_is_spent_and_goes_on_when_resumed() {
+    let mut h = Harness::new();
+    let mut c = draining(&mut h);
+    c.stream.input.push_back(Input::Bytes(vec![1; 40]));
+    c.stream.window = usize::MAX;
+    h.now += h.settings.request_grace;
+    let mut ctx = h.ctx();
+    ctx.budget = 20;
+    assert_eq!(c.on_writable(&mut ctx), KEEP);
+    assert_eq!(ctx.budget, 0, "spent: the loop will resume this connection");
+    assert_eq!(
+        c.stream.output.len(),
+        5 + 32,
+        "two reads of 16 (the high mark)"
+    );
+    assert_eq!(c.state(), State::Draining);
+    assert_eq!(c.interest(), Interest::READABLE);
+
+    // The loop's resumption: readable, then writable.
+    assert_eq!(c.on_readable(&mut h.ctx()), KEEP);
+    assert_eq!(c.on_writable(&mut h.ctx()), KEEP);
+    assert_eq!(c.stream.output.len(), 5 + 40);
+    assert!(!c.stream.fin_sent, "the client sent just now");
+}
+
+/// While reading was off, the client's FIN arrived behind its last bytes with its edge spent:
+/// the read after the flush goes past the short read and finds it.
+#[test]
+fn draining_closes_at_the_clients_fin_once_everything_is_echoed() {
+    let mut h = Harness::new();
+    let mut c = draining(&mut h);
+    c.stream.input.push_back(Input::Bytes(b"bye".to_vec()));
+    c.stream.input.push_back(Input::Fin);
+    c.stream.window = usize::MAX;
+    assert_eq!(c.on_writable(&mut h.ctx()), close(CloseReason::PeerClosed));
+    assert_eq!(c.stream.output, b"hellobye");
+    assert!(
+        !c.stream.fin_sent,
+        "the client's FIN proves nothing is left to linger for"
+    );
+}
+
+/// DRAINING reads only while nothing is owed, so the client's FIN always finds nothing owed: the
+/// connection closes at once, where OPEN would go to HALF-CLOSED.
+#[test]
+fn draining_readable_with_nothing_owed_echoes_and_closes_at_the_clients_fin() {
+    let mut h = Harness::new();
+    let mut c = draining_with_nothing_owed(&mut h);
+    c.stream.input.push_back(Input::Bytes(b"end".to_vec()));
+    c.stream.input.push_back(Input::Fin);
+    h.hangup = true;
+    assert_eq!(c.on_readable(&mut h.ctx()), close(CloseReason::PeerClosed));
+    assert_eq!(c.stream.output.len(), 64 + 3);
+}
+
+#[test]
+fn draining_readable_with_nothing_owed_keeps_echoing() {
+    let mut h = Harness::new();
+    let mut c = draining_with_nothing_owed(&mut h);
+    c.stream.input.push_back(Input::Bytes(b"more".to_vec()));
+    assert_eq!(c.on_readable(&mut h.ctx()), KEEP);
+    assert_eq!(c.stream.output.len(), 64 + 4);
+    assert_eq!(c.state(), State::Draining);
+}
+
+#[test]
+fn draining_retries_interrupted_reads() {
+    let mut h = Harness::new();
+    let mut c = draining_with_nothing_owed(&mut h);
+    c.stream.input.push_back(Input::Bytes(b"x".to_vec()));
+    c.stream.interrupt = true;
+    assert_eq!(c.on_readable(&mut h.ctx()), KEEP);
+    assert_eq!(c.stream.output.len(), 64 + 1);
+}
+
+#[test]
+fn draining_closes_on_read_or_write_error() {
+    let mut h = Harness::new();
+    let mut c = draining(&mut h);
+    c.stream.write_error = Some(io::ErrorKind::ConnectionReset);
+    assert_eq!(c.on_writable(&mut h.ctx()), close(CloseReason::Reset));
+
+    let mut c = draining(&mut h);
+    c.stream.window = usize::MAX;
+    c.stream
+        .input
+        .push_back(Input::Fail(io::ErrorKind::InvalidData));
+    assert_eq!(c.on_writable(&mut h.ctx()), close(CloseReason::Error));
+}
+
+#[test]
+fn draining_with_an_echo_owed_times_out_as_idle() {
+    let mut h = Harness::new();
+    let mut c = draining(&mut h);
+    assert_eq!(c.deadline(), h.now + h.settings.idle_timeout);
     assert_eq!(c.on_timeout(&mut h.ctx()), close(CloseReason::Idle));
 }
 
 #[test]
-fn flushing_ignores_a_second_shutdown() {
+fn draining_ignores_a_second_shutdown() {
     let mut h = Harness::new();
-    let mut c = flushing(&mut h);
+    let mut c = draining(&mut h);
     assert_eq!(c.on_shutdown(&mut h.ctx()), KEEP);
-    assert_eq!(c.state(), State::Flushing);
+    assert_eq!(c.state(), State::Draining);
+    assert!(!c.stream.fin_sent);
 }
 
 // ---- LINGERING ---------------------------------------------------------------------------------
@@ -521,7 +762,7 @@ fn states_print_the_names_of_the_design_diagram() {
         State::Open,
         State::Throttled,
         State::HalfClosed,
-        State::Flushing,
+        State::Draining,
         State::Lingering {
             until: Instant::now(),
         },
@@ -531,6 +772,6 @@ fn states_print_the_names_of_the_design_diagram() {
     .collect();
     assert_eq!(
         names,
-        ["OPEN", "THROTTLED", "HALF-CLOSED", "FLUSHING", "LINGERING"]
+        ["OPEN", "THROTTLED", "HALF-CLOSED", "DRAINING", "LINGERING"]
     );
 }
