@@ -49,9 +49,14 @@ fn main() {
         let (mut rates, mut costs, mut ratios) = (Vec::new(), Vec::new(), Vec::new());
         for round in 0..rounds {
             let room = format!("bench-{members}-{round}");
-            let (rate, cost, ratio) =
-                measure(server.addresses.chat, &room, members, window, server.tid)
-                    .expect("a chat measurement");
+            let (rate, cost, ratio) = measure(
+                server.addresses.chat.expect("chat is on"),
+                &room,
+                members,
+                window,
+                server.tid,
+            )
+            .expect("a chat measurement");
             rates.push(rate);
             costs.push(cost);
             ratios.push(ratio);

@@ -76,7 +76,10 @@ fn readyloop(root: &Path, no_sendfile: bool) -> SocketAddr {
         no_sendfile,
         ..loopback_config()
     };
-    start_readyloop(config).addresses.files
+    start_readyloop(config)
+        .addresses
+        .files
+        .expect("files is on")
 }
 
 /// The peer: a blocking server, one thread per connection, copying through a 64 KiB buffer.

@@ -341,7 +341,11 @@ fn echo(options: &Options, servers: &Servers, connections: usize, results: &mut 
         size: ECHO_SIZE,
         pipeline: 1,
     };
-    let ours = options.load(scenario(), servers.readyloop.addresses.echo, connections);
+    let ours = options.load(
+        scenario(),
+        servers.readyloop.addresses.echo.expect("echo is on"),
+        connections,
+    );
     let theirs = options.load(scenario(), servers.tokio.echo, connections);
     let samples = alternate(
         options,
@@ -373,7 +377,7 @@ fn echo(options: &Options, servers: &Servers, connections: usize, results: &mut 
 fn churn(options: &Options, servers: &Servers, results: &mut Results) {
     let ours = options.load(
         Scenario::Connect,
-        servers.readyloop.addresses.echo,
+        servers.readyloop.addresses.echo.expect("echo is on"),
         CHURN_PARALLEL,
     );
     let theirs = options.load(Scenario::Connect, servers.tokio.echo, CHURN_PARALLEL);
@@ -438,7 +442,7 @@ fn download(
             load
         }
     };
-    let ours = load(servers.readyloop.addresses.files);
+    let ours = load(servers.readyloop.addresses.files.expect("files is on"));
     let tokio_fs = load(servers.tokio.files);
     let std_fs = load(servers.tokio.files_std);
     let samples = alternate(
@@ -492,7 +496,7 @@ fn chat(options: &Options, servers: &Servers, members: usize, results: &mut Resu
                 members,
                 size: CHAT_SIZE,
             },
-            servers.readyloop.addresses.chat,
+            servers.readyloop.addresses.chat.expect("chat is on"),
             1,
         )
     };
@@ -542,6 +546,8 @@ fn memory(results: &mut Results) {
         "--files-port",
         "0",
         "--chat-port",
+        "0",
+        "--admin-port",
         "0",
         "--max-conns",
         "50000",

@@ -6,8 +6,10 @@
 //! directly. Every flag also reads a `READYLOOP_*` environment variable (the flag wins), which
 //! suits service managers and containers.
 
+use std::fmt;
 use std::net::{IpAddr, ToSocketAddrs};
 use std::path::PathBuf;
+use std::str::FromStr;
 use std::time::Duration;
 
 use clap::builder::BoolishValueParser;
@@ -69,15 +71,24 @@ pub struct ServeArgs {
     /// Address the services listen on: an IP address or a host name (`localhost`).
     #[arg(long, env = "READYLOOP_BIND", default_value_t = DEFAULT_BIND.to_string())]
     pub bind: String,
-    /// TCP echo port (0: any free port).
-    #[arg(long, env = "READYLOOP_ECHO_PORT", default_value_t = DEFAULT_ECHO_PORT)]
-    pub echo_port: u16,
-    /// TCP file download port (0: any free port).
-    #[arg(long, env = "READYLOOP_FILES_PORT", default_value_t = DEFAULT_FILES_PORT)]
-    pub files_port: u16,
-    /// UDP chat relay port (0: any free port).
-    #[arg(long, env = "READYLOOP_CHAT_PORT", default_value_t = DEFAULT_CHAT_PORT)]
-    pub chat_port: u16,
+    /// TCP echo port (0: any free port; off: no echo service).
+    #[arg(long, env = "READYLOOP_ECHO_PORT", default_value_t = Port::On(DEFAULT_ECHO_PORT))]
+    pub echo_port: Port,
+    /// TCP file download port (0: any free port; off: no download service).
+    #[arg(long, env = "READYLOOP_FILES_PORT", default_value_t = Port::On(DEFAULT_FILES_PORT))]
+    pub files_port: Port,
+    /// UDP chat relay port (0: any free port; off: no chat relay).
+    #[arg(long, env = "READYLOOP_CHAT_PORT", default_value_t = Port::On(DEFAULT_CHAT_PORT))]
+    pub chat_port: Port,
+    /// Admin HTTP port: metrics, connection list, health, live page (0: any free port; off: none).
+    #[arg(long, env = "READYLOOP_ADMIN_PORT", default_value_t = Port::On(DEFAULT_ADMIN_PORT))]
+    pub admin_port: Port,
+    /// Address the admin service listens on, whatever --bind says (an IP address or host name).
+    #[arg(long, env = "READYLOOP_ADMIN_BIND", default_value_t = DEFAULT_ADMIN_BIND.to_string())]
+    pub admin_bind: String,
+    /// Most admin connections open at once; more are closed at once.
+    #[arg(long, env = "READYLOOP_ADMIN_MAX_CONNS", default_value_t = DEFAULT_ADMIN_MAX_CONNS)]
+    pub admin_max_conns: usize,
     /// Directory served by the download service.
     #[arg(long, env = "READYLOOP_ROOT", default_value = ".")]
     pub root: PathBuf,
@@ -157,10 +168,13 @@ impl ServeArgs {
     /// A sentence naming `--bind` when its host name does not resolve.
     pub fn into_config(self) -> Result<Config, String> {
         Ok(Config {
-            bind: resolve_bind(&self.bind)?,
-            echo_port: self.echo_port,
-            files_port: self.files_port,
-            chat_port: self.chat_port,
+            bind: resolve_bind("--bind", &self.bind)?,
+            echo_port: self.echo_port.into(),
+            files_port: self.files_port.into(),
+            chat_port: self.chat_port.into(),
+            admin_port: self.admin_port.into(),
+            admin_bind: resolve_bind("--admin-bind", &self.admin_bind)?,
+            admin_max_conns: self.admin_max_conns,
             root: self.root,
             idle_timeout: self.idle_timeout,
             max_conns: self.max_conns,
@@ -188,16 +202,56 @@ impl ServeArgs {
     }
 }
 
-/// Turns `--bind` into the one address every service listens on.
+/// A port flag's value: a number, or `off` for a service that is not to run at all.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Port {
+    /// Listen on this port (0: any free port).
+    On(u16),
+    /// Do not run the service.
+    Off,
+}
+
+impl FromStr for Port {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, String> {
+        if text.eq_ignore_ascii_case("off") {
+            return Ok(Port::Off);
+        }
+        text.parse()
+            .map(Port::On)
+            .map_err(|_| format!("`{text}` is not a port (0-65535) or `off`"))
+    }
+}
+
+impl fmt::Display for Port {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Port::On(port) => write!(f, "{port}"),
+            Port::Off => f.write_str("off"),
+        }
+    }
+}
+
+impl From<Port> for Option<u16> {
+    fn from(port: Port) -> Self {
+        match port {
+            Port::On(port) => Some(port),
+            Port::Off => None,
+        }
+    }
+}
+
+/// Turns an address flag (`--bind`, `--admin-bind`) into one address to listen on.
 ///
 /// An IP address is taken as it is. A host name is looked up, and the first IPv4 address wins
 /// when there is one: `localhost` often resolves to `::1` first, and the tutorial's clients speak
 /// IPv4 only. The choice is logged, since a name may stand for several addresses.
-fn resolve_bind(host: &str) -> Result<IpAddr, String> {
+fn resolve_bind(flag: &str, host: &str) -> Result<IpAddr, String> {
     if let Ok(ip) = host.parse::<IpAddr>() {
         return Ok(ip);
     }
-    let unresolved = |why: String| format!("--bind {host}: cannot resolve the name: {why}");
+    let unresolved = |why: String| format!("{flag} {host}: cannot resolve the name: {why}");
     let found: Vec<IpAddr> = (host, 0)
         .to_socket_addrs()
         .map_err(|e| unresolved(e.to_string()))?
@@ -210,7 +264,7 @@ fn resolve_bind(host: &str) -> Result<IpAddr, String> {
         .copied()
         .ok_or_else(|| unresolved("no address".into()))?;
     let all: Vec<String> = found.iter().map(IpAddr::to_string).collect();
-    info!("--bind {host} resolved to {chosen} (of {})", all.join(", "));
+    info!("{flag} {host} resolved to {chosen} (of {})", all.join(", "));
     Ok(chosen)
 }
 
@@ -234,15 +288,31 @@ mod tests {
         let Some(Command::Serve(args)) = cli.command else {
             panic!("expected serve");
         };
-        assert_eq!(args.into_config().unwrap().echo_port, 0);
+        assert_eq!(args.into_config().unwrap().echo_port, Some(0));
+    }
+
+    #[test]
+    fn every_port_flag_takes_off() {
+        let cli = ["readyloop", "--echo-port", "off", "--files-port", "OFF"];
+        let cli = Cli::try_parse_from(cli.into_iter().chain(["--chat-port", "off"])).unwrap();
+        let config = cli.serve.into_config().unwrap();
+        assert_eq!(
+            (config.echo_port, config.files_port, config.chat_port),
+            (None, None, None)
+        );
+        assert_eq!(config.admin_port, Some(DEFAULT_ADMIN_PORT));
+        let error = Cli::try_parse_from(["readyloop", "--admin-port", "of"]).unwrap_err();
+        assert!(error.to_string().contains("not a port"), "{error}");
     }
 
     #[test]
     fn bind_takes_addresses_and_host_names() {
-        assert_eq!(resolve_bind("::1"), Ok("::1".parse().unwrap()));
-        assert_eq!(resolve_bind("127.0.0.2"), Ok("127.0.0.2".parse().unwrap()));
-        assert_eq!(resolve_bind("localhost"), Ok("127.0.0.1".parse().unwrap()));
-        let error = resolve_bind("no-such-host.invalid").unwrap_err();
+        assert_eq!(resolve_bind("--bind", "::1"), Ok("::1".parse().unwrap()));
+        let ip = "127.0.0.2".parse().unwrap();
+        assert_eq!(resolve_bind("--bind", "127.0.0.2"), Ok(ip));
+        let ip = "127.0.0.1".parse().unwrap();
+        assert_eq!(resolve_bind("--admin-bind", "localhost"), Ok(ip));
+        let error = resolve_bind("--bind", "no-such-host.invalid").unwrap_err();
         assert!(
             error.starts_with("--bind no-such-host.invalid: cannot resolve"),
             "{error}"

@@ -18,6 +18,16 @@ pub const DEFAULT_ECHO_PORT: u16 = 7788;
 pub const DEFAULT_FILES_PORT: u16 = 7890;
 /// UDP chat relay port: the tutorial's UDP programs send to port 8080.
 pub const DEFAULT_CHAT_PORT: u16 = 8080;
+/// Admin HTTP port (metrics, connection list, health, live page): 7700 sits beside the other
+/// services' ports and clear of the usual monitoring ones (Prometheus 9090, Grafana 3000,
+/// node_exporter 9100, and the 9xxx exporter range).
+pub const DEFAULT_ADMIN_PORT: u16 = 7700;
+/// Address the admin service binds whatever `--bind` says: its connection list shows client
+/// addresses, so it is reachable from this machine only unless asked otherwise.
+pub const DEFAULT_ADMIN_BIND: IpAddr = IpAddr::V4(Ipv4Addr::LOCALHOST);
+/// Admin connections at once: a few browsers and scrapers need a handful; 64 leaves room for a
+/// dashboard wall while keeping a flood of them to a few hundred KiB of head buffers.
+pub const DEFAULT_ADMIN_MAX_CONNS: usize = 64;
 /// Seconds without any byte moving before a connection is closed: 300 s outlasts any
 /// interactive pause yet frees slots that dead peers would hold forever.
 pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(300);
@@ -69,12 +79,18 @@ pub const DEFAULT_LINGER: Duration = Duration::from_secs(2);
 pub struct Config {
     /// Address the services listen on.
     pub bind: IpAddr,
-    /// TCP echo port (0: any free port).
-    pub echo_port: u16,
-    /// TCP file download port (0: any free port).
-    pub files_port: u16,
-    /// UDP chat relay port (0: any free port).
-    pub chat_port: u16,
+    /// TCP echo port (0: any free port; `None`: the service is off).
+    pub echo_port: Option<u16>,
+    /// TCP file download port (0: any free port; `None`: off).
+    pub files_port: Option<u16>,
+    /// UDP chat relay port (0: any free port; `None`: off).
+    pub chat_port: Option<u16>,
+    /// Admin HTTP port (0: any free port; `None`: off).
+    pub admin_port: Option<u16>,
+    /// Address the admin service listens on.
+    pub admin_bind: IpAddr,
+    /// Most admin connections open at once; more are closed at once.
+    pub admin_max_conns: usize,
     /// Directory served by the download service.
     pub root: PathBuf,
     /// Close a connection after this long without traffic.
@@ -129,9 +145,12 @@ impl Default for Config {
     fn default() -> Self {
         Config {
             bind: DEFAULT_BIND,
-            echo_port: DEFAULT_ECHO_PORT,
-            files_port: DEFAULT_FILES_PORT,
-            chat_port: DEFAULT_CHAT_PORT,
+            echo_port: Some(DEFAULT_ECHO_PORT),
+            files_port: Some(DEFAULT_FILES_PORT),
+            chat_port: Some(DEFAULT_CHAT_PORT),
+            admin_port: Some(DEFAULT_ADMIN_PORT),
+            admin_bind: DEFAULT_ADMIN_BIND,
+            admin_max_conns: DEFAULT_ADMIN_MAX_CONNS,
             root: PathBuf::from("."),
             idle_timeout: DEFAULT_IDLE_TIMEOUT,
             max_conns: DEFAULT_MAX_CONNS,
@@ -177,6 +196,14 @@ impl Config {
                 "--low-water ({}) must not exceed --high-water ({})",
                 self.low_water, self.high_water
             ));
+        }
+        if [self.echo_port, self.files_port, self.chat_port]
+            .iter()
+            .all(Option::is_none)
+        {
+            return Err(
+                "every service is off: turn on at least one of echo, files and chat".into(),
+            );
         }
         if self.max_conns == 0 {
             return Err("--max-conns must be at least 1".into());

@@ -15,13 +15,13 @@
 //! dropped as stale. The check is one comparison per event.
 
 use std::io;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use log::{debug, trace};
 use mio::{Interest, Registry, Token};
 use slab::Slab;
 
-use crate::service::{Endpoint, Next};
+use crate::service::{Endpoint, Next, Role};
 use crate::stats::{CloseReason, Metric, Stats};
 use crate::timers::Timers;
 use crate::token::{self, Id, KEY_MASK};
@@ -36,21 +36,75 @@ struct Slot {
     /// The deadline armed in `timers` for this slot. It may be earlier than the endpoint's own
     /// deadline (activity pushed that later); it is never later.
     armed: Option<Instant>,
+    /// When the endpoint was inserted, and when the loop last called one of its handlers, in
+    /// milliseconds since the table was made: 8 bytes each where an `Instant` takes 16, and idle
+    /// connections are what the table holds most of.
+    opened_ms: u64,
+    active_ms: u64,
+    /// Bytes this endpoint's handlers have read and written, for the admin service's list.
+    moved: Moved,
     endpoint: Endpoint,
+}
+
+/// Bytes read and written, by all handlers (the global counters) or by one endpoint's.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Moved {
+    /// Bytes read from the peer.
+    pub bytes_in: u64,
+    /// Bytes written to the peer.
+    pub bytes_out: u64,
+}
+
+impl Moved {
+    /// The global counters now. Handlers count what they move there; the loop reads them before
+    /// and after a handler's call, and the difference is that endpoint's, so no handler needs to
+    /// know about per-endpoint counts.
+    pub fn counted(stats: &Stats) -> Moved {
+        Moved {
+            bytes_in: stats.get(Metric::BytesIn),
+            bytes_out: stats.get(Metric::BytesOut),
+        }
+    }
+
+    /// What was moved between `before` and `self`.
+    pub fn since(self, before: Moved) -> Moved {
+        Moved {
+            bytes_in: self.bytes_in.wrapping_sub(before.bytes_in),
+            bytes_out: self.bytes_out.wrapping_sub(before.bytes_out),
+        }
+    }
+}
+
+/// One endpoint as the admin service lists it: the endpoint and what the table knows of it.
+#[derive(Debug)]
+pub struct Entry<'a> {
+    /// Its token.
+    pub token: Token,
+    /// The endpoint itself.
+    pub endpoint: &'a Endpoint,
+    /// Bytes its handlers have moved.
+    pub moved: Moved,
+    /// What it is registered for with the kernel; `None` while deregistered.
+    pub registered: Option<Interest>,
+    /// How long ago it was inserted.
+    pub age: Duration,
+    /// How long ago the loop last had something to do for it.
+    pub idle: Duration,
 }
 
 /// Every endpoint, its registration and its armed deadline.
 #[derive(Debug)]
 pub struct EndpointTable {
     slab: Slab<Slot>,
+    /// The origin of every slot's `opened_ms` and `active_ms`.
+    epoch: Instant,
     timers: Timers,
     /// Generation given to the next insert, counted over the whole table. Wraps; a token could
     /// only be confused after 2^32 inserts within one batch of events.
     next_generation: usize,
-    /// Client connections in the table (listeners, signals and the waker excluded).
-    clients: usize,
-    /// Connections accepted past `--max-conns` only to be told so.
-    turned_away: usize,
+    /// Endpoints in the table by role, in the order of [`Role::COUNTED`]; the server's own
+    /// endpoints are not counted.
+    counts: [usize; Role::COUNTED.len()],
 }
 
 impl EndpointTable {
@@ -58,10 +112,10 @@ impl EndpointTable {
     pub fn with_capacity(capacity: usize) -> Self {
         EndpointTable {
             slab: Slab::with_capacity(capacity),
+            epoch: Instant::now(),
             timers: Timers::default(),
             next_generation: 0,
-            clients: 0,
-            turned_away: 0,
+            counts: [0; Role::COUNTED.len()],
         }
     }
 
@@ -74,7 +128,9 @@ impl EndpointTable {
         registry: &Registry,
         mut endpoint: Endpoint,
         stats: &Stats,
+        now: Instant,
     ) -> io::Result<Token> {
+        let opened_ms = self.millis(now);
         let entry = self.slab.vacant_entry();
         if entry.key() > KEY_MASK {
             return Err(io::Error::other("endpoint table is full"));
@@ -91,18 +147,21 @@ impl EndpointTable {
         if let Some(at) = armed {
             self.timers.insert(at, token);
         }
-        if endpoint.is_client() {
-            self.clients += 1;
-            stats.add(Metric::Open, 1);
+        let role = endpoint.role();
+        if let Some(i) = counted(role) {
+            self.counts[i] += 1;
         }
-        if endpoint.is_turned_away() {
-            self.turned_away += 1;
+        if role == Role::Client {
+            stats.add(Metric::Open, 1);
         }
         trace!("{} {} inserted, {registered:?}", Id(token), endpoint.kind());
         entry.insert(Slot {
             generation,
             registered,
             armed,
+            opened_ms,
+            active_ms: opened_ms,
+            moved: Moved::default(),
             endpoint,
         });
         Ok(token)
@@ -114,16 +173,51 @@ impl EndpointTable {
         self.slot_mut(token).map(|slot| &mut slot.endpoint)
     }
 
-    /// Applies a handler's verdict: keep the endpoint and bring its registration and deadline up to
-    /// date with its state, or close it.
-    pub fn settle(&mut self, registry: &Registry, token: Token, next: Next, stats: &Stats) {
+    /// As [`EndpointTable::get_mut`], noting that the loop has something to do for the endpoint
+    /// at `now` (its idle time in the admin service's list starts again).
+    pub fn get_mut_active(&mut self, token: Token, now: Instant) -> Option<&mut Endpoint> {
+        let active_ms = self.millis(now);
+        let slot = live(&mut self.slab, token)?;
+        slot.active_ms = active_ms;
+        Some(&mut slot.endpoint)
+    }
+
+    /// The endpoints from slab key `key` on, in key order, as the admin service lists them.
+    pub fn entries_from(&self, key: usize, now: Instant) -> impl Iterator<Item = Entry<'_>> {
+        let now_ms = self.millis(now);
+        let since = move |ms: u64| Duration::from_millis(now_ms.saturating_sub(ms));
+        (key..self.slab.capacity()).filter_map(move |key| {
+            let slot = self.slab.get(key)?;
+            Some(Entry {
+                token: token::compose(key, slot.generation),
+                endpoint: &slot.endpoint,
+                moved: slot.moved,
+                registered: slot.registered,
+                age: since(slot.opened_ms),
+                idle: since(slot.active_ms),
+            })
+        })
+    }
+
+    /// Applies a handler's verdict: adds what it `moved` to the endpoint's counts, then keeps the
+    /// endpoint and brings its registration and deadline up to date with its state, or closes it.
+    pub fn settle(
+        &mut self,
+        registry: &Registry,
+        token: Token,
+        next: Next,
+        moved: Moved,
+        stats: &Stats,
+    ) {
+        let Some(slot) = live(&mut self.slab, token) else {
+            return;
+        };
+        slot.moved.bytes_in += moved.bytes_in;
+        slot.moved.bytes_out += moved.bytes_out;
         if let Next::Break(reason) = next {
             self.close(registry, token, reason, stats);
             return;
         }
-        let Some(slot) = live(&mut self.slab, token) else {
-            return;
-        };
         let wanted = slot.endpoint.interest();
         if wanted != slot.registered {
             if let Err(e) = reregister(registry, token, slot, wanted) {
@@ -161,14 +255,18 @@ impl EndpointTable {
             // closing the descriptor removes it from the poll set anyway.
             let _ = registry.deregister(source);
         }
-        if slot.endpoint.is_client() {
-            self.clients -= 1;
-            stats.count_close(reason);
-            stats.sub(Metric::Open, 1);
+        let role = slot.endpoint.role();
+        if let Some(i) = counted(role) {
+            self.counts[i] -= 1;
         }
-        if slot.endpoint.is_turned_away() {
-            self.turned_away -= 1;
-            stats.count_close(reason);
+        // The figures are the clients': admin traffic would blur them.
+        match role {
+            Role::Client => {
+                stats.count_close(reason);
+                stats.sub(Metric::Open, 1);
+            }
+            Role::TurnedAway => stats.count_close(reason),
+            Role::Admin | Role::Own => {}
         }
         debug!("{} {} closed: {reason:?}", Id(token), slot.endpoint.kind());
     }
@@ -191,12 +289,12 @@ impl EndpointTable {
 
     /// Client connections open now.
     pub fn clients(&self) -> usize {
-        self.clients
+        self.count(Role::Client)
     }
 
-    /// Connections accepted past `--max-conns` and open now, only to be told so.
-    pub fn turned_away(&self) -> usize {
-        self.turned_away
+    /// Endpoints of one role open now (0 for the server's own, which are not counted).
+    pub fn count(&self, role: Role) -> usize {
+        counted(role).map_or(0, |i| self.counts[i])
     }
 
     /// Tokens of every endpoint, for the rare passes over all of them (shutdown).
@@ -210,6 +308,19 @@ impl EndpointTable {
     fn slot_mut(&mut self, token: Token) -> Option<&mut Slot> {
         live(&mut self.slab, token)
     }
+}
+
+impl EndpointTable {
+    /// `at` in milliseconds since the table was made.
+    fn millis(&self, at: Instant) -> u64 {
+        // Milliseconds since start-up fit a u64 for 584 million years.
+        at.saturating_duration_since(self.epoch).as_millis() as u64
+    }
+}
+
+/// Where `role` is counted in [`EndpointTable::counts`], if it is.
+fn counted(role: Role) -> Option<usize> {
+    Role::COUNTED.iter().position(|counted| *counted == role)
 }
 
 /// The stale-event guard: the slot behind `token`, only if its generation still matches.
@@ -261,11 +372,11 @@ mod tests {
         let stats = Stats::default();
         let mut table = EndpointTable::with_capacity(4);
         let old = table
-            .insert(poll.registry(), listener_endpoint(), &stats)
+            .insert(poll.registry(), listener_endpoint(), &stats, Instant::now())
             .unwrap();
         table.close(poll.registry(), old, CloseReason::Shutdown, &stats);
         let new = table
-            .insert(poll.registry(), listener_endpoint(), &stats)
+            .insert(poll.registry(), listener_endpoint(), &stats, Instant::now())
             .unwrap();
 
         assert_eq!(token::key(old), token::key(new), "slab reuses the key");
@@ -282,10 +393,10 @@ mod tests {
         let stats = Stats::default();
         let mut table = EndpointTable::with_capacity(4);
         let a = table
-            .insert(poll.registry(), listener_endpoint(), &stats)
+            .insert(poll.registry(), listener_endpoint(), &stats, Instant::now())
             .unwrap();
         let b = table
-            .insert(poll.registry(), Endpoint::Waker, &stats)
+            .insert(poll.registry(), Endpoint::Waker, &stats, Instant::now())
             .unwrap();
         assert_eq!(table.tokens(), vec![a, b]);
         assert_eq!(

@@ -29,7 +29,7 @@ use mio::event::Event;
 use mio::{Events, Poll, Registry, Token};
 
 use crate::config::Config;
-use crate::endpoint::EndpointTable;
+use crate::endpoint::{EndpointTable, Moved};
 use crate::service::{Context, Endpoint, FAIR_SHARE, KEEP, Next, Settings};
 use crate::stats::{Metric, Snapshot, Stats, StatsLine};
 use crate::sys::interrupted;
@@ -128,8 +128,12 @@ impl EventLoop {
     /// # Errors
     /// Registration failed.
     pub fn insert(&mut self, endpoint: Endpoint) -> io::Result<Token> {
-        self.table
-            .insert(self.poll.registry(), endpoint, &self.shared.stats)
+        self.table.insert(
+            self.poll.registry(),
+            endpoint,
+            &self.shared.stats,
+            Instant::now(),
+        )
     }
 
     /// Runs until shutdown completes, then returns the final figures.
@@ -184,6 +188,8 @@ impl EventLoop {
         }
         self.events = events;
         for token in mem::take(&mut self.yielded) {
+            // An admin connection that needs content from the loop yields to ask for it.
+            self.supply_admin(token, now);
             self.call(token, now, Endpoint::on_resume);
         }
     }
@@ -196,16 +202,18 @@ impl EventLoop {
         now: Instant,
         handler: impl FnOnce(&mut Endpoint, &mut Context<'_>) -> Next,
     ) {
-        let Some(endpoint) = self.table.get_mut(token) else {
+        let Some(endpoint) = self.table.get_mut_active(token, now) else {
             return;
         };
+        let before = Moved::counted(&self.shared.stats);
         let mut ctx = self.shared.context(now, token);
         let next = handler(endpoint, &mut ctx);
         if next.is_continue() && ctx.budget == 0 {
             self.yielded.push(token);
         }
-        self.table
-            .settle(self.poll.registry(), token, next, &self.shared.stats);
+        let moved = Moved::counted(&self.shared.stats).since(before);
+        let (registry, stats) = (self.poll.registry(), &self.shared.stats);
+        self.table.settle(registry, token, next, moved, stats);
     }
 
     /// Hands one event to the endpoint its token names.
@@ -236,7 +244,7 @@ impl EventLoop {
                 let requests = self.stop_requests.swap(0, Ordering::AcqRel);
                 (0..requests).for_each(|_| self.request_stop(now));
             }
-            Endpoint::Echo(_) | Endpoint::Download(_) | Endpoint::Chat(_) => {
+            Endpoint::Echo(_) | Endpoint::Download(_) | Endpoint::Admin(_) | Endpoint::Chat(_) => {
                 self.call(token, now, |endpoint, ctx| endpoint.on_event(event, ctx));
             }
         }
@@ -264,3 +272,4 @@ mod accept;
 mod shutdown;
 #[cfg(test)]
 mod tests;
+mod view;

@@ -178,11 +178,11 @@ impl<L: Accept> Listener<L> {
     }
 
     /// A connection was accepted past `--max-conns` and is being closed at once.
-    pub fn on_refused(&mut self, max_conns: usize) {
+    pub fn on_refused(&mut self, limit: usize) {
         match self.state {
             State::Accepting | State::Retrying => {
                 warn!(
-                    "{}: {max_conns} connections open (--max-conns): refusing new connections until some end",
+                    "{}: {limit} connections open, the limit: refusing new connections until some end",
                     self.name
                 );
                 self.transition(State::Full);

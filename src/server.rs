@@ -89,27 +89,40 @@ impl std::error::Error for StartError {
     }
 }
 
-/// The addresses the services actually bound.
+/// The addresses the services actually bound; `None` for a service that is off.
 ///
-/// Its `Display` is the start-up line's payload, `echo=ADDR files=ADDR chat=ADDR`: space-separated
-/// `service=address` pairs that scripts and tests parse. Keep it stable; new services add pairs.
+/// Its `Display` is the start-up line's payload, `echo=ADDR files=ADDR chat=ADDR admin=ADDR`:
+/// space-separated `service=address` pairs, one per service that runs, which scripts and tests
+/// parse. Keep it stable; new services add pairs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Addresses {
     /// TCP echo.
-    pub echo: SocketAddr,
+    pub echo: Option<SocketAddr>,
     /// TCP file download.
-    pub files: SocketAddr,
+    pub files: Option<SocketAddr>,
     /// UDP chat relay.
-    pub chat: SocketAddr,
+    pub chat: Option<SocketAddr>,
+    /// Admin HTTP.
+    pub admin: Option<SocketAddr>,
 }
 
 impl fmt::Display for Addresses {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "echo={} files={} chat={}",
-            self.echo, self.files, self.chat
-        )
+        let pairs = [
+            ("echo", self.echo),
+            ("files", self.files),
+            ("chat", self.chat),
+            ("admin", self.admin),
+        ];
+        let mut first = true;
+        for (name, addr) in pairs {
+            if let Some(addr) = addr {
+                let space = if first { "" } else { " " };
+                write!(f, "{space}{name}={addr}")?;
+                first = false;
+            }
+        }
+        Ok(())
     }
 }
 
@@ -154,13 +167,18 @@ impl Server {
     /// An invalid flag, a port that cannot be bound, or a failed poll/waker set-up.
     pub fn bind(config: Config) -> Result<Server, StartError> {
         config.validate().map_err(StartError::Config)?;
-        let echo_addr = SocketAddr::new(config.bind, config.echo_port);
-        let files_addr = SocketAddr::new(config.bind, config.files_port);
-        let chat_addr = SocketAddr::new(config.bind, config.chat_port);
+        let on = |bind, port: Option<u16>| port.map(|port| SocketAddr::new(bind, port));
+        let echo_addr = on(config.bind, config.echo_port);
+        let files_addr = on(config.bind, config.files_port);
+        let chat_addr = on(config.bind, config.chat_port);
+        let admin_addr = on(config.admin_bind, config.admin_port);
 
         let stats = Arc::new(Stats::default());
-        let files =
-            Files::open(&config, Arc::clone(&stats)).map_err(|source| StartError::Root {
+        // The served root is opened only for a download service that runs.
+        let files = files_addr
+            .map(|_| Files::open(&config, Arc::clone(&stats)))
+            .transpose()
+            .map_err(|source| StartError::Root {
                 path: config.root.clone(),
                 source,
             })?;
@@ -171,13 +189,20 @@ impl Server {
                 source,
             })?;
 
-        let echo = bind_listener(&mut event_loop, Service::Echo, echo_addr)?;
-        let files = bind_listener(
-            &mut event_loop,
-            Service::Download(Arc::new(files)),
-            files_addr,
-        )?;
-        let chat = bind_chat(&mut event_loop, chat_addr)?;
+        let addresses = Addresses {
+            echo: bind_listener(&mut event_loop, Service::Echo, echo_addr)?,
+            files: match files {
+                Some(files) => {
+                    let service = Service::Download(Arc::new(files));
+                    bind_listener(&mut event_loop, service, files_addr)?
+                }
+                None => None,
+            },
+            chat: chat_addr
+                .map(|addr| bind_chat(&mut event_loop, addr))
+                .transpose()?,
+            admin: bind_listener(&mut event_loop, Service::Admin, admin_addr)?,
+        };
 
         let waker = event_loop
             .insert(Endpoint::Waker)
@@ -188,7 +213,7 @@ impl Server {
             })?;
         Ok(Server {
             event_loop,
-            addresses: Addresses { echo, files, chat },
+            addresses,
             handle: Handle {
                 waker: Arc::new(waker),
                 stop_requests,
@@ -241,12 +266,16 @@ impl Server {
     }
 }
 
-/// Binds one service's listener and puts it in the loop; returns the address actually bound.
+/// Binds one service's listener, if the service is on, and puts it in the loop; returns the
+/// address actually bound.
 fn bind_listener(
     event_loop: &mut EventLoop,
     service: Service,
-    addr: SocketAddr,
-) -> Result<SocketAddr, StartError> {
+    addr: Option<SocketAddr>,
+) -> Result<Option<SocketAddr>, StartError> {
+    let Some(addr) = addr else {
+        return Ok(None);
+    };
     let name = service.name();
     let bind_error = |source| StartError::Bind {
         service: name,
@@ -259,7 +288,7 @@ fn bind_listener(
     event_loop
         .insert(Endpoint::Listener { listener, service })
         .map_err(bind_error)?;
-    Ok(bound)
+    Ok(Some(bound))
 }
 
 /// Binds the chat relay's UDP socket and puts it in the loop; returns the address actually bound.

@@ -32,6 +32,8 @@ const LOCAL: &[&str] = &[
     "0",
     "--chat-port",
     "0",
+    "--admin-port",
+    "0",
 ];
 
 /// A spawned `readyloop`, killed on drop unless it has already exited.
@@ -330,6 +332,8 @@ fn busy_port_gives_one_clear_line_and_a_failure_status() {
         "0",
         "--chat-port",
         "0",
+        "--admin-port",
+        "0",
     ];
     let (status, stdout, stderr) = run_to_exit(&args, START);
 
@@ -352,7 +356,8 @@ fn bind_takes_a_host_name_and_logs_the_address_it_chose() {
         "--files-port",
         "0",
     ];
-    let args: Vec<&str> = args.into_iter().chain(["--chat-port", "0"]).collect();
+    let rest = ["--chat-port", "0", "--admin-port", "0"];
+    let args: Vec<&str> = args.into_iter().chain(rest).collect();
     let mut server = Running::spawn(&args, &[]);
     let echo = echo_of(&server.startup_addresses());
     assert_eq!(echo.ip(), LOCALHOST);
@@ -410,6 +415,8 @@ fn echo_port_falls_back_to_the_environment() {
         "--files-port",
         "0",
         "--chat-port",
+        "0",
+        "--admin-port",
         "0",
     ];
     let mut server = Running::spawn(&args, &[("READYLOOP_ECHO_PORT", "0")]);

@@ -449,9 +449,9 @@ fn a_throttled_client_is_read_again_once_drained_below_the_low_water_mark() {
 fn a_zero_low_water_mark_is_refused_at_start() {
     let config = Config {
         bind: "127.0.0.1".parse().unwrap(),
-        echo_port: 0,
-        files_port: 0,
-        chat_port: 0,
+        echo_port: Some(0),
+        files_port: Some(0),
+        chat_port: Some(0),
         low_water: 0,
         ..Config::default()
     };

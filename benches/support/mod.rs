@@ -30,9 +30,10 @@ pub struct Running {
 pub fn loopback_config() -> Config {
     Config {
         bind: "127.0.0.1".parse().unwrap(),
-        echo_port: 0,
-        files_port: 0,
-        chat_port: 0,
+        echo_port: Some(0),
+        files_port: Some(0),
+        chat_port: Some(0),
+        admin_port: Some(0),
         ..Config::default()
     }
 }

@@ -11,22 +11,31 @@ use log::{trace, warn};
 use mio::Token;
 
 use super::EventLoop;
-use crate::service::{Endpoint, KEEP};
+use crate::endpoint::Moved;
+use crate::service::{Endpoint, KEEP, Role};
 use crate::stats::{CloseReason, Metric};
 use crate::token::Id;
 
 impl EventLoop {
     /// Accepts every queued connection on one listener and has its service build each one.
     ///
-    /// Past `--max-conns` a connection is closed at once, unless its service can say why and
-    /// fewer than `--max-turned-away` others are being told: then it gets a short-lived one that
-    /// only says so.
+    /// Past its limit (`--max-conns` for clients, `--admin-max-conns` for the admin service) a
+    /// connection is closed at once, unless its service can say why and fewer than
+    /// `--max-turned-away` others are being told: then it gets a short-lived one that only says so.
     pub(super) fn accept_all(&mut self, token: Token, now: Instant) {
         let (registry, stats) = (self.poll.registry(), &self.shared.stats);
         let settings = &self.shared.settings;
         loop {
-            let full = self.table.clients() >= self.config.max_conns;
-            let pool_free = self.table.turned_away() < self.config.max_turned_away;
+            let pool_free = self.table.count(Role::TurnedAway) < self.config.max_turned_away;
+            let Some(Endpoint::Listener { service, .. }) = self.table.get_mut(token) else {
+                return;
+            };
+            let role = service.role();
+            let limit = match role {
+                Role::Admin => self.config.admin_max_conns,
+                Role::Client | Role::TurnedAway | Role::Own => self.config.max_conns,
+            };
+            let full = self.table.count(role) >= limit;
             let Some(Endpoint::Listener { listener, service }) = self.table.get_mut(token) else {
                 return;
             };
@@ -34,10 +43,12 @@ impl EventLoop {
                 break;
             };
             let endpoint = if full {
-                listener.on_refused(self.config.max_conns);
+                listener.on_refused(limit);
                 let turned_away = pool_free.then(|| service.turn_away(stream, now, settings));
                 let Some(endpoint) = turned_away.flatten() else {
-                    stats.count_close(CloseReason::Limit);
+                    if role == Role::Client {
+                        stats.count_close(CloseReason::Limit);
+                    }
                     continue; // the stream is dropped, which closes it
                 };
                 endpoint
@@ -45,15 +56,18 @@ impl EventLoop {
                 listener.on_admitted();
                 service.connect(stream, now, settings)
             };
-            match self.table.insert(registry, endpoint, stats) {
+            match self.table.insert(registry, endpoint, stats, now) {
                 Ok(client) => {
-                    stats.add(Metric::Accepted, 1);
+                    if role == Role::Client {
+                        stats.add(Metric::Accepted, 1);
+                    }
                     trace!("{} accepted {peer} as {}", Id(token), Id(client));
                 }
                 Err(e) => warn!("cannot register a connection from {peer}: {e}"),
             }
         }
         // A listener that started backing off wants no events and a deadline: apply that.
-        self.table.settle(registry, token, KEEP, stats);
+        self.table
+            .settle(registry, token, KEEP, Moved::default(), stats);
     }
 }

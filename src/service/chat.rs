@@ -95,6 +95,11 @@ impl<S: Socket> Relay<S> {
         }
     }
 
+    /// Datagrams waiting in the outbox.
+    pub fn queued(&self) -> usize {
+        self.outbox.len()
+    }
+
     /// Always readable; writable only while datagrams wait in the outbox.
     pub fn interest(&self) -> Interest {
         if self.outbox.is_empty() {

@@ -24,6 +24,7 @@ pub mod request;
 
 use std::fmt;
 use std::mem;
+use std::net::SocketAddr;
 use std::ops::ControlFlow;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -126,6 +127,12 @@ impl Connection<TcpStream> {
     pub fn source(&mut self) -> &mut TcpStream {
         &mut self.stream
     }
+
+    /// The client's address, asked of the socket: storing it would cost every idle connection
+    /// 32 bytes for the sake of the rare listing.
+    pub fn peer(&self) -> Option<SocketAddr> {
+        self.stream.peer_addr().ok()
+    }
 }
 
 impl<S: Stream> Connection<S> {
@@ -145,6 +152,14 @@ impl<S: Stream> Connection<S> {
     /// The current state.
     pub fn state(&self) -> &State {
         &self.state
+    }
+
+    /// Bytes of the status line not yet written (the body is never buffered).
+    pub fn buffered(&self) -> usize {
+        match &self.state {
+            State::Replying { head, .. } => head.len(),
+            State::Request { .. } | State::Lingering { .. } => 0,
+        }
     }
 
     /// Accepted past `--max-conns`, only to be told so.

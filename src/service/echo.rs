@@ -24,6 +24,7 @@
 
 use std::fmt;
 use std::io;
+use std::net::SocketAddr;
 use std::ops::ControlFlow;
 use std::time::Instant;
 
@@ -90,6 +91,12 @@ impl Connection<TcpStream> {
     /// The socket, for registration.
     pub fn source(&mut self) -> &mut TcpStream {
         &mut self.stream
+    }
+
+    /// The client's address, asked of the socket: storing it would cost every idle connection
+    /// 32 bytes for the sake of the rare listing.
+    pub fn peer(&self) -> Option<SocketAddr> {
+        self.stream.peer_addr().ok()
     }
 }
 

@@ -9,6 +9,7 @@
 //! Nor does the loop build connections: when a listener accepts a socket, the loop hands it to the
 //! listener's [`Service`], which makes the right kind of connection of it.
 
+pub mod admin;
 pub mod chat;
 pub mod download;
 pub mod echo;
@@ -18,7 +19,7 @@ pub(crate) mod fake;
 use std::fmt;
 use std::fs::File;
 use std::io::{self, Read, Write};
-use std::net::Shutdown;
+use std::net::{Shutdown, SocketAddr};
 use std::ops::ControlFlow;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -82,6 +83,8 @@ pub enum Service {
     Echo,
     /// TCP file download from the served root.
     Download(Arc<Files>),
+    /// The admin HTTP service.
+    Admin,
 }
 
 impl Service {
@@ -90,6 +93,7 @@ impl Service {
         match self {
             Service::Echo => "echo",
             Service::Download(_) => "files",
+            Service::Admin => "admin",
         }
     }
 
@@ -101,6 +105,15 @@ impl Service {
                 let answer = download::Answer::Files(Arc::clone(files));
                 Endpoint::Download(download::Connection::new(stream, now, settings, answer))
             }
+            Service::Admin => Endpoint::Admin(Box::new(admin::Connection::new(stream, now))),
+        }
+    }
+
+    /// What an accepted connection counts as, and so which limit it is held to.
+    pub fn role(&self) -> Role {
+        match self {
+            Service::Echo | Service::Download(_) => Role::Client,
+            Service::Admin => Role::Admin,
         }
     }
 
@@ -113,8 +126,9 @@ impl Service {
         settings: &Settings,
     ) -> Option<Endpoint> {
         match self {
-            // Echo has no words of its own: whatever it sent would look like an echo.
-            Service::Echo => None,
+            // Echo has no words of its own: whatever it sent would look like an echo. The admin
+            // service is past its own limit: its clients are scripts and browsers that retry.
+            Service::Echo | Service::Admin => None,
             Service::Download(_) => {
                 let until = now + download::TURN_AWAY_DEADLINE;
                 let answer = download::Answer::TurnedAway { until };
@@ -254,6 +268,41 @@ fn resume(connection: &mut impl Handler, ctx: &mut Context<'_>) -> Next {
     connection.on_writable(ctx)
 }
 
+/// What the admin service's `/connections` shows of an endpoint, beside what the table knows.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Description {
+    /// The service it belongs to (`echo`, `files`, `chat`, `admin`); empty for signals and waker.
+    pub service: &'static str,
+    /// `listener`, `connection`, `turned-away`, `relay`, `signals` or `waker`.
+    pub kind: &'static str,
+    /// Its state machine's state, spelled as in `docs/DESIGN.md`.
+    pub state: String,
+    /// The client's address, for a connection.
+    pub peer: Option<SocketAddr>,
+    /// Output waiting for the socket: bytes for a connection, datagrams for the chat relay.
+    pub buffered: usize,
+}
+
+/// What an endpoint counts as in the table.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    /// An echo or download client: counts against `--max-conns` and in `open`, and graceful
+    /// shutdown waits for it.
+    Client,
+    /// Accepted past `--max-conns` only to be told so: counts against `--max-turned-away`.
+    TurnedAway,
+    /// An admin HTTP client: counts against `--admin-max-conns`, and is served until the loop
+    /// stops, draining included.
+    Admin,
+    /// The server's own sources: listeners, the chat relay, signals, the waker.
+    Own,
+}
+
+impl Role {
+    /// The roles the table keeps a count of.
+    pub const COUNTED: [Role; 3] = [Role::Client, Role::TurnedAway, Role::Admin];
+}
+
 /// One entry of the endpoint table: every source the loop polls.
 pub enum Endpoint {
     /// A TCP listener, and the service its clients get.
@@ -267,6 +316,9 @@ pub enum Endpoint {
     Echo(echo::Connection),
     /// A TCP file download client.
     Download(download::Connection),
+    /// An admin HTTP client. Boxed: there are a few at most, and every slot of the table is as
+    /// large as the largest variant.
+    Admin(Box<admin::Connection>),
     /// The UDP chat relay: one socket for every member. Boxed: there is one relay, and every
     /// slot of the table is as large as the largest variant.
     Chat(Box<chat::Relay>),
@@ -283,6 +335,7 @@ impl fmt::Debug for Endpoint {
             Endpoint::Listener { listener, .. } => listener.fmt(f),
             Endpoint::Echo(connection) => connection.fmt(f),
             Endpoint::Download(connection) => connection.fmt(f),
+            Endpoint::Admin(connection) => connection.fmt(f),
             Endpoint::Chat(relay) => relay.fmt(f),
             Endpoint::Signals(_) | Endpoint::Waker => f.write_str(self.kind()),
         }
@@ -296,34 +349,64 @@ impl Endpoint {
             Endpoint::Listener { .. } => "listener",
             Endpoint::Echo(_) => "echo",
             Endpoint::Download(_) => "download",
+            Endpoint::Admin(_) => "admin",
             Endpoint::Chat(_) => "chat",
             Endpoint::Signals(_) => "signals",
             Endpoint::Waker => "waker",
         }
     }
 
-    /// Client connections count against `--max-conns` and are drained at shutdown.
-    pub fn is_client(&self) -> bool {
+    /// What this endpoint counts as, and so which limit holds it and whether shutdown waits
+    /// for it.
+    pub fn role(&self) -> Role {
         match self {
-            Endpoint::Echo(_) => true,
-            Endpoint::Download(connection) => !connection.is_turned_away(),
+            Endpoint::Echo(_) => Role::Client,
+            Endpoint::Download(connection) if connection.is_turned_away() => Role::TurnedAway,
+            Endpoint::Download(_) => Role::Client,
+            Endpoint::Admin(_) => Role::Admin,
             Endpoint::Listener { .. }
             | Endpoint::Chat(_)
             | Endpoint::Signals(_)
-            | Endpoint::Waker => false,
+            | Endpoint::Waker => Role::Own,
         }
     }
 
-    /// Connections accepted past `--max-conns` only to be told so: they count against
-    /// `--max-turned-away` instead, and are not waited for at shutdown.
-    pub fn is_turned_away(&self) -> bool {
+    /// What the admin service lists of this endpoint. Asks the kernel for a connection's peer
+    /// address: a system call per row, paid only while someone reads the list.
+    pub fn describe(&self) -> Description {
+        let describe = |service, kind, state: &dyn fmt::Display, peer, buffered| Description {
+            service,
+            kind,
+            state: state.to_string(),
+            peer,
+            buffered,
+        };
         match self {
-            Endpoint::Download(connection) => connection.is_turned_away(),
-            Endpoint::Listener { .. }
-            | Endpoint::Echo(_)
-            | Endpoint::Chat(_)
-            | Endpoint::Signals(_)
-            | Endpoint::Waker => false,
+            Endpoint::Listener { listener, service } => {
+                describe(service.name(), "listener", &listener.state(), None, 0)
+            }
+            Endpoint::Echo(c) => describe("echo", "connection", &c.state(), c.peer(), c.owed()),
+            Endpoint::Download(c) => {
+                let kind = if c.is_turned_away() {
+                    "turned-away"
+                } else {
+                    "connection"
+                };
+                describe("files", kind, c.state(), c.peer(), c.buffered())
+            }
+            Endpoint::Admin(c) => {
+                describe("admin", "connection", c.state(), c.peer(), c.buffered())
+            }
+            Endpoint::Chat(relay) => {
+                let state = if relay.queued() == 0 {
+                    "READY"
+                } else {
+                    "QUEUEING"
+                };
+                describe("chat", "relay", &state, None, relay.queued())
+            }
+            Endpoint::Signals(_) => describe("", "signals", &"WAITING", None, 0),
+            Endpoint::Waker => describe("", "waker", &"WAITING", None, 0),
         }
     }
 
@@ -333,6 +416,7 @@ impl Endpoint {
             Endpoint::Listener { listener, .. } => Some(listener.source()),
             Endpoint::Echo(connection) => Some(connection.source()),
             Endpoint::Download(connection) => Some(connection.source()),
+            Endpoint::Admin(connection) => Some(connection.source()),
             Endpoint::Chat(relay) => Some(relay.source()),
             Endpoint::Signals(signals) => Some(signals),
             Endpoint::Waker => None,
@@ -346,6 +430,7 @@ impl Endpoint {
             Endpoint::Listener { listener, .. } => listener.interest(),
             Endpoint::Echo(connection) => Some(connection.interest()),
             Endpoint::Download(connection) => Some(connection.interest()),
+            Endpoint::Admin(connection) => Some(connection.interest()),
             Endpoint::Chat(relay) => Some(relay.interest()),
             Endpoint::Signals(_) | Endpoint::Waker => Some(Interest::READABLE),
         }
@@ -357,6 +442,7 @@ impl Endpoint {
             Endpoint::Listener { listener, .. } => listener.deadline(),
             Endpoint::Echo(connection) => Some(connection.deadline()),
             Endpoint::Download(connection) => Some(connection.deadline()),
+            Endpoint::Admin(connection) => Some(connection.deadline()),
             Endpoint::Chat(relay) => relay.deadline(),
             Endpoint::Signals(_) | Endpoint::Waker => None,
         }
@@ -368,6 +454,7 @@ impl Endpoint {
         match self {
             Endpoint::Echo(connection) => deliver(connection, event, ctx),
             Endpoint::Download(connection) => deliver(connection, event, ctx),
+            Endpoint::Admin(connection) => deliver(connection.as_mut(), event, ctx),
             Endpoint::Chat(relay) => deliver(relay.as_mut(), event, ctx),
             Endpoint::Listener { .. } | Endpoint::Signals(_) | Endpoint::Waker => KEEP,
         }
@@ -382,6 +469,7 @@ impl Endpoint {
             }
             Endpoint::Echo(connection) => connection.on_timeout(ctx),
             Endpoint::Download(connection) => connection.on_timeout(ctx),
+            Endpoint::Admin(connection) => connection.on_timeout(ctx),
             Endpoint::Chat(relay) => relay.on_timeout(ctx),
             Endpoint::Signals(_) | Endpoint::Waker => KEEP,
         }
@@ -392,6 +480,7 @@ impl Endpoint {
         match self {
             Endpoint::Echo(connection) => resume(connection, ctx),
             Endpoint::Download(connection) => resume(connection, ctx),
+            Endpoint::Admin(connection) => resume(connection.as_mut(), ctx),
             Endpoint::Chat(relay) => resume(relay.as_mut(), ctx),
             Endpoint::Listener { .. } | Endpoint::Signals(_) | Endpoint::Waker => KEEP,
         }
@@ -401,9 +490,15 @@ impl Endpoint {
     /// connections finish what they owe, then close; signals stay, to hear a second signal.
     pub fn on_shutdown(&mut self, ctx: &mut Context<'_>) -> Next {
         match self {
+            // The admin listener stays: health checks must hear that the server is draining.
+            Endpoint::Listener {
+                service: Service::Admin,
+                ..
+            } => KEEP,
             Endpoint::Listener { .. } => ControlFlow::Break(CloseReason::Shutdown),
             Endpoint::Echo(connection) => connection.on_shutdown(ctx),
             Endpoint::Download(connection) => connection.on_shutdown(ctx),
+            Endpoint::Admin(connection) => connection.on_shutdown(ctx),
             // Datagrams need no goodbye; the relay serves until the loop stops.
             Endpoint::Chat(_) => KEEP,
             Endpoint::Signals(_) | Endpoint::Waker => KEEP,

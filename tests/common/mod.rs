@@ -43,6 +43,8 @@ pub struct TestServer {
     pub files: SocketAddr,
     /// The address the UDP chat relay actually bound.
     pub chat: SocketAddr,
+    /// The address the admin HTTP service actually bound.
+    pub admin: SocketAddr,
     /// The configuration the server was started with.
     pub config: Config,
     handle: Handle,
@@ -53,19 +55,22 @@ pub struct TestServer {
 
 impl TestServer {
     /// Binds a server on `127.0.0.1`, every port 0, lets `configure` adjust the configuration,
-    /// and runs it on a new thread.
+    /// and runs it on a new thread. Every service must stay on: tests of a service turned off
+    /// bind a [`Server`] themselves.
     pub fn start(configure: impl FnOnce(&mut Config)) -> TestServer {
         let mut config = Config {
             bind: "127.0.0.1".parse().unwrap(),
-            echo_port: 0,
-            files_port: 0,
-            chat_port: 0,
+            echo_port: Some(0),
+            files_port: Some(0),
+            chat_port: Some(0),
+            admin_port: Some(0),
             ..Config::default()
         };
         configure(&mut config);
         let server = Server::bind(config.clone()).expect("the test server binds");
         let addresses = server.addresses();
-        let echo = addresses.echo;
+        let on = |addr: Option<SocketAddr>| addr.expect("every service is on in a TestServer");
+        let echo = on(addresses.echo);
         let handle = server.handle();
         let (tx, rx) = mpsc::channel();
         let thread = thread::Builder::new()
@@ -77,8 +82,9 @@ impl TestServer {
             .expect("spawn the server thread");
         TestServer {
             echo,
-            files: addresses.files,
-            chat: addresses.chat,
+            files: on(addresses.files),
+            chat: on(addresses.chat),
+            admin: on(addresses.admin),
             config,
             handle,
             done: Some(rx),

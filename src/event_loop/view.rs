@@ -1,0 +1,149 @@
+//! What the admin service sees of the loop: the content its responses need, rendered from what
+//! only the loop holds (the phase, the figures, the endpoint table itself).
+//!
+//! An admin connection lives inside the table, so its handler cannot borrow the table to list it.
+//! Instead the connection names the [`Content`] it needs and gives its turn back (it yields, as a
+//! connection that spent its budget does); before resuming it the loop renders that content here
+//! and hands it over. The hot path of the other services never comes this way. The table is rendered a piece at a
+//! time (about [`CHUNK_BYTES`]), each piece only once the previous one has left, so listing 10 000
+//! connections neither blocks the loop nor builds an unbounded buffer.
+
+use std::net::SocketAddr;
+use std::time::Instant;
+
+use mio::{Interest, Token};
+use serde::Serialize;
+
+use super::EventLoop;
+use super::shutdown::Phase;
+use crate::endpoint::Entry;
+use crate::service::Endpoint;
+use crate::service::admin::http::Status;
+use crate::service::admin::{CHUNK_BYTES, Content, Supply, TEXT};
+use crate::token::{self, Id};
+
+/// One row of `/connections`.
+#[derive(Debug, Serialize)]
+struct Row<'a> {
+    key: usize,
+    id: String,
+    service: &'a str,
+    kind: &'a str,
+    peer: Option<SocketAddr>,
+    state: String,
+    interest: &'static str,
+    bytes_in: u64,
+    bytes_out: u64,
+    buffered: usize,
+    age_seconds: f64,
+    idle_seconds: f64,
+}
+
+impl EventLoop {
+    /// Supplies what the admin connection behind `token` asked for, if it asked.
+    pub(super) fn supply_admin(&mut self, token: Token, now: Instant) {
+        let Some(Endpoint::Admin(connection)) = self.table.get_mut(token) else {
+            return;
+        };
+        let Some(content) = connection.wants().cloned() else {
+            return;
+        };
+        let supply = self.render(content, now);
+        if let Some(Endpoint::Admin(connection)) = self.table.get_mut(token) {
+            connection.supply(supply);
+        }
+    }
+
+    /// Renders one piece of content.
+    fn render(&self, content: Content, now: Instant) -> Supply {
+        match content {
+            Content::Health => {
+                let (status, body) = match self.phase {
+                    Phase::Running => (Status::Ok, "ok\n"),
+                    Phase::Draining { .. } | Phase::Stopped => (Status::Unavailable, "draining\n"),
+                };
+                Supply::Whole {
+                    status,
+                    content_type: TEXT,
+                    body: body.as_bytes().to_vec(),
+                }
+            }
+            Content::Connections {
+                next,
+                left,
+                service,
+            } => self.rows(next, left, service, now),
+        }
+    }
+
+    /// The rows of `/connections` from slab key `next`, as many as fit in one piece.
+    fn rows(&self, next: usize, mut left: usize, service: Option<String>, now: Instant) -> Supply {
+        let mut bytes = Vec::with_capacity(CHUNK_BYTES + 512);
+        // The array opens with the first piece and closes with the last.
+        if next == 0 {
+            bytes.push(b'[');
+        }
+        let wanted = |entry: &Entry<'_>| match &service {
+            Some(service) => entry.endpoint.describe().service == service,
+            None => true,
+        };
+        let mut entries = self.table.entries_from(next, now).filter(wanted);
+        let mut resume = None;
+        while left > 0 && bytes.len() < CHUNK_BYTES {
+            let Some(entry) = entries.next() else { break };
+            // Rows after the first are separated; `next` > 0 means one was sent in an earlier piece.
+            if bytes.len() > 1 || (next > 0 && bytes.is_empty()) {
+                bytes.push(b',');
+            }
+            write_row(&entry, &mut bytes);
+            left -= 1;
+            resume = Some(token::key(entry.token) + 1);
+        }
+        let more = left > 0 && bytes.len() >= CHUNK_BYTES;
+        match resume.filter(|_| more) {
+            Some(next) => Supply::Piece {
+                bytes,
+                next: Some(Content::Connections {
+                    next,
+                    left,
+                    service,
+                }),
+            },
+            None => {
+                bytes.extend_from_slice(b"]\n");
+                Supply::Piece { bytes, next: None }
+            }
+        }
+    }
+}
+
+/// Appends one row as a JSON object.
+fn write_row(entry: &Entry<'_>, out: &mut Vec<u8>) {
+    let description = entry.endpoint.describe();
+    let row = Row {
+        key: token::key(entry.token),
+        id: Id(entry.token).to_string(),
+        service: description.service,
+        kind: description.kind,
+        peer: description.peer,
+        state: description.state,
+        interest: interest_name(entry.registered),
+        bytes_in: entry.moved.bytes_in,
+        bytes_out: entry.moved.bytes_out,
+        buffered: description.buffered,
+        age_seconds: entry.age.as_secs_f64(),
+        idle_seconds: entry.idle.as_secs_f64(),
+    };
+    // Serialising plain fields into a Vec cannot fail.
+    let _ = serde_json::to_writer(out, &row);
+}
+
+/// `R`, `W`, `RW`, or `-` while deregistered.
+fn interest_name(interest: Option<Interest>) -> &'static str {
+    match interest {
+        Some(i) if i.is_readable() && i.is_writable() => "RW",
+        Some(i) if i.is_writable() => "W",
+        Some(_) => "R",
+        None => "-",
+    }
+}

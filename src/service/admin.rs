@@ -1,0 +1,484 @@
+//! The admin service: HTTP/1.1 on the same loop, for watching the server while it runs.
+//!
+//! One [`Connection`] per client, an explicit state machine like every other connection:
+//!
+//! ```text
+//!   READING → WRITING → READING …     a request head, its response, the next request (keep-alive)
+//!   READING → WRITING → LINGERING     `Connection: close`, or a request refused
+//! ```
+//!
+//! Most responses need something only the loop has: the figures (`/metrics`, `/stats.json`), the
+//! shutdown phase (`/healthz`) or the endpoint table itself (`/connections`). A handler cannot
+//! borrow those (the connection lives inside the table), so the connection names the [`Content`]
+//! it needs, gives its turn back, and the loop supplies that content before calling it again
+//! ([`Connection::supply`]). The endpoint table is supplied in pieces of about [`CHUNK_BYTES`], each
+//! asked for only once the previous one has gone to the socket: listing 10 000 connections never
+//! builds more than one piece, and never holds the loop for longer than one piece takes.
+//!
+//! Limits: `--admin-max-conns` connections, a request head of [`http::MAX_HEAD`] bytes that must
+//! arrive within [`HEAD_TIMEOUT`] (a client trickling a byte at a time is cut off, not waited
+//! for), `GET` and `HEAD` only.
+
+pub mod http;
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::ops::ControlFlow;
+use std::time::{Duration, Instant};
+
+use log::{debug, trace};
+use mio::Interest;
+use mio::net::TcpStream;
+
+use self::http::{Framing, Method, Parsed, Request, Status};
+use super::{Context, Handler, KEEP, Next, Stream, discard_input, io_failure};
+use crate::buffer::Buffer;
+use crate::stats::{CloseReason, Metric};
+use crate::sys::{interrupted, would_block};
+use crate::token::Id;
+
+/// Time a client has to send a whole request head, counted from when the server starts waiting
+/// for it; also how long an idle keep-alive connection stays open. A slow client gets this long,
+/// however it paces its bytes.
+pub const HEAD_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Time a response may wait for the client to take a byte before the connection is dropped.
+pub const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Time a closing admin connection drains input after its FIN.
+const LINGER: Duration = Duration::from_secs(1);
+
+/// Bytes of `/connections` rows the loop renders at a time: a few socket buffers' worth, enough to
+/// amortise the call, small enough to cost the loop well under a millisecond.
+pub const CHUNK_BYTES: usize = 32 * 1024;
+
+/// Most rows one `/connections` reply lists unless `limit` says fewer.
+pub const DEFAULT_ROW_LIMIT: usize = usize::MAX;
+
+/// What a response needs from the loop.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Content {
+    /// `/healthz`: the shutdown phase.
+    Health,
+    /// `/connections`: rows of the endpoint table, from slab key `next` on.
+    Connections {
+        /// The slab key to continue from.
+        next: usize,
+        /// How many more rows may be listed (`limit`).
+        left: usize,
+        /// List only endpoints of this service (`service`).
+        service: Option<String>,
+    },
+}
+
+/// What the loop hands a connection for the [`Content`] it asked for.
+#[derive(Debug)]
+pub enum Supply {
+    /// A whole body, with the status and type of its response.
+    Whole {
+        /// The response's status.
+        status: Status,
+        /// Its `Content-Type`.
+        content_type: &'static str,
+        /// The body.
+        body: Vec<u8>,
+    },
+    /// The next piece of a streamed body, and where to go on (`None`: it was the last).
+    Piece {
+        /// Rows, ready to send.
+        bytes: Vec<u8>,
+        /// What to ask for next.
+        next: Option<Content>,
+    },
+}
+
+/// Where an admin connection is in its life.
+#[derive(Debug)]
+pub enum State {
+    /// Waiting for a request head.
+    Reading {
+        /// When the head must be complete (or, with nothing received, when an idle connection
+        /// closes).
+        deadline: Instant,
+    },
+    /// Sending a response.
+    Writing {
+        /// Bytes the socket has not taken yet.
+        out: Buffer,
+        /// Content the loop is to supply once `out` is empty.
+        pending: Option<Content>,
+        /// `HEAD` gets the head of the response only.
+        method: Method,
+        /// Read the next request afterwards, or close.
+        keep_alive: bool,
+        /// When to give up on a client that takes nothing.
+        deadline: Instant,
+    },
+    /// FIN sent: draining input until the client's FIN or the deadline.
+    Lingering {
+        /// When to stop waiting for the client's FIN.
+        until: Instant,
+    },
+}
+
+impl fmt::Display for State {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            State::Reading { .. } => "READING",
+            State::Writing { .. } => "WRITING",
+            State::Lingering { .. } => "LINGERING",
+        })
+    }
+}
+
+/// One admin HTTP client.
+#[derive(Debug)]
+pub struct Connection<S = TcpStream> {
+    stream: S,
+    state: State,
+    /// Request bytes received and not yet answered: the head being read, and anything a client
+    /// sent behind it (the next request). Never more than [`http::MAX_HEAD`] + 1 bytes.
+    input: Vec<u8>,
+}
+
+impl Connection<TcpStream> {
+    /// The socket, for registration.
+    pub fn source(&mut self) -> &mut TcpStream {
+        &mut self.stream
+    }
+
+    /// The client's address, asked of the socket: storing it would cost every idle connection
+    /// 32 bytes for the sake of the rare listing.
+    pub fn peer(&self) -> Option<SocketAddr> {
+        self.stream.peer_addr().ok()
+    }
+}
+
+impl<S: Stream> Connection<S> {
+    /// A new client, waiting for its first request.
+    pub fn new(stream: S, now: Instant) -> Self {
+        Connection {
+            stream,
+            state: State::Reading {
+                deadline: now + HEAD_TIMEOUT,
+            },
+            input: Vec::new(),
+        }
+    }
+
+    /// The current state.
+    pub fn state(&self) -> &State {
+        &self.state
+    }
+
+    /// Readable while waiting for a request or lingering; writable while responding.
+    pub fn interest(&self) -> Interest {
+        match self.state {
+            State::Reading { .. } | State::Lingering { .. } => Interest::READABLE,
+            State::Writing { .. } => Interest::WRITABLE,
+        }
+    }
+
+    /// The deadline of the current state.
+    pub fn deadline(&self) -> Instant {
+        match self.state {
+            State::Reading { deadline } | State::Writing { deadline, .. } => deadline,
+            State::Lingering { until } => until,
+        }
+    }
+
+    /// Bytes waiting to be sent.
+    pub fn buffered(&self) -> usize {
+        match &self.state {
+            State::Writing { out, .. } => out.len(),
+            State::Reading { .. } | State::Lingering { .. } => 0,
+        }
+    }
+
+    /// The content the loop is to supply before the next call, if any: only once everything
+    /// before it has gone to the socket, so a streamed reply holds one piece at a time.
+    pub fn wants(&self) -> Option<&Content> {
+        match &self.state {
+            State::Writing {
+                out,
+                pending: Some(content),
+                ..
+            } if out.is_empty() => Some(content),
+            State::Reading { .. } | State::Writing { .. } | State::Lingering { .. } => None,
+        }
+    }
+
+    /// Takes what the loop supplied for [`Connection::wants`].
+    pub fn supply(&mut self, supply: Supply) {
+        let State::Writing {
+            out,
+            pending,
+            method,
+            keep_alive,
+            ..
+        } = &mut self.state
+        else {
+            debug_assert!(false, "content supplied outside WRITING");
+            return;
+        };
+        match supply {
+            Supply::Whole {
+                status,
+                content_type,
+                body,
+            } => {
+                *pending = None;
+                let framing = Framing::Length(body.len());
+                out.extend(http::head(status, content_type, framing, *keep_alive).as_bytes());
+                if *method == Method::Get {
+                    out.extend(&body);
+                }
+            }
+            Supply::Piece { bytes, next } => {
+                let mut framed = Vec::with_capacity(bytes.len() + 16);
+                if !bytes.is_empty() {
+                    http::chunk(&bytes, &mut framed);
+                }
+                if next.is_none() {
+                    http::chunk(b"", &mut framed);
+                }
+                out.extend(&framed);
+                *pending = next;
+            }
+        }
+    }
+
+    /// The deadline passed.
+    pub fn on_timeout(&mut self, ctx: &mut Context<'_>) -> Next {
+        match self.state {
+            // Nothing of a next request arrived: an idle keep-alive connection ends quietly.
+            State::Reading { .. } if self.input.is_empty() => ControlFlow::Break(CloseReason::Idle),
+            // Part of a head, and no more in time: say so, then close.
+            State::Reading { .. } => self.refuse(Status::RequestTimeout, ctx),
+            // The client stopped taking the response.
+            State::Writing { .. } => ControlFlow::Break(CloseReason::Idle),
+            State::Lingering { .. } => ControlFlow::Break(CloseReason::Finished),
+        }
+    }
+
+    /// The server is shutting down: the admin service keeps answering while connections drain,
+    /// so a load balancer polling `/healthz` sees the 503 that tells it to stop sending clients.
+    pub fn on_shutdown(&mut self, _ctx: &mut Context<'_>) -> Next {
+        KEEP
+    }
+
+    /// READING: reads until `WouldBlock`, the end of a head, the client's FIN or the head limit.
+    fn read_request(&mut self, ctx: &mut Context<'_>) -> Next {
+        loop {
+            // What is already here may hold a whole request (pipelined behind the last one).
+            match http::parse(&self.input) {
+                Parsed::Complete(request, length) => {
+                    self.input.drain(..length);
+                    return self.respond(&request, ctx);
+                }
+                Parsed::Refused(status) => return self.refuse(status, ctx),
+                Parsed::Partial => {}
+            }
+            // Never hold more than one byte past the limit: enough to know it was passed.
+            let room = (http::MAX_HEAD + 1 - self.input.len()).min(ctx.scratch.len());
+            let n = match self.stream.read(&mut ctx.scratch[..room]) {
+                // The client is done; a head it did not finish gets no answer.
+                Ok(0) => return ControlFlow::Break(CloseReason::PeerClosed),
+                Ok(n) => n,
+                Err(e) if would_block(&e) => return KEEP,
+                Err(e) if interrupted(&e) => continue,
+                Err(e) => return io_failure("admin", &self.state, e, ctx),
+            };
+            ctx.stats.add(Metric::BytesIn, n as u64);
+            self.input.extend_from_slice(&ctx.scratch[..n]);
+        }
+    }
+
+    /// A complete request: READING → WRITING.
+    fn respond(&mut self, request: &Request, ctx: &mut Context<'_>) -> Next {
+        debug!(
+            "{} admin {:?} {}?{}",
+            Id(ctx.token),
+            request.method,
+            request.path,
+            request.query
+        );
+        let content = match request.path.as_str() {
+            "/healthz" => Content::Health,
+            "/connections" => {
+                let Ok(left) = http::query_value(&request.query, "limit")
+                    .map_or(Ok(DEFAULT_ROW_LIMIT), str::parse)
+                else {
+                    return self.refuse(Status::BadRequest, ctx);
+                };
+                let service = http::query_value(&request.query, "service").map(str::to_string);
+                let mut out = Buffer::new();
+                let head = http::head(Status::Ok, JSON, Framing::Chunked, request.keep_alive);
+                out.extend(head.as_bytes());
+                let rows = Content::Connections {
+                    next: 0,
+                    left,
+                    service,
+                };
+                let pending = (request.method == Method::Get).then_some(rows);
+                return self.start_writing(out, pending, request, ctx);
+            }
+            _ => {
+                let body = b"not found\n";
+                let status = Status::NotFound;
+                let mut out = Buffer::new();
+                let framing = Framing::Length(body.len());
+                out.extend(http::head(status, TEXT, framing, request.keep_alive).as_bytes());
+                if request.method == Method::Get {
+                    out.extend(body);
+                }
+                return self.start_writing(out, None, request, ctx);
+            }
+        };
+        self.start_writing(Buffer::new(), Some(content), request, ctx)
+    }
+
+    /// A request the service will not answer: its status, then close.
+    fn refuse(&mut self, status: Status, ctx: &mut Context<'_>) -> Next {
+        debug!(
+            "{} admin: {} {}",
+            Id(ctx.token),
+            status.code(),
+            status.reason()
+        );
+        let body = format!("{}\n", status.reason());
+        let mut out = Buffer::new();
+        let framing = Framing::Length(body.len());
+        out.extend(http::head(status, TEXT, framing, false).as_bytes());
+        out.extend(body.as_bytes());
+        let deadline = ctx.now + WRITE_TIMEOUT;
+        self.transition(
+            State::Writing {
+                out,
+                pending: None,
+                method: Method::Get,
+                keep_alive: false,
+                deadline,
+            },
+            ctx,
+        );
+        self.send(ctx)
+    }
+
+    /// → WRITING, and write at once: the socket is most likely writable.
+    fn start_writing(
+        &mut self,
+        out: Buffer,
+        pending: Option<Content>,
+        request: &Request,
+        ctx: &mut Context<'_>,
+    ) -> Next {
+        let deadline = ctx.now + WRITE_TIMEOUT;
+        let writing = State::Writing {
+            out,
+            pending,
+            method: request.method,
+            keep_alive: request.keep_alive,
+            deadline,
+        };
+        self.transition(writing, ctx);
+        self.send(ctx)
+    }
+
+    /// WRITING: writes what is buffered; then asks for content, reads the next request, or closes.
+    fn send(&mut self, ctx: &mut Context<'_>) -> Next {
+        let State::Writing {
+            out,
+            pending,
+            keep_alive,
+            deadline,
+            ..
+        } = &mut self.state
+        else {
+            return KEEP;
+        };
+        match out.write_to(&mut self.stream) {
+            Ok(0) => {}
+            Ok(written) => {
+                ctx.stats.add(Metric::BytesOut, written as u64);
+                *deadline = ctx.now + WRITE_TIMEOUT;
+            }
+            Err(e) => return io_failure("admin", &self.state, e, ctx),
+        }
+        if !out.is_empty() {
+            return KEEP; // the socket is full: wait for writable
+        }
+        if pending.is_some() {
+            // Give the turn back: the loop supplies the content, then calls again at once.
+            ctx.budget = 0;
+            return KEEP;
+        }
+        if *keep_alive {
+            self.start_reading(ctx)
+        } else {
+            self.start_lingering(ctx)
+        }
+    }
+
+    /// WRITING → READING: the next request may already be here, in `input` or in the socket.
+    fn start_reading(&mut self, ctx: &mut Context<'_>) -> Next {
+        let deadline = ctx.now + HEAD_TIMEOUT;
+        self.transition(State::Reading { deadline }, ctx);
+        self.read_request(ctx)
+    }
+
+    /// → LINGERING: sends FIN and drains input for a short while.
+    fn start_lingering(&mut self, ctx: &mut Context<'_>) -> Next {
+        if let Err(e) = self.stream.shutdown_write() {
+            return io_failure("admin", &self.state, e, ctx);
+        }
+        self.input = Vec::new();
+        let until = ctx.now + LINGER;
+        self.transition(State::Lingering { until }, ctx);
+        self.linger(ctx)
+    }
+
+    /// LINGERING: discards input; the client's FIN ends the connection.
+    fn linger(&mut self, ctx: &mut Context<'_>) -> Next {
+        match discard_input(&mut self.stream, ctx.scratch) {
+            Ok(true) => ControlFlow::Break(CloseReason::Finished),
+            Ok(false) => KEEP,
+            Err(e) => io_failure("admin", &self.state, e, ctx),
+        }
+    }
+
+    /// The one place the state changes.
+    fn transition(&mut self, next: State, ctx: &Context<'_>) {
+        trace!("{} admin {} -> {next}", Id(ctx.token), self.state);
+        self.state = next;
+    }
+}
+
+/// `Content-Type` of JSON bodies.
+pub const JSON: &str = "application/json";
+
+/// `Content-Type` of plain-text bodies.
+pub const TEXT: &str = "text/plain; charset=utf-8";
+
+impl<S: Stream> Handler for Connection<S> {
+    /// The socket has input (or an error, or the client's FIN).
+    fn on_readable(&mut self, ctx: &mut Context<'_>) -> Next {
+        match self.state {
+            State::Reading { .. } => self.read_request(ctx),
+            // A pipelined request waits in the kernel until this response is out.
+            State::Writing { .. } => KEEP,
+            State::Lingering { .. } => self.linger(ctx),
+        }
+    }
+
+    /// The socket can take output (or has an error).
+    fn on_writable(&mut self, ctx: &mut Context<'_>) -> Next {
+        match self.state {
+            // Nothing to send before a request is complete.
+            State::Reading { .. } => KEEP,
+            State::Writing { .. } => self.send(ctx),
+            // FIN is sent: nothing is ever written again.
+            State::Lingering { .. } => KEEP,
+        }
+    }
+}
