@@ -11,6 +11,8 @@
 
 #![allow(dead_code)]
 
+pub mod browser;
+
 use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
