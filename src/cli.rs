@@ -89,6 +89,9 @@ pub struct ServeArgs {
     /// Most admin connections open at once; more are closed at once.
     #[arg(long, env = "READYLOOP_ADMIN_MAX_CONNS", default_value_t = DEFAULT_ADMIN_MAX_CONNS)]
     pub admin_max_conns: usize,
+    /// Time an admin client has to send a request head; an idle admin connection closes after it.
+    #[arg(long, env = "READYLOOP_ADMIN_TIMEOUT", value_parser = parse_duration, default_value = "10s")]
+    pub admin_timeout: Duration,
     /// Directory served by the download service.
     #[arg(long, env = "READYLOOP_ROOT", default_value = ".")]
     pub root: PathBuf,
@@ -175,6 +178,7 @@ impl ServeArgs {
             admin_port: self.admin_port.into(),
             admin_bind: resolve_bind("--admin-bind", &self.admin_bind)?,
             admin_max_conns: self.admin_max_conns,
+            admin_timeout: self.admin_timeout,
             root: self.root,
             idle_timeout: self.idle_timeout,
             max_conns: self.max_conns,

@@ -28,6 +28,10 @@ pub const DEFAULT_ADMIN_BIND: IpAddr = IpAddr::V4(Ipv4Addr::LOCALHOST);
 /// Admin connections at once: a few browsers and scrapers need a handful; 64 leaves room for a
 /// dashboard wall while keeping a flood of them to a few hundred KiB of head buffers.
 pub const DEFAULT_ADMIN_MAX_CONNS: usize = 64;
+/// Seconds an admin client has to send a whole request head, however it paces its bytes (so a
+/// slowloris client is cut off), and that an idle keep-alive admin connection stays open: 10 s is
+/// far beyond any browser or scraper, and frees a slot held by one that went quiet.
+pub const DEFAULT_ADMIN_TIMEOUT: Duration = Duration::from_secs(10);
 /// Seconds without any byte moving before a connection is closed: 300 s outlasts any
 /// interactive pause yet frees slots that dead peers would hold forever.
 pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(300);
@@ -91,6 +95,8 @@ pub struct Config {
     pub admin_bind: IpAddr,
     /// Most admin connections open at once; more are closed at once.
     pub admin_max_conns: usize,
+    /// Time an admin client has to send a request head; an idle admin connection closes after it.
+    pub admin_timeout: Duration,
     /// Directory served by the download service.
     pub root: PathBuf,
     /// Close a connection after this long without traffic.
@@ -151,6 +157,7 @@ impl Default for Config {
             admin_port: Some(DEFAULT_ADMIN_PORT),
             admin_bind: DEFAULT_ADMIN_BIND,
             admin_max_conns: DEFAULT_ADMIN_MAX_CONNS,
+            admin_timeout: DEFAULT_ADMIN_TIMEOUT,
             root: PathBuf::from("."),
             idle_timeout: DEFAULT_IDLE_TIMEOUT,
             max_conns: DEFAULT_MAX_CONNS,
@@ -213,6 +220,9 @@ impl Config {
         }
         if self.chat_idle.is_zero() {
             return Err("--chat-idle must be longer than 0".into());
+        }
+        if self.admin_timeout.is_zero() {
+            return Err("--admin-timeout must be longer than 0".into());
         }
         if self.idle_timeout.is_zero() {
             return Err("--idle-timeout must be longer than 0".into());

@@ -16,7 +16,7 @@
 //! builds more than one piece, and never holds the loop for longer than one piece takes.
 //!
 //! Limits: `--admin-max-conns` connections, a request head of [`http::MAX_HEAD`] bytes that must
-//! arrive within [`HEAD_TIMEOUT`] (a client trickling a byte at a time is cut off, not waited
+//! arrive within `--admin-timeout` (a client trickling a byte at a time is cut off, not waited
 //! for), `GET` and `HEAD` only.
 
 pub mod http;
@@ -31,16 +31,11 @@ use mio::Interest;
 use mio::net::TcpStream;
 
 use self::http::{Framing, Method, Parsed, Request, Status};
-use super::{Context, Handler, KEEP, Next, Stream, discard_input, io_failure};
+use super::{Context, Handler, KEEP, Next, Settings, Stream, discard_input, io_failure};
 use crate::buffer::Buffer;
 use crate::stats::{CloseReason, Metric};
 use crate::sys::{interrupted, would_block};
 use crate::token::Id;
-
-/// Time a client has to send a whole request head, counted from when the server starts waiting
-/// for it; also how long an idle keep-alive connection stays open. A slow client gets this long,
-/// however it paces its bytes.
-pub const HEAD_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Time a response may wait for the client to take a byte before the connection is dropped.
 pub const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
@@ -156,11 +151,11 @@ impl Connection<TcpStream> {
 
 impl<S: Stream> Connection<S> {
     /// A new client, waiting for its first request.
-    pub fn new(stream: S, now: Instant) -> Self {
+    pub fn new(stream: S, now: Instant, settings: &Settings) -> Self {
         Connection {
             stream,
             state: State::Reading {
-                deadline: now + HEAD_TIMEOUT,
+                deadline: now + settings.admin_timeout,
             },
             input: Vec::new(),
         }
@@ -323,19 +318,28 @@ impl<S: Stream> Connection<S> {
                 let pending = (request.method == Method::Get).then_some(rows);
                 return self.start_writing(out, pending, request, ctx);
             }
-            _ => {
-                let body = b"not found\n";
-                let status = Status::NotFound;
-                let mut out = Buffer::new();
-                let framing = Framing::Length(body.len());
-                out.extend(http::head(status, TEXT, framing, request.keep_alive).as_bytes());
-                if request.method == Method::Get {
-                    out.extend(body);
-                }
-                return self.start_writing(out, None, request, ctx);
-            }
+            "/" => return self.answer(Status::Ok, HTML, PAGE.as_bytes(), request, ctx),
+            _ => return self.answer(Status::NotFound, TEXT, b"not found\n", request, ctx),
         };
         self.start_writing(Buffer::new(), Some(content), request, ctx)
+    }
+
+    /// Answers with a body the connection has itself.
+    fn answer(
+        &mut self,
+        status: Status,
+        content_type: &str,
+        body: &[u8],
+        request: &Request,
+        ctx: &mut Context<'_>,
+    ) -> Next {
+        let mut out = Buffer::new();
+        let framing = Framing::Length(body.len());
+        out.extend(http::head(status, content_type, framing, request.keep_alive).as_bytes());
+        if request.method == Method::Get {
+            out.extend(body);
+        }
+        self.start_writing(out, None, request, ctx)
     }
 
     /// A request the service will not answer: its status, then close.
@@ -422,7 +426,7 @@ impl<S: Stream> Connection<S> {
 
     /// WRITING → READING: the next request may already be here, in `input` or in the socket.
     fn start_reading(&mut self, ctx: &mut Context<'_>) -> Next {
-        let deadline = ctx.now + HEAD_TIMEOUT;
+        let deadline = ctx.now + ctx.settings.admin_timeout;
         self.transition(State::Reading { deadline }, ctx);
         self.read_request(ctx)
     }
@@ -453,6 +457,13 @@ impl<S: Stream> Connection<S> {
         self.state = next;
     }
 }
+
+/// The live page: one self-contained file (styles and scripts inline, no fonts or libraries from
+/// elsewhere), so it works on a machine with no internet, compiled into the binary.
+const PAGE: &str = include_str!("admin/page.html");
+
+/// `Content-Type` of the page.
+const HTML: &str = "text/html; charset=utf-8";
 
 /// `Content-Type` of JSON bodies.
 pub const JSON: &str = "application/json";

@@ -59,6 +59,9 @@ pub struct Settings {
     /// A client that pauses this long has finished sending (`--request-grace`): a download
     /// request without its newline ends, and an echo stream ends once the server is shutting down.
     pub request_grace: Duration,
+    /// An admin request head must arrive within this long; an idle admin connection closes
+    /// after it (`--admin-timeout`).
+    pub admin_timeout: Duration,
 }
 
 impl Settings {
@@ -72,6 +75,7 @@ impl Settings {
                 low: config.low_water,
             },
             request_grace: config.request_grace,
+            admin_timeout: config.admin_timeout,
         }
     }
 }
@@ -105,7 +109,9 @@ impl Service {
                 let answer = download::Answer::Files(Arc::clone(files));
                 Endpoint::Download(download::Connection::new(stream, now, settings, answer))
             }
-            Service::Admin => Endpoint::Admin(Box::new(admin::Connection::new(stream, now))),
+            Service::Admin => {
+                Endpoint::Admin(Box::new(admin::Connection::new(stream, now, settings)))
+            }
         }
     }
 

@@ -73,6 +73,7 @@ impl Harness {
                 idle_timeout: Duration::from_secs(10),
                 linger: Duration::from_secs(2),
                 request_grace: Duration::from_millis(50),
+                admin_timeout: Duration::from_secs(10),
             },
             stats,
             scratch: vec![0; 64],

@@ -33,6 +33,7 @@ impl Harness {
                 idle_timeout: Duration::from_secs(10),
                 linger: Duration::from_secs(1),
                 request_grace: Duration::from_millis(50),
+                admin_timeout: Duration::from_secs(10),
             },
             stats: Stats::default(),
             scratch: vec![0; 64],
