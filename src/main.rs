@@ -18,7 +18,7 @@ fn main() -> ExitCode {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or(filter)).init();
 
     let args = match cli.command {
-        Some(Command::Serve(args)) => args,
+        Some(Command::Serve(args)) => *args,
         Some(Command::Bench(args)) => return readyloop::bench::command(&args),
         None => cli.serve,
     };
