@@ -11,7 +11,9 @@
 
 #![allow(dead_code)]
 
+pub mod binary;
 pub mod browser;
+pub mod http;
 
 use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpStream};
