@@ -62,6 +62,21 @@ impl Cli {
             _ => Error,
         }
     }
+
+    /// The log filter used when `RUST_LOG` is not set: other crates' warnings, readyloop at the
+    /// level of `-v`/`-q`, and with `--access-log` the access lines at info level, which `-q`
+    /// would otherwise hide although the flag asked for them.
+    pub fn log_filter(&self) -> String {
+        let serve = match &self.command {
+            Some(Command::Serve(args)) => args,
+            Some(Command::Bench(_)) | None => &self.serve,
+        };
+        let mut filter = format!("warn,readyloop={}", self.log_level());
+        if serve.access_log {
+            filter.push_str(&format!(",{}=info", crate::access::TARGET));
+        }
+        filter
+    }
 }
 
 /// The flags of `serve`, as text turned into values by clap; [`ServeArgs::into_config`] makes
@@ -162,6 +177,10 @@ pub struct ServeArgs {
     /// Log a line of statistics this often (0: never).
     #[arg(long, env = "READYLOOP_STATS_INTERVAL", value_parser = parse_duration, default_value = "0")]
     pub stats_interval: Duration,
+    /// Log a line per finished connection or request, and per chat join, nick change, leave and
+    /// expiry, on the log target `readyloop::access`.
+    #[arg(long, env = "READYLOOP_ACCESS_LOG", value_parser = BoolishValueParser::new())]
+    pub access_log: bool,
 }
 
 impl ServeArgs {
@@ -202,6 +221,7 @@ impl ServeArgs {
             chat_verify: self.chat_verify,
             pin: self.pin,
             stats_interval: self.stats_interval,
+            access_log: self.access_log,
         })
     }
 }
@@ -283,6 +303,23 @@ mod tests {
         // Environment fallbacks would change the parsed values; none are set under `cargo test`.
         assert_eq!(cli.log_level(), log::LevelFilter::Info);
         assert_eq!(cli.serve.into_config(), Ok(Config::default()));
+    }
+
+    #[test]
+    fn the_access_log_flag_lets_its_target_through_whatever_the_level() {
+        let cli = Cli::try_parse_from(["readyloop", "-q"]).unwrap();
+        assert_eq!(cli.log_filter(), "warn,readyloop=WARN");
+        let cli = Cli::try_parse_from(["readyloop", "-q", "--access-log"]).unwrap();
+        assert!(cli.serve.access_log);
+        assert_eq!(
+            cli.log_filter(),
+            "warn,readyloop=WARN,readyloop::access=info"
+        );
+        let cli = Cli::try_parse_from(["readyloop", "serve", "--access-log"]).unwrap();
+        assert_eq!(
+            cli.log_filter(),
+            "warn,readyloop=INFO,readyloop::access=info"
+        );
     }
 
     #[test]

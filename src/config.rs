@@ -145,6 +145,9 @@ pub struct Config {
     pub pin: Option<usize>,
     /// Log a line of statistics this often (0: never).
     pub stats_interval: Duration,
+    /// Write the access log: a line per finished connection or request, and per chat join,
+    /// nick change, leave and expiry, on the log target `readyloop::access`.
+    pub access_log: bool,
 }
 
 impl Default for Config {
@@ -181,6 +184,7 @@ impl Default for Config {
             chat_verify: false,
             pin: None,
             stats_interval: Duration::ZERO,
+            access_log: false,
         }
     }
 }

@@ -13,6 +13,15 @@
 //! free slot #5, and then comes the event queued for the *old* #5. Looked up by key alone it would
 //! be handed to the new client. With the generation its token no longer matches slot #5, and it is
 //! dropped as stale. The check is one comparison per event.
+//!
+//! # The access log's notes
+//!
+//! With `--access-log`, the table also keeps [`Notes`] on each client (its address, what it asked,
+//! the answer) in a vector beside the slab, indexed by slab key, and writes a client's access line
+//! when it closes it: only here are the close reason, the bytes moved and the open time all known,
+//! whichever way the close came about. Beside the slab, not in a [`Slot`], because every slot is
+//! paid for by every idle connection; without the flag the vector stays empty. See
+//! [`access`](crate::access).
 
 use std::io;
 use std::time::{Duration, Instant};
@@ -21,6 +30,7 @@ use log::{debug, trace};
 use mio::{Interest, Registry, Token};
 use slab::Slab;
 
+use crate::access::{self, Close, Notes};
 use crate::service::{Endpoint, Next, Role};
 use crate::stats::{CloseReason, Metric, Stats};
 use crate::timers::Timers;
@@ -105,6 +115,9 @@ pub struct EndpointTable {
     /// Endpoints in the table by role, in the order of [`Role::COUNTED`]; the server's own
     /// endpoints are not counted.
     counts: [usize; Role::COUNTED.len()],
+    /// The access log's notes by slab key: empty unless `--access-log` is on, and then only
+    /// clients have any.
+    notes: Vec<Option<Notes>>,
 }
 
 impl EndpointTable {
@@ -116,6 +129,7 @@ impl EndpointTable {
             timers: Timers::default(),
             next_generation: 0,
             counts: [0; Role::COUNTED.len()],
+            notes: Vec::new(),
         }
     }
 
@@ -155,6 +169,9 @@ impl EndpointTable {
             stats.add(Metric::Open, 1);
         }
         trace!("{} {} inserted, {registered:?}", Id(token), endpoint.kind());
+        if let Some(notes) = self.notes.get_mut(entry.key()) {
+            *notes = None; // whatever an endpoint before noted, this one starts afresh
+        }
         entry.insert(Slot {
             generation,
             registered,
@@ -174,12 +191,33 @@ impl EndpointTable {
     }
 
     /// As [`EndpointTable::get_mut`], noting that the loop has something to do for the endpoint
-    /// at `now` (its idle time in the admin service's list starts again).
-    pub fn get_mut_active(&mut self, token: Token, now: Instant) -> Option<&mut Endpoint> {
+    /// at `now` (its idle time in the admin service's list starts again); with the endpoint come
+    /// its access-log notes, if it has any.
+    pub fn get_mut_active(
+        &mut self,
+        token: Token,
+        now: Instant,
+    ) -> Option<(&mut Endpoint, Option<&mut Notes>)> {
         let active_ms = self.millis(now);
         let slot = live(&mut self.slab, token)?;
         slot.active_ms = active_ms;
-        Some(&mut slot.endpoint)
+        let notes = self
+            .notes
+            .get_mut(token::key(token))
+            .and_then(Option::as_mut);
+        Some((&mut slot.endpoint, notes))
+    }
+
+    /// Starts the access log's notes on a live endpoint (with `--access-log` only).
+    pub fn note(&mut self, token: Token, notes: Notes) {
+        if live(&mut self.slab, token).is_none() {
+            return;
+        }
+        let key = token::key(token);
+        if self.notes.len() <= key {
+            self.notes.resize_with(key + 1, || None);
+        }
+        self.notes[key] = Some(notes);
     }
 
     /// The endpoints from slab key `key` on, in key order, as the admin service lists them.
@@ -269,6 +307,13 @@ impl EndpointTable {
             Role::Admin | Role::Own => {}
         }
         debug!("{} {} closed: {reason:?}", Id(token), slot.endpoint.kind());
+        let notes = self.notes.get_mut(token::key(token)).and_then(Option::take);
+        // An admin connection writes a line per request itself; its notes only lend the address.
+        if let Some(notes) = notes.filter(|_| role != Role::Admin) {
+            let age_ms = self.millis(Instant::now()).saturating_sub(slot.opened_ms);
+            let duration = Duration::from_millis(age_ms);
+            access::write(&notes.line(slot.moved, duration, Close::Reason(reason)));
+        }
     }
 
     /// Takes the next endpoint whose armed deadline is due at `now`.

@@ -28,6 +28,7 @@ use log::{info, trace};
 use mio::event::Event;
 use mio::{Events, Poll, Registry, Token};
 
+use crate::access::Notes;
 use crate::config::Config;
 use crate::endpoint::{EndpointTable, Moved};
 use crate::service::{Context, Endpoint, FAIR_SHARE, KEEP, Next, Settings};
@@ -53,7 +54,12 @@ struct Shared {
 }
 
 impl Shared {
-    fn context(&mut self, now: Instant, token: Token) -> Context<'_> {
+    fn context<'a>(
+        &'a mut self,
+        now: Instant,
+        token: Token,
+        access: Option<&'a mut Notes>,
+    ) -> Context<'a> {
         Context {
             now,
             token,
@@ -63,6 +69,7 @@ impl Shared {
             budget: FAIR_SHARE,
             // Resumptions and timers have no fresh event to vouch for a short read.
             short_read_drains: false,
+            access,
         }
     }
 }
@@ -202,11 +209,11 @@ impl EventLoop {
         now: Instant,
         handler: impl FnOnce(&mut Endpoint, &mut Context<'_>) -> Next,
     ) {
-        let Some(endpoint) = self.table.get_mut_active(token, now) else {
+        let Some((endpoint, notes)) = self.table.get_mut_active(token, now) else {
             return;
         };
         let before = Moved::counted(&self.shared.stats);
-        let mut ctx = self.shared.context(now, token);
+        let mut ctx = self.shared.context(now, token, notes);
         let next = handler(endpoint, &mut ctx);
         if next.is_continue() && ctx.budget == 0 {
             self.yielded.push(token);

@@ -12,7 +12,8 @@
 //! - [`listener`]: accepting connections and backing off when out of file descriptors.
 //! - [`buffer`]: the bounded output buffer and its water marks: why memory stays bounded.
 //! - [`timers`]: deadlines without threads, turned into the `poll` timeout.
-//! - [`stats`]: what is counted, and why connections close.
+//! - [`stats`]: what is counted, and why connections close; [`access`]: the access log, a line
+//!   per finished connection, request or chat membership change (`--access-log`).
 //! - [`config`]: the server's settings and their defaults; [`cli`]: the command line and
 //!   environment variables that make a [`Config`].
 //! - [`server`]: binding the services, the start-up line, and the [`Handle`] for other threads.
@@ -30,6 +31,7 @@
 
 #![deny(missing_docs, missing_debug_implementations, rust_2018_idioms)]
 
+pub mod access;
 pub mod bench;
 pub mod buffer;
 pub mod cli;

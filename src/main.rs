@@ -13,8 +13,8 @@ use readyloop::cli::{Cli, Command, ServeArgs};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    // RUST_LOG, when set, wins over -v/-q; other crates log warnings only unless it says otherwise.
-    let filter = format!("warn,readyloop={}", cli.log_level());
+    // RUST_LOG, when set, wins over -v/-q and --access-log's own filter.
+    let filter = cli.log_filter();
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or(filter)).init();
 
     let args = match cli.command {

@@ -3,14 +3,16 @@
 //! The listener ([`crate::listener`]) accepts sockets and backs off when the process runs out of
 //! descriptors; the service ([`crate::service::Service`]) builds the connection a socket becomes.
 //! What lies between is the loop's: counting clients against `--max-conns`, and deciding whether a
-//! connection past the limit is closed at once or kept a moment to be told why.
+//! connection past the limit is closed at once or kept a moment to be told why. With
+//! `--access-log`, `accept`'s address starts each client's notes (see [`crate::access`]).
 
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use log::{trace, warn};
 use mio::Token;
 
 use super::EventLoop;
+use crate::access::{self, Close};
 use crate::endpoint::Moved;
 use crate::service::{Endpoint, KEEP, Role};
 use crate::stats::{CloseReason, Metric};
@@ -42,12 +44,17 @@ impl EventLoop {
             let Some((stream, peer)) = listener.accept(now, stats) else {
                 break;
             };
+            let notes = settings.access_log.then(|| service.notes(peer));
             let endpoint = if full {
                 listener.on_refused(limit);
                 let turned_away = pool_free.then(|| service.turn_away(stream, now, settings));
                 let Some(endpoint) = turned_away.flatten() else {
                     if role == Role::Client {
                         stats.count_close(CloseReason::Limit);
+                        if let Some(notes) = &notes {
+                            let close = Close::Reason(CloseReason::Limit);
+                            access::write(&notes.line(Moved::default(), Duration::ZERO, close));
+                        }
                     }
                     continue; // the stream is dropped, which closes it
                 };
@@ -60,6 +67,9 @@ impl EventLoop {
                 Ok(client) => {
                     if role == Role::Client {
                         stats.add(Metric::Accepted, 1);
+                    }
+                    if let Some(notes) = notes {
+                        self.table.note(client, notes);
                     }
                     trace!("{} accepted {peer} as {}", Id(token), Id(client));
                 }

@@ -18,6 +18,10 @@
 //! Limits: `--admin-max-conns` connections, a request head of [`http::MAX_HEAD`] bytes that must
 //! arrive within `--admin-timeout` (a client trickling a byte at a time is cut off, not waited
 //! for), `GET` and `HEAD` only.
+//!
+//! With `--access-log`, each request gets its line when its response has gone out, or is cut
+//! short: one connection carries many requests, so unlike echo and downloads the line is not
+//! left to the close. What the line needs is kept in the WRITING state ([`Logged`]).
 
 pub mod http;
 
@@ -32,7 +36,9 @@ use mio::net::TcpStream;
 
 use self::http::{Framing, Method, Parsed, Request, Status};
 use super::{Context, Handler, KEEP, Next, Settings, Stream, discard_input, io_failure};
+use crate::access::{self, Answer, Close, Line};
 use crate::buffer::Buffer;
+use crate::endpoint::Moved;
 use crate::stats::{CloseReason, Metric};
 use crate::sys::{interrupted, would_block};
 use crate::token::Id;
@@ -108,6 +114,8 @@ pub enum State {
         keep_alive: bool,
         /// When to give up on a client that takes nothing.
         deadline: Instant,
+        /// The request as the access log will show it; `None` while the log is off.
+        logged: Option<Box<Logged>>,
     },
     /// FIN sent: draining input until the client's FIN or the deadline.
     Lingering {
@@ -123,6 +131,47 @@ impl fmt::Display for State {
             State::Writing { .. } => "WRITING",
             State::Lingering { .. } => "LINGERING",
         })
+    }
+}
+
+/// An admin request as its access line will show it, completed as its response goes out.
+#[derive(Debug)]
+pub struct Logged {
+    /// `GET /path?query`; `None` for a head that was refused unread.
+    asked: Option<String>,
+    /// The response's status, once decided (a `/healthz` status comes with its content).
+    status: Option<Status>,
+    /// The head's bytes, and the response's bytes written so far.
+    moved: Moved,
+    /// When the head was complete.
+    started: Instant,
+}
+
+impl Logged {
+    /// What the access log will show of a request (`None` for a head refused unread) whose head
+    /// took `length` bytes; `None` while the log is off, and then nothing is formatted.
+    fn start(request: Option<&Request>, length: usize, ctx: &Context<'_>) -> Option<Box<Logged>> {
+        ctx.access.as_ref()?;
+        let asked = request.map(|request| {
+            let method = match request.method {
+                Method::Get => "GET",
+                Method::Head => "HEAD",
+            };
+            let query = if request.query.is_empty() { "" } else { "?" };
+            access::clip(&format!(
+                "{method} {}{query}{}",
+                request.path, request.query
+            ))
+        });
+        Some(Box::new(Logged {
+            asked,
+            status: None,
+            moved: Moved {
+                bytes_in: length as u64,
+                bytes_out: 0,
+            },
+            started: ctx.now,
+        }))
     }
 }
 
@@ -210,6 +259,7 @@ impl<S: Stream> Connection<S> {
             pending,
             method,
             keep_alive,
+            logged,
             ..
         } = &mut self.state
         else {
@@ -223,6 +273,9 @@ impl<S: Stream> Connection<S> {
                 body,
             } => {
                 *pending = None;
+                if let Some(logged) = logged {
+                    logged.status = Some(status);
+                }
                 let framing = Framing::Length(body.len());
                 out.extend(http::head(status, content_type, framing, *keep_alive).as_bytes());
                 if *method == Method::Get {
@@ -249,9 +302,12 @@ impl<S: Stream> Connection<S> {
             // Nothing of a next request arrived: an idle keep-alive connection ends quietly.
             State::Reading { .. } if self.input.is_empty() => ControlFlow::Break(CloseReason::Idle),
             // Part of a head, and no more in time: say so, then close.
-            State::Reading { .. } => self.refuse(Status::RequestTimeout, ctx),
+            State::Reading { .. } => {
+                let logged = Logged::start(None, self.input.len(), ctx);
+                self.refuse(Status::RequestTimeout, logged, ctx)
+            }
             // The client stopped taking the response.
-            State::Writing { .. } => ControlFlow::Break(CloseReason::Idle),
+            State::Writing { .. } => self.abandon(CloseReason::Idle, ctx),
             State::Lingering { .. } => ControlFlow::Break(CloseReason::Finished),
         }
     }
@@ -269,9 +325,13 @@ impl<S: Stream> Connection<S> {
             match http::parse(&self.input) {
                 Parsed::Complete(request, length) => {
                     self.input.drain(..length);
-                    return self.respond(&request, ctx);
+                    let logged = Logged::start(Some(&request), length, ctx);
+                    return self.respond(&request, logged, ctx);
                 }
-                Parsed::Refused(status) => return self.refuse(status, ctx),
+                Parsed::Refused(status) => {
+                    let logged = Logged::start(None, self.input.len(), ctx);
+                    return self.refuse(status, logged, ctx);
+                }
                 Parsed::Partial => {}
             }
             // Never hold more than one byte past the limit: enough to know it was passed.
@@ -290,7 +350,12 @@ impl<S: Stream> Connection<S> {
     }
 
     /// A complete request: READING → WRITING.
-    fn respond(&mut self, request: &Request, ctx: &mut Context<'_>) -> Next {
+    fn respond(
+        &mut self,
+        request: &Request,
+        mut logged: Option<Box<Logged>>,
+        ctx: &mut Context<'_>,
+    ) -> Next {
         debug!(
             "{} admin {:?} {}?{}",
             Id(ctx.token),
@@ -304,7 +369,7 @@ impl<S: Stream> Connection<S> {
                 let Ok(left) = http::query_value(&request.query, "limit")
                     .map_or(Ok(DEFAULT_ROW_LIMIT), str::parse)
                 else {
-                    return self.refuse(Status::BadRequest, ctx);
+                    return self.refuse(Status::BadRequest, logged, ctx);
                 };
                 let service = http::query_value(&request.query, "service").map(str::to_string);
                 let mut out = Buffer::new();
@@ -316,12 +381,21 @@ impl<S: Stream> Connection<S> {
                     service,
                 };
                 let pending = (request.method == Method::Get).then_some(rows);
-                return self.start_writing(out, pending, request, ctx);
+                if let Some(logged) = &mut logged {
+                    logged.status = Some(Status::Ok);
+                }
+                return self.start_writing(out, pending, request, logged, ctx);
             }
-            "/" => return self.answer(Status::Ok, HTML, PAGE.as_bytes(), request, ctx),
-            _ => return self.answer(Status::NotFound, TEXT, b"not found\n", request, ctx),
+            "/" => {
+                let page = PAGE.as_bytes();
+                return self.answer(Status::Ok, HTML, page, request, logged, ctx);
+            }
+            _ => {
+                let body = b"not found\n";
+                return self.answer(Status::NotFound, TEXT, body, request, logged, ctx);
+            }
         };
-        self.start_writing(Buffer::new(), Some(content), request, ctx)
+        self.start_writing(Buffer::new(), Some(content), request, logged, ctx)
     }
 
     /// Answers with a body the connection has itself.
@@ -331,19 +405,31 @@ impl<S: Stream> Connection<S> {
         content_type: &str,
         body: &[u8],
         request: &Request,
+        mut logged: Option<Box<Logged>>,
         ctx: &mut Context<'_>,
     ) -> Next {
+        if let Some(logged) = &mut logged {
+            logged.status = Some(status);
+        }
         let mut out = Buffer::new();
         let framing = Framing::Length(body.len());
         out.extend(http::head(status, content_type, framing, request.keep_alive).as_bytes());
         if request.method == Method::Get {
             out.extend(body);
         }
-        self.start_writing(out, None, request, ctx)
+        self.start_writing(out, None, request, logged, ctx)
     }
 
     /// A request the service will not answer: its status, then close.
-    fn refuse(&mut self, status: Status, ctx: &mut Context<'_>) -> Next {
+    fn refuse(
+        &mut self,
+        status: Status,
+        mut logged: Option<Box<Logged>>,
+        ctx: &mut Context<'_>,
+    ) -> Next {
+        if let Some(logged) = &mut logged {
+            logged.status = Some(status);
+        }
         debug!(
             "{} admin: {} {}",
             Id(ctx.token),
@@ -363,6 +449,7 @@ impl<S: Stream> Connection<S> {
                 method: Method::Get,
                 keep_alive: false,
                 deadline,
+                logged,
             },
             ctx,
         );
@@ -375,6 +462,7 @@ impl<S: Stream> Connection<S> {
         out: Buffer,
         pending: Option<Content>,
         request: &Request,
+        logged: Option<Box<Logged>>,
         ctx: &mut Context<'_>,
     ) -> Next {
         let deadline = ctx.now + WRITE_TIMEOUT;
@@ -384,6 +472,7 @@ impl<S: Stream> Connection<S> {
             method: request.method,
             keep_alive: request.keep_alive,
             deadline,
+            logged,
         };
         self.transition(writing, ctx);
         self.send(ctx)
@@ -396,6 +485,7 @@ impl<S: Stream> Connection<S> {
             pending,
             keep_alive,
             deadline,
+            logged,
             ..
         } = &mut self.state
         else {
@@ -406,8 +496,17 @@ impl<S: Stream> Connection<S> {
             Ok(written) => {
                 ctx.stats.add(Metric::BytesOut, written as u64);
                 *deadline = ctx.now + WRITE_TIMEOUT;
+                if let Some(logged) = logged {
+                    logged.moved.bytes_out += written as u64;
+                }
             }
-            Err(e) => return io_failure("admin", &self.state, e, ctx),
+            Err(e) => {
+                let next = io_failure("admin", &self.state, e, ctx);
+                return match next {
+                    ControlFlow::Break(reason) => self.abandon(reason, ctx),
+                    ControlFlow::Continue(()) => next,
+                };
+            }
         }
         if !out.is_empty() {
             return KEEP; // the socket is full: wait for writable
@@ -418,10 +517,37 @@ impl<S: Stream> Connection<S> {
             return KEEP;
         }
         if *keep_alive {
+            self.log_request(Close::KeepAlive, ctx);
             self.start_reading(ctx)
         } else {
+            self.log_request(Close::Reason(CloseReason::Finished), ctx);
             self.start_lingering(ctx)
         }
+    }
+
+    /// WRITING, cut short: the request gets its line, then the connection closes for `reason`.
+    fn abandon(&mut self, reason: CloseReason, ctx: &Context<'_>) -> Next {
+        self.log_request(Close::Reason(reason), ctx);
+        ControlFlow::Break(reason)
+    }
+
+    /// Writes the access line of the request being answered, if the log is on.
+    fn log_request(&mut self, close: Close, ctx: &Context<'_>) {
+        let State::Writing { logged, .. } = &mut self.state else {
+            return;
+        };
+        let (Some(logged), Some(notes)) = (logged.take(), ctx.access.as_deref()) else {
+            return;
+        };
+        access::write(&Line {
+            peer: Some(notes.peer),
+            service: notes.service,
+            asked: logged.asked.as_deref(),
+            answer: logged.status.map(|status| Answer::Status(status.code())),
+            moved: logged.moved,
+            duration: ctx.now.saturating_duration_since(logged.started),
+            close,
+        });
     }
 
     /// WRITING → READING: the next request may already be here, in `input` or in the socket.

@@ -17,6 +17,9 @@
 //! connection owns no buffer for it, so a 256 MiB download costs the server a file descriptor and a
 //! few counters. Every exchange ends with a lingering close, so a client that sent more than its
 //! request still reads the whole reply instead of an RST.
+//!
+//! With `--access-log`, the request and the verdict on it go into the connection's access notes
+//! (through [`Context::access`]), and the endpoint table writes the line when the connection closes.
 
 pub mod files;
 pub mod listing;
@@ -36,6 +39,7 @@ use mio::net::TcpStream;
 use self::files::{Files, Progress, Transfer};
 use self::request::{MAX_LINE, Refusal, Request};
 use super::{Context, Handler, KEEP, Next, Settings, Stream, discard_input, io_failure};
+use crate::access::{self, Notes};
 use crate::buffer::{Buffer, write_ready};
 use crate::stats::{CloseReason, Metric};
 use crate::sys::{interrupted, would_block};
@@ -274,11 +278,20 @@ impl<S: Stream> Connection<S> {
         };
         let line = mem::take(line);
         let bare = request::is_bare(&line);
-        let reply = match &self.answer {
-            Answer::Files(files) => request::parse(&line, files.serve_hidden())
-                .and_then(|request| prepare(files, request, ctx)),
-            Answer::TurnedAway { .. } => Err(Refusal::Full),
+        let (request, reply) = match &self.answer {
+            Answer::Files(files) => {
+                let request = request::parse(&line, files.serve_hidden());
+                let reply = request
+                    .as_ref()
+                    .map_err(|refusal| *refusal)
+                    .and_then(|request| prepare(files, request, ctx));
+                (request.ok(), reply)
+            }
+            Answer::TurnedAway { .. } => (None, Err(Refusal::Full)),
         };
+        if let Some(notes) = ctx.access.as_deref_mut() {
+            note_exchange(notes, &line, request.as_ref(), &reply);
+        }
         match reply {
             Ok((head, body)) => {
                 self.transition(State::Replying { head, body }, ctx);
@@ -425,11 +438,11 @@ impl<S: Stream> Handler for Connection<S> {
 }
 
 /// Opens what the request names and builds the reply's status line and body.
-fn prepare(files: &Files, request: Request, ctx: &Context<'_>) -> Result<(Buffer, Body), Refusal> {
+fn prepare(files: &Files, request: &Request, ctx: &Context<'_>) -> Result<(Buffer, Body), Refusal> {
     let mut head = Buffer::new();
-    let body = match request {
-        Request::Get { name, offset } => {
-            let transfer = files.open_file(&name, offset)?;
+    let body = match *request {
+        Request::Get { ref name, offset } => {
+            let transfer = files.open_file(name, offset)?;
             head.extend(format!("OK {}\n", transfer.remaining()).as_bytes());
             debug!(
                 "{} GET {name:?} from {offset}: {} bytes",
@@ -438,8 +451,8 @@ fn prepare(files: &Files, request: Request, ctx: &Context<'_>) -> Result<(Buffer
             );
             Body::File(transfer)
         }
-        Request::Bare { name } => {
-            let transfer = files.open_file(&name, 0)?;
+        Request::Bare { ref name } => {
+            let transfer = files.open_file(name, 0)?;
             debug!(
                 "{} bare {name:?}: {} bytes",
                 Id(ctx.token),
@@ -459,6 +472,40 @@ fn prepare(files: &Files, request: Request, ctx: &Context<'_>) -> Result<(Buffer
         ctx.stats.add(Metric::DownloadsStarted, 1);
     }
     Ok((head, body))
+}
+
+/// Tells the access log what was asked (the request as parsed, with a `GET`'s offset always
+/// written; the line as it came when it could not be parsed) and answered (the status line's
+/// verdict, which the bare form decides but does not send).
+fn note_exchange(
+    notes: &mut Notes,
+    line: &[u8],
+    request: Option<&Request>,
+    reply: &Result<(Buffer, Body), Refusal>,
+) {
+    let asked = match request {
+        Some(Request::Get { name, offset }) => format!("GET {name} {offset}"),
+        Some(request) => request.to_string(),
+        None => String::from_utf8_lossy(line).into_owned(),
+    };
+    notes.asked = Some(access::clip(&asked).into());
+    notes.answer = match reply {
+        Ok((_, Body::File(transfer))) => Some(access::Answer::Ok(transfer.remaining())),
+        Ok((_, Body::Listing { bytes, .. })) => listed(bytes).map(access::Answer::Ok),
+        // `prepare` never answers with an empty body; only a refusal has one.
+        Ok((_, Body::Empty)) => None,
+        Err(refusal) => Some(access::Answer::Err(refusal.code())),
+    };
+}
+
+/// The entry count of a listing, from its `OK <n>` header.
+fn listed(listing: &[u8]) -> Option<u64> {
+    let header = listing.split(|&b| b == b'\n').next()?;
+    std::str::from_utf8(header)
+        .ok()?
+        .strip_prefix("OK ")?
+        .parse()
+        .ok()
 }
 
 /// A request line as it may appear in a log: lossy UTF-8, cut to 100 characters.

@@ -32,6 +32,7 @@ use signal_hook_mio::v1_0::Signals;
 use log::debug;
 
 use self::download::files::Files;
+use crate::access::{self, Notes};
 use crate::buffer::Watermarks;
 use crate::config::Config;
 use crate::listener::Listener;
@@ -62,6 +63,9 @@ pub struct Settings {
     /// An admin request head must arrive within this long; an idle admin connection closes
     /// after it (`--admin-timeout`).
     pub admin_timeout: Duration,
+    /// Whether the access log is written (`--access-log`, and its log target enabled): the loop
+    /// then keeps [`Notes`] on every client.
+    pub access_log: bool,
 }
 
 impl Settings {
@@ -76,6 +80,7 @@ impl Settings {
             },
             request_grace: config.request_grace,
             admin_timeout: config.admin_timeout,
+            access_log: access::enabled(config.access_log),
         }
     }
 }
@@ -113,6 +118,16 @@ impl Service {
                 Endpoint::Admin(Box::new(admin::Connection::new(stream, now, settings)))
             }
         }
+    }
+
+    /// The access log's notes on a new client from `peer`. An echo client asks for nothing in
+    /// words: what it asks is the echo itself.
+    pub fn notes(&self, peer: SocketAddr) -> Notes {
+        let mut notes = Notes::new(self.name(), peer);
+        if let Service::Echo = self {
+            notes.asked = Some("echo".into());
+        }
+        notes
     }
 
     /// What an accepted connection counts as, and so which limit it is held to.
@@ -169,6 +184,9 @@ pub struct Context<'a> {
     /// hang-up or error; otherwise the peer's FIN may wait behind the data with its edge already
     /// spent, and only `WouldBlock` (or a zero-length read) ends the drain.
     pub short_read_drains: bool,
+    /// The access log's notes on this connection, for what it asked and was answered. `None`
+    /// while `--access-log` is off: a handler checks this one field before it formats anything.
+    pub access: Option<&'a mut Notes>,
 }
 
 /// A handler's [`Context::budget`] per call: 256 KiB is a few socket buffers' worth, enough to

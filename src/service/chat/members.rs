@@ -7,6 +7,9 @@
 //!
 //! Every line the server writes ends with `\n`; its own lines start with `* `, and a member's text
 //! is relayed as `<nick>: <text>`.
+//!
+//! With `--access-log`, every join (of the chat or of a room), nick change, leave and expiry is
+//! written to the access log where it happens, as a [`ChatLine`]; what members say never is.
 
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::net::SocketAddr;
@@ -17,6 +20,7 @@ use super::bucket::TokenBucket;
 use super::command::{self, Command, HELP};
 use super::cookie::Cookies;
 use super::outbox::Datagram;
+use crate::access::{self, ChatEvent, ChatLine};
 use crate::config::Config;
 use crate::stats::{Metric, Stats};
 use crate::text::counted;
@@ -49,6 +53,8 @@ pub struct Limits {
     pub idle: Duration,
     /// New addresses must send back a cookie before they join.
     pub verify: bool,
+    /// Not a limit: whether joins, nick changes, leaves and expiries go to the access log.
+    pub access_log: bool,
 }
 
 impl Limits {
@@ -62,6 +68,7 @@ impl Limits {
             burst: config.chat_burst,
             idle: config.chat_idle,
             verify: config.chat_verify,
+            access_log: access::enabled(config.access_log),
         }
     }
 }
@@ -87,6 +94,16 @@ struct Member {
 impl Member {
     fn name(&self, addr: SocketAddr) -> String {
         self.nick.clone().unwrap_or_else(|| addr.to_string())
+    }
+
+    /// The access line of `event`, with the member as it is after it.
+    fn line<'a>(&'a self, addr: SocketAddr, event: ChatEvent<'a>) -> ChatLine<'a> {
+        ChatLine {
+            peer: addr,
+            event,
+            nick: self.nick.as_deref(),
+            room: &self.room,
+        }
     }
 }
 
@@ -220,7 +237,9 @@ impl Chat {
                 continue;
             }
             let idle = self.limits.idle;
-            if let Some((name, room)) = self.remove(addr, stats) {
+            if let Some(member) = self.remove(addr, stats) {
+                log(self.limits.access_log, member.line(addr, ChatEvent::Expire));
+                let (name, room) = (member.name(addr), member.room);
                 let line = format!("* {name} left {room} (silent for {idle:?})");
                 self.tell_room(&room, None, &line, out);
             }
@@ -273,6 +292,15 @@ impl Chat {
         self.expiries.insert((expires, from));
         self.enter(from, LOBBY, stats);
         stats.add(Metric::ChatMembers, 1);
+        log(
+            self.limits.access_log,
+            ChatLine {
+                peer: from,
+                event: ChatEvent::Join { from: None },
+                nick: None,
+                room: LOBBY,
+            },
+        );
         self.tell_room(LOBBY, Some(from), &format!("* {from} joined {LOBBY}"), out);
         // The `/verify` that made it a member is not a message to handle further.
         if verified {
@@ -315,7 +343,13 @@ impl Chat {
                     reply(out, from, &format!("* nick {nick} is taken"))
                 }
                 _ => {
-                    if let Some(old) = member.nick.replace(nick.to_string()) {
+                    let old = member.nick.replace(nick.to_string());
+                    let was = old.as_deref();
+                    log(
+                        self.limits.access_log,
+                        member.line(from, ChatEvent::Nick { was }),
+                    );
+                    if let Some(old) = old {
                         self.nicks.remove(&old);
                     }
                     self.nicks.insert(nick.to_string(), from);
@@ -338,6 +372,8 @@ impl Chat {
             }
             Command::Join(room) => {
                 let old = std::mem::replace(&mut member.room, room.to_string());
+                let moved = ChatEvent::Join { from: Some(&old) };
+                log(self.limits.access_log, member.line(from, moved));
                 self.quit(from, &old, stats);
                 self.tell_room(&old, None, &format!("* {name} left {old}"), out);
                 self.tell_room(room, None, &format!("* {name} joined {room}"), out);
@@ -347,7 +383,9 @@ impl Chat {
                 reply(out, from, &format!("* you joined {room} ({others} here)"));
             }
             Command::Leave => {
-                if let Some((name, room)) = self.remove(from, stats) {
+                if let Some(member) = self.remove(from, stats) {
+                    log(self.limits.access_log, member.line(from, ChatEvent::Leave));
+                    let (name, room) = (member.name(from), member.room);
                     self.tell_room(&room, None, &format!("* {name} left {room}"), out);
                 }
                 reply(out, from, "* you left the chat; send anything to come back");
@@ -423,8 +461,8 @@ impl Chat {
         }
     }
 
-    /// Removes a member entirely; returns its name and room for the notice.
-    fn remove(&mut self, addr: SocketAddr, stats: &Stats) -> Option<(String, String)> {
+    /// Removes a member entirely; returns it, for the notice.
+    fn remove(&mut self, addr: SocketAddr, stats: &Stats) -> Option<Member> {
         let member = self.members.remove(&addr)?;
         self.expiries.remove(&(member.armed, addr));
         if let Some(nick) = &member.nick {
@@ -432,7 +470,7 @@ impl Chat {
         }
         self.quit(addr, &member.room, stats);
         stats.sub(Metric::ChatMembers, 1);
-        Some((member.name(addr), member.room))
+        Some(member)
     }
 
     /// Sends `line` to every member of `room` but `skip`; returns how many datagrams that made.
@@ -452,6 +490,14 @@ impl Chat {
             push(out, addr, Arc::clone(&payload));
         }
         out.len() - before
+    }
+}
+
+/// Writes a membership change to the access log when it is `on`. A [`ChatLine`] only borrows, so
+/// while the log is off nothing is formatted or copied.
+fn log(on: bool, line: ChatLine<'_>) {
+    if on {
+        access::write(&line);
     }
 }
 

@@ -120,6 +120,7 @@ impl Harness {
             scratch: &mut self.scratch,
             budget: FAIR_SHARE,
             short_read_drains: true,
+            access: None,
         }
     }
 

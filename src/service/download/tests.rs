@@ -19,6 +19,7 @@ use tempfile::TempDir;
 use super::files::Files;
 use super::request::MAX_LINE;
 use super::{Answer, Connection, State, TURN_AWAY_DEADLINE};
+use crate::access::{self, Notes};
 use crate::buffer::Watermarks;
 use crate::config::Config;
 use crate::service::fake::{Fake, Input};
@@ -74,6 +75,7 @@ impl Harness {
                 linger: Duration::from_secs(2),
                 request_grace: Duration::from_millis(50),
                 admin_timeout: Duration::from_secs(10),
+                access_log: false,
             },
             stats,
             scratch: vec![0; 64],
@@ -91,6 +93,7 @@ impl Harness {
             scratch: &mut self.scratch,
             budget: FAIR_SHARE,
             short_read_drains: !self.hangup,
+            access: None,
         }
     }
 
@@ -817,6 +820,84 @@ fn turned_away_deadline_is_hard_in_every_state() {
     for c in [&mut silent, &mut unread, &mut answered] {
         assert_eq!(c.on_timeout(&mut h.ctx()), close(CloseReason::Limit));
     }
+}
+
+// ---- access log notes (--access-log) ------------------------------------------------------------
+
+/// What a connection of `make`'s kind, sent `request` in one read, notes for the access log.
+fn noted(
+    h: &mut Harness,
+    make: fn(&mut Harness, Fake) -> Connection<Fake>,
+    request: &[u8],
+) -> (Option<String>, Option<access::Answer>) {
+    let mut notes = Notes::new("files", "127.0.0.1:5000".parse().unwrap());
+    let mut c = make(h, Fake::with_input(&[request]));
+    let mut ctx = h.ctx();
+    ctx.access = Some(&mut notes);
+    assert_eq!(c.on_readable(&mut ctx), KEEP);
+    (notes.asked.map(String::from), notes.answer)
+}
+
+#[test]
+fn a_served_request_is_noted_as_parsed_with_its_offset_and_verdict() {
+    let mut h = Harness::new();
+    let get = noted(&mut h, Harness::connection, b"GET a.txt\n");
+    assert_eq!(
+        get,
+        (Some("GET a.txt 0".into()), Some(access::Answer::Ok(12)))
+    );
+    let from = noted(&mut h, Harness::connection, b"GET big.bin 150\r\n");
+    assert_eq!(
+        from,
+        (Some("GET big.bin 150".into()), Some(access::Answer::Ok(50)))
+    );
+    let list = noted(&mut h, Harness::connection, b"LIST\n");
+    assert_eq!(list, (Some("LIST".into()), Some(access::Answer::Ok(2))));
+    // The bare form sends no status line; the log still says what was decided.
+    let bare = noted(&mut h, Harness::connection, b"a.txt\n");
+    assert_eq!(bare, (Some("a.txt".into()), Some(access::Answer::Ok(12))));
+}
+
+#[test]
+fn a_refused_request_is_noted_with_its_code_and_the_line_as_it_came_if_unparsed() {
+    let mut h = Harness::new();
+    let missing = noted(&mut h, Harness::connection, b"GET nope.txt\n");
+    assert_eq!(
+        missing,
+        (
+            Some("GET nope.txt 0".into()),
+            Some(access::Answer::Err(404))
+        )
+    );
+    let near_miss = noted(&mut h, Harness::connection, b"get a.txt\n");
+    assert_eq!(
+        near_miss,
+        (Some("get a.txt".into()), Some(access::Answer::Err(400)))
+    );
+    let bare = noted(&mut h, Harness::connection, b"../etc/passwd\n");
+    assert_eq!(
+        bare,
+        (Some("../etc/passwd".into()), Some(access::Answer::Err(403)))
+    );
+    let busy = noted(&mut h, Harness::turned_away, b"GET a.txt\n");
+    assert_eq!(
+        busy,
+        (Some("GET a.txt".into()), Some(access::Answer::Err(503)))
+    );
+}
+
+#[test]
+fn a_request_line_over_the_limit_is_noted_cut_short() {
+    let mut h = Harness::new();
+    let line = [b"GET ".as_slice(), &[b'x'; MAX_LINE + 10]].concat();
+    let (asked, answer) = noted(&mut h, Harness::connection, &line);
+    assert_eq!(answer, Some(access::Answer::Err(414)));
+    let asked = asked.unwrap();
+    assert_eq!(asked.chars().count(), access::MAX_ASKED + 1);
+    assert!(
+        asked.starts_with("GET xxx") && asked.ends_with("x…"),
+        "{asked}"
+    );
 }
 
 // ---- names -------------------------------------------------------------------------------------

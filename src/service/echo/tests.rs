@@ -34,6 +34,7 @@ impl Harness {
                 linger: Duration::from_secs(1),
                 request_grace: Duration::from_millis(50),
                 admin_timeout: Duration::from_secs(10),
+                access_log: false,
             },
             stats: Stats::default(),
             scratch: vec![0; 64],
@@ -51,6 +52,7 @@ impl Harness {
             scratch: &mut self.scratch,
             budget: FAIR_SHARE,
             short_read_drains: !self.hangup,
+            access: None,
         }
     }
 

@@ -24,6 +24,7 @@ fn limits() -> Limits {
         burst: 10,
         idle: Duration::from_secs(60),
         verify: false,
+        access_log: false,
     }
 }
 
