@@ -131,3 +131,21 @@ fn connections_past_max_conns_are_closed_at_once_and_counted() {
     // EOF, or a reset if the close raced with the client's handshake bookkeeping.
     assert!(matches!(refused.read(&mut buf), Ok(0) | Err(_)));
 }
+
+/// Each `poll` records its batch: the histogram's count is the number of polls and its sum the
+/// number of events, on the loop's own thread exactly.
+#[test]
+fn every_poll_records_the_size_of_its_batch() {
+    let (mut event_loop, stats, addr) = test_loop();
+    let mut client = StdStream::connect(addr).unwrap();
+    client.write_all(b"ping").unwrap();
+    turn_until(&mut event_loop, |_| stats.get(Metric::BytesOut) >= 4);
+    let snapshot = stats.snapshot();
+    let batches = snapshot.events_per_poll();
+    assert_eq!(batches.count(), snapshot.get(Metric::LoopIterations));
+    assert_eq!(batches.sum(), snapshot.get(Metric::Events) as f64);
+    assert!(
+        batches.sum() >= 2.0,
+        "the accept and the read came as events"
+    );
+}
