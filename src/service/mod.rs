@@ -9,6 +9,7 @@
 //! Nor does the loop build connections: when a listener accepts a socket, the loop hands it to the
 //! listener's [`Service`], which makes the right kind of connection of it.
 
+pub mod admin;
 pub mod chat;
 pub mod download;
 pub mod echo;
