@@ -19,7 +19,9 @@
 //! arrive within `--admin-timeout` (a client trickling a byte at a time is cut off, not waited
 //! for), `GET` and `HEAD` only.
 
+pub mod history;
 pub mod http;
+pub mod metrics;
 
 use std::fmt;
 use std::net::SocketAddr;
