@@ -22,7 +22,7 @@ use mio::{Interest, Registry, Token};
 use slab::Slab;
 
 use crate::service::{Endpoint, Next, Role};
-use crate::stats::{CloseReason, Metric, Stats};
+use crate::stats::{CloseReason, Metric, ServiceMetric, Stats};
 use crate::timers::Timers;
 use crate::token::{self, Id, KEY_MASK};
 
@@ -154,6 +154,10 @@ impl EndpointTable {
         if role == Role::Client {
             stats.add(Metric::Open, 1);
         }
+        if let (Role::Client | Role::Admin, Some(service)) = (role, endpoint.service_id()) {
+            stats.service_add(service, ServiceMetric::Accepted, 1);
+            stats.service_add(service, ServiceMetric::Open, 1);
+        }
         trace!("{} {} inserted, {registered:?}", Id(token), endpoint.kind());
         entry.insert(Slot {
             generation,
@@ -212,8 +216,14 @@ impl EndpointTable {
         let Some(slot) = live(&mut self.slab, token) else {
             return;
         };
-        slot.moved.bytes_in += moved.bytes_in;
-        slot.moved.bytes_out += moved.bytes_out;
+        if moved != Moved::default() {
+            slot.moved.bytes_in += moved.bytes_in;
+            slot.moved.bytes_out += moved.bytes_out;
+            if let Some(service) = slot.endpoint.service_id() {
+                stats.service_add(service, ServiceMetric::BytesIn, moved.bytes_in);
+                stats.service_add(service, ServiceMetric::BytesOut, moved.bytes_out);
+            }
+        }
         if let Next::Break(reason) = next {
             self.close(registry, token, reason, stats);
             return;
@@ -258,6 +268,14 @@ impl EndpointTable {
         let role = slot.endpoint.role();
         if let Some(i) = counted(role) {
             self.counts[i] -= 1;
+        }
+        if let (Role::Client | Role::Admin, Some(service)) = (role, slot.endpoint.service_id()) {
+            stats.service_sub(service, ServiceMetric::Open, 1);
+            let lived = self
+                .epoch
+                .elapsed()
+                .saturating_sub(Duration::from_millis(slot.opened_ms));
+            stats.observe_lifetime(service, lived);
         }
         // The figures are the clients': admin traffic would blur them.
         match role {

@@ -34,6 +34,7 @@ use mio::{Events, Poll, Registry, Token};
 
 use crate::config::Config;
 use crate::endpoint::{EndpointTable, Moved};
+use crate::service::admin::history::History;
 use crate::service::{Context, Endpoint, FAIR_SHARE, KEEP, Next, Settings};
 use crate::stats::{Metric, Snapshot, Stats, StatsLine};
 use crate::sys::interrupted;
@@ -83,6 +84,10 @@ pub struct EventLoop {
     phase: Phase,
     /// The periodic stats line of `--stats-interval`.
     stats_line: StatsLine,
+    /// One-second samples for the admin service's `/stats.json`; `None` while it is off.
+    history: Option<History>,
+    /// When the loop started running, for the admin service's uptime.
+    started: Instant,
     /// Connections that spent their budget and must be called again without an event.
     yielded: Vec<Token>,
     /// Stop requests from [`Handle`](crate::Handle)s, counted so two quick requests still mean
@@ -111,6 +116,8 @@ impl EventLoop {
             },
             phase: Phase::Running,
             stats_line: StatsLine::new(config.stats_interval),
+            history: config.admin_port.map(|_| History::default()),
+            started: Instant::now(),
             yielded: Vec::new(),
             stop_requests,
             config,
@@ -146,13 +153,13 @@ impl EventLoop {
     /// `poll` itself failed (other than `EINTR`): the server cannot go on.
     pub fn run(&mut self) -> io::Result<Snapshot> {
         let mut now = Instant::now();
-        self.stats_line.start(now);
+        self.start_periodic(now);
         while self.phase != Phase::Stopped {
             self.wait(self.poll_timeout(now))?;
             let woke = Instant::now();
             self.handle_events(woke);
             self.fire_due_deadlines(woke);
-            self.stats_line.log_if_due(woke, &self.shared.stats);
+            self.periodic(woke);
             self.advance_phase(woke);
             // One clock read both ends this pass and starts the next poll's timeout.
             now = Instant::now();
@@ -172,6 +179,7 @@ impl EventLoop {
         let deadlines = [
             self.table.next_deadline(),
             self.stats_line.deadline(),
+            self.history.as_ref().and_then(History::deadline),
             self.phase.deadline(),
         ];
         poll_timeout(now, deadlines)

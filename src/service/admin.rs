@@ -35,7 +35,7 @@ use mio::net::TcpStream;
 use self::http::{Framing, Method, Parsed, Request, Status};
 use super::{Context, Handler, KEEP, Next, Settings, Stream, discard_input, io_failure};
 use crate::buffer::Buffer;
-use crate::stats::{CloseReason, Metric};
+use crate::stats::{CloseReason, Metric, ServiceId, ServiceMetric};
 use crate::sys::{interrupted, would_block};
 use crate::token::Id;
 
@@ -57,6 +57,10 @@ pub const DEFAULT_ROW_LIMIT: usize = usize::MAX;
 pub enum Content {
     /// `/healthz`: the shutdown phase.
     Health,
+    /// `/metrics`: the figures, in Prometheus's text format.
+    Metrics,
+    /// `/stats.json`: the figures, their rates and their recent history.
+    Stats,
     /// `/connections`: rows of the endpoint table, from slab key `next` on.
     Connections {
         /// The slab key to continue from.
@@ -293,6 +297,8 @@ impl<S: Stream> Connection<S> {
 
     /// A complete request: READING → WRITING.
     fn respond(&mut self, request: &Request, ctx: &mut Context<'_>) -> Next {
+        ctx.stats
+            .service_add(ServiceId::Admin, ServiceMetric::Requests, 1);
         debug!(
             "{} admin {:?} {}?{}",
             Id(ctx.token),
@@ -302,6 +308,8 @@ impl<S: Stream> Connection<S> {
         );
         let content = match request.path.as_str() {
             "/healthz" => Content::Health,
+            "/metrics" => Content::Metrics,
+            "/stats.json" => Content::Stats,
             "/connections" => {
                 let Ok(left) = http::query_value(&request.query, "limit")
                     .map_or(Ok(DEFAULT_ROW_LIMIT), str::parse)
@@ -346,6 +354,8 @@ impl<S: Stream> Connection<S> {
 
     /// A request the service will not answer: its status, then close.
     fn refuse(&mut self, status: Status, ctx: &mut Context<'_>) -> Next {
+        ctx.stats
+            .service_add(ServiceId::Admin, ServiceMetric::Requests, 1);
         debug!(
             "{} admin: {} {}",
             Id(ctx.token),
