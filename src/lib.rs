@@ -1,4 +1,7 @@
 //! readyloop: one thread, one hand-written mio readiness loop, several protocols at once.
+//! It grew out of a classic Python socket tutorial (a UDP chat, a TCP server on port 7788 that
+//! answers, a file downloader started as `server.py 7890`): that is what "the tutorial" means in
+//! the code and docs, and its Python clients work against readyloop unchanged.
 //!
 //! A tour of the modules, in the order a reader should go:
 //!
