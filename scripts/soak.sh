@@ -5,7 +5,8 @@
 # from its start-up line) serving a temporary directory, and drives it for DURATION_SECONDS
 # (default 600) with its own load generator, `readyloop bench`: rounds in which echo churn
 # (`bench connect`), echo round trips (`bench echo`), downloads (`bench download`) and chat
-# (`bench chat`) run side by side for ROUND_LOAD, then rest for ROUND_REST. Every second it
+# (`bench chat`) run side by side for ROUND_LOAD while the admin service is scraped, then rest for
+# ROUND_REST. Every second it
 # samples the server's resident memory (VmRSS) and open descriptors into a CSV. At the end it
 # compares the first minute with the last (a third of the run each when the run is shorter than
 # three minutes), stops the server with SIGTERM and checks that it exits with status 0.
@@ -75,7 +76,7 @@ rm -f "$out"/samples.csv "$out"/server.log "$out"/bench-*.jsonl
 head -c "$FILE_BYTES" /dev/urandom >"$work/root/soak.bin"
 : >"$work/startup"  # exists before the server's redirection creates it, for the loop below
 
-"$bin" serve --bind 127.0.0.1 --echo-port 0 --files-port 0 --chat-port 0 \
+"$bin" serve --bind 127.0.0.1 --echo-port 0 --files-port 0 --chat-port 0 --admin-port 0 \
     --root "$work/root" --chat-rate 0 >"$work/startup" 2>"$out/server.log" &
 server_pid=$!
 
@@ -91,14 +92,15 @@ for _ in $(seq 100); do
     kill -0 "$server_pid" 2>/dev/null || break
     sleep 0.1
 done
-for service in echo files chat; do
+for service in echo files chat admin; do
     if [[ -z ${addr[$service]:-} ]]; then
         echo "soak: the server printed no start-up line naming $service; its log:" >&2
         cat "$out/server.log" >&2
         exit 1
     fi
 done
-echo "soak: server pid $server_pid, echo=${addr[echo]} files=${addr[files]} chat=${addr[chat]}"
+echo "soak: server pid $server_pid, echo=${addr[echo]} files=${addr[files]} chat=${addr[chat]}" \
+    "admin=${addr[admin]}"
 
 # One sample a second: seconds since the start, VmRSS in KiB, open descriptors.
 sample() {
@@ -120,6 +122,18 @@ start=${EPOCHREALTIME//[!0-9]/}
 sample "$start" >"$out/samples.csv" &
 sampler_pid=$!
 
+# One scrape of the admin service, as a monitoring system and an open live page would make each
+# second: the metrics, the figures and the connection list. Bash's /dev/tcp keeps curl out of it.
+scrape() {
+    local path
+    for path in /metrics /stats.json /connections; do
+        exec 3<>"/dev/tcp/${addr[admin]%:*}/${addr[admin]##*:}"
+        printf 'GET %s HTTP/1.1\r\nHost: soak\r\nConnection: close\r\n\r\n' "$path" >&3
+        cat <&3 >/dev/null
+        exec 3<&-
+    done
+}
+
 # One generator run, its JSON line appended to bench-SCENARIO.jsonl; `timeout` is a second
 # bound in case a run ever failed to stop by itself. Run in the background, where `exec` makes
 # the job's PID that of `timeout`, which passes a SIGTERM from `cleanup` on to the generator.
@@ -140,6 +154,7 @@ while ((${EPOCHREALTIME//[!0-9]/} < deadline)); do
     generate echo "${addr[echo]}" -c 16 --size 512 --pipeline 2 & load_pids+=($!)
     generate download "${addr[files]}" soak.bin -c 2 & load_pids+=($!)
     generate chat "${addr[chat]}" --senders 2 --members 20 & load_pids+=($!)
+    scrape
     for pid in "${load_pids[@]}"; do
         wait "$pid" || failed_runs=$((failed_runs + 1))
     done
