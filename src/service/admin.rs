@@ -505,3 +505,6 @@ impl<S: Stream> Handler for Connection<S> {
         }
     }
 }
+
+#[cfg(test)]
+mod tests;
