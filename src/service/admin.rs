@@ -268,14 +268,26 @@ impl<S: Stream> Connection<S> {
         KEEP
     }
 
-    /// READING: reads until `WouldBlock`, the end of a head, the client's FIN or the head limit.
+    /// READING: reads and answers requests until `WouldBlock`, the client's FIN, the head limit,
+    /// a response that waits for the socket or the loop, or the end of the budget.
+    ///
+    /// Pipelined requests are answered here one after another, in a loop rather than by each
+    /// response calling back into reading: a client that keeps its pipe full while it reads as
+    /// fast as it can then costs neither stack nor more than its share of the loop.
     fn read_request(&mut self, ctx: &mut Context<'_>) -> Next {
         loop {
+            if ctx.budget == 0 {
+                return KEEP; // the loop calls again, readable, once the others had their turn
+            }
             // What is already here may hold a whole request (pipelined behind the last one).
             match http::parse(&self.input) {
                 Parsed::Complete(request, length) => {
                     self.input.drain(..length);
-                    return self.respond(&request, ctx);
+                    self.respond(&request, ctx)?;
+                    if !matches!(self.state, State::Reading { .. }) {
+                        return KEEP; // the response waits for the socket or for content
+                    }
+                    continue;
                 }
                 Parsed::Refused(status) => return self.refuse(status, ctx),
                 Parsed::Partial => {}
@@ -291,6 +303,7 @@ impl<S: Stream> Connection<S> {
                 Err(e) => return io_failure("admin", &self.state, e, ctx),
             };
             ctx.stats.add(Metric::BytesIn, n as u64);
+            ctx.budget = ctx.budget.saturating_sub(n);
             self.input.extend_from_slice(&ctx.scratch[..n]);
         }
     }
@@ -378,10 +391,10 @@ impl<S: Stream> Connection<S> {
             },
             ctx,
         );
-        self.send(ctx)
+        self.write_response(ctx)
     }
 
-    /// → WRITING, and write at once: the socket is most likely writable.
+    /// READING → WRITING, and write at once: the socket is most likely writable.
     fn start_writing(
         &mut self,
         out: Buffer,
@@ -398,11 +411,22 @@ impl<S: Stream> Connection<S> {
             deadline,
         };
         self.transition(writing, ctx);
-        self.send(ctx)
+        self.write_response(ctx)
     }
 
-    /// WRITING: writes what is buffered; then asks for content, reads the next request, or closes.
+    /// WRITING, on a writable socket: writes what is buffered, and once the response is out and
+    /// the connection kept, reads on: the next request may already be here.
     fn send(&mut self, ctx: &mut Context<'_>) -> Next {
+        self.write_response(ctx)?;
+        match self.state {
+            State::Reading { .. } => self.read_request(ctx),
+            State::Writing { .. } | State::Lingering { .. } => KEEP,
+        }
+    }
+
+    /// WRITING: writes what is buffered; then asks for content, ends the response (→ READING,
+    /// reading nothing yet: the caller reads on), or closes.
+    fn write_response(&mut self, ctx: &mut Context<'_>) -> Next {
         let State::Writing {
             out,
             pending,
@@ -417,6 +441,7 @@ impl<S: Stream> Connection<S> {
             Ok(0) => {}
             Ok(written) => {
                 ctx.stats.add(Metric::BytesOut, written as u64);
+                ctx.budget = ctx.budget.saturating_sub(written);
                 *deadline = ctx.now + WRITE_TIMEOUT;
             }
             Err(e) => return io_failure("admin", &self.state, e, ctx),
@@ -436,11 +461,11 @@ impl<S: Stream> Connection<S> {
         }
     }
 
-    /// WRITING → READING: the next request may already be here, in `input` or in the socket.
-    fn start_reading(&mut self, ctx: &mut Context<'_>) -> Next {
+    /// WRITING → READING: the next head gets a whole `--admin-timeout` of its own.
+    fn start_reading(&mut self, ctx: &Context<'_>) -> Next {
         let deadline = ctx.now + ctx.settings.admin_timeout;
         self.transition(State::Reading { deadline }, ctx);
-        self.read_request(ctx)
+        KEEP
     }
 
     /// → LINGERING: sends FIN and drains input for a short while.

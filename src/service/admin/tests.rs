@@ -336,6 +336,31 @@ fn reading_pipelined_requests_are_answered_in_order_each_after_the_last_response
     assert!(c.input.is_empty());
 }
 
+/// A client may keep its pipe full of requests while it reads the responses as fast as they come.
+/// One call answers a budget's worth and gives its turn back, as every handler does: it neither
+/// holds the loop nor goes deeper into the stack with each request.
+#[test]
+fn reading_a_flood_of_pipelined_requests_yields_once_its_budget_is_spent() {
+    let mut h = Harness::new();
+    let request = b"GET /nope HTTP/1.1\r\n\r\n";
+    let count = 20_000;
+    let mut c = h.connection(Fake::with_input(&[&request.repeat(count)]));
+    let mut calls = 0;
+    while c.stream.output.len() < count * not_found().len() {
+        let mut ctx = h.ctx();
+        assert_eq!(c.on_readable(&mut ctx), KEEP);
+        calls += 1;
+        assert!(
+            ctx.budget == 0 || c.stream.input.is_empty(),
+            "stopped early with budget left"
+        );
+        assert!(calls < count, "no progress");
+    }
+    assert!(calls > 1, "one call answered all {count} requests");
+    assert_eq!(c.stream.output, not_found().repeat(count).as_bytes());
+    assert_eq!(c.state().to_string(), "READING");
+}
+
 #[test]
 fn reading_a_method_other_than_get_or_head_gets_405_with_allow() {
     let mut h = Harness::new();
