@@ -255,7 +255,9 @@ impl<S: Stream> Connection<S> {
             // Nothing of a next request arrived: an idle keep-alive connection ends quietly.
             State::Reading { .. } if self.input.is_empty() => ControlFlow::Break(CloseReason::Idle),
             // Part of a head, and no more in time: say so, then close.
-            State::Reading { .. } => self.refuse(Status::RequestTimeout, ctx),
+            State::Reading { .. } => {
+                self.refuse(Status::RequestTimeout, http::method_of(&self.input), ctx)
+            }
             // The client stopped taking the response.
             State::Writing { .. } => ControlFlow::Break(CloseReason::Idle),
             State::Lingering { .. } => ControlFlow::Break(CloseReason::Finished),
@@ -289,7 +291,9 @@ impl<S: Stream> Connection<S> {
                     }
                     continue;
                 }
-                Parsed::Refused(status) => return self.refuse(status, ctx),
+                Parsed::Refused(status) => {
+                    return self.refuse(status, http::method_of(&self.input), ctx);
+                }
                 Parsed::Partial => {}
             }
             // Never hold more than one byte past the limit: enough to know it was passed.
@@ -327,7 +331,7 @@ impl<S: Stream> Connection<S> {
                 let Ok(left) = http::query_value(&request.query, "limit")
                     .map_or(Ok(DEFAULT_ROW_LIMIT), str::parse)
                 else {
-                    return self.refuse(Status::BadRequest, ctx);
+                    return self.refuse(Status::BadRequest, request.method, ctx);
                 };
                 let service = http::query_value(&request.query, "service").map(str::to_string);
                 let mut out = Buffer::new();
@@ -365,8 +369,9 @@ impl<S: Stream> Connection<S> {
         self.start_writing(out, None, request, ctx)
     }
 
-    /// A request the service will not answer: its status, then close.
-    fn refuse(&mut self, status: Status, ctx: &mut Context<'_>) -> Next {
+    /// A request the service will not answer: its status (with a body saying why, unless the
+    /// request was a `HEAD`), then close.
+    fn refuse(&mut self, status: Status, method: Method, ctx: &mut Context<'_>) -> Next {
         ctx.stats
             .service_add(ServiceId::Admin, ServiceMetric::Requests, 1);
         debug!(
@@ -379,13 +384,15 @@ impl<S: Stream> Connection<S> {
         let mut out = Buffer::new();
         let framing = Framing::Length(body.len());
         out.extend(http::head(status, TEXT, framing, false).as_bytes());
-        out.extend(body.as_bytes());
+        if method == Method::Get {
+            out.extend(body.as_bytes());
+        }
         let deadline = ctx.now + WRITE_TIMEOUT;
         self.transition(
             State::Writing {
                 out,
                 pending: None,
-                method: Method::Get,
+                method,
                 keep_alive: false,
                 deadline,
             },
