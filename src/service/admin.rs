@@ -4,8 +4,14 @@
 //!
 //! ```text
 //!   READING → WRITING → READING …     a request head, its response, the next request (keep-alive)
-//!   READING → WRITING → LINGERING     `Connection: close`, or a request refused
+//!   READING → WRITING → LINGERING     HTTP/1.0 or `Connection: close`, a request refused, or a
+//!                                     head cut short by the timeout (408)
 //! ```
+//!
+//! A connection closes from READING when the client sends FIN or starts no request in time, from
+//! WRITING when the client takes nothing for [`WRITE_TIMEOUT`], and from LINGERING at the client's
+//! FIN or a second after ours. Requests pipelined behind one another are answered in turn, each
+//! once the response before it has gone to the socket, and a budget's worth at a time.
 //!
 //! Most responses need something only the loop has: the figures (`/metrics`, `/stats.json`), the
 //! shutdown phase (`/healthz`) or the endpoint table itself (`/connections`). A handler cannot
@@ -15,9 +21,9 @@
 //! asked for only once the previous one has gone to the socket: listing 10 000 connections never
 //! builds more than one piece, and never holds the loop for longer than one piece takes.
 //!
-//! Limits: `--admin-max-conns` connections, a request head of [`http::MAX_HEAD`] bytes that must
-//! arrive within `--admin-timeout` (a client trickling a byte at a time is cut off, not waited
-//! for), `GET` and `HEAD` only.
+//! Limits: `--admin-max-conns` connections, a request head of [`http::MAX_HEAD`] bytes and
+//! [`http::MAX_HEADERS`] headers that must arrive within `--admin-timeout` (a client trickling a
+//! byte at a time is cut off, not waited for), `GET` and `HEAD` only.
 
 pub mod history;
 pub mod http;
@@ -520,7 +526,7 @@ impl<S: Stream> Handler for Connection<S> {
     fn on_readable(&mut self, ctx: &mut Context<'_>) -> Next {
         match self.state {
             State::Reading { .. } => self.read_request(ctx),
-            // A pipelined request waits in the kernel until this response is out.
+            // A pipelined request waits, in `input` or in the kernel, until this response is out.
             State::Writing { .. } => KEEP,
             State::Lingering { .. } => self.linger(ctx),
         }

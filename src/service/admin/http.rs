@@ -3,7 +3,8 @@
 //!
 //! Only what a browser, `curl` and Prometheus send is accepted: `GET` and `HEAD`, no request body,
 //! a head of at most [`MAX_HEAD`] bytes with at most [`MAX_HEADERS`] headers. Everything else gets
-//! the status that says why (RFC 9110: 400, 405, 431) and the connection closes.
+//! the status that says why (400 and 405 from RFC 9110, 431 from RFC 6585) and the connection
+//! closes.
 
 use std::fmt::Write as _;
 
@@ -53,7 +54,7 @@ pub enum Parsed {
 pub enum Status {
     /// 200.
     Ok,
-    /// 400: the head is not HTTP/1.x, or has a body.
+    /// 400: the head is not HTTP/1.x, or has a body; or a query the route cannot read.
     BadRequest,
     /// 404: no such path.
     NotFound,
