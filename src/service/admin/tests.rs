@@ -20,7 +20,7 @@ use super::{
 use crate::buffer::Watermarks;
 use crate::service::fake::{Fake, Input};
 use crate::service::{Context, FAIR_SHARE, Handler, KEEP, Next, Settings, resume};
-use crate::stats::{CloseReason, Metric, Stats};
+use crate::stats::{CloseReason, Metric, ServiceId, ServiceMetric, Stats};
 
 /// The loop's side of one connection: configuration, counters and the shared scratch buffer.
 struct Harness {
@@ -284,12 +284,16 @@ fn reading_a_trickling_head_does_not_push_its_deadline() {
 }
 
 #[test]
-fn reading_counts_the_bytes_of_both_directions() {
+fn reading_counts_the_bytes_of_both_directions_and_each_request_once() {
     let mut h = Harness::new();
-    let request = b"GET /nope HTTP/1.1\r\nHost: x\r\n\r\n";
-    let (c, _) = exchange(&mut h, request);
-    assert_eq!(h.stats.get(Metric::BytesIn), request.len() as u64);
+    let requests = b"GET /nope HTTP/1.1\r\nHost: x\r\n\r\nPOST / HTTP/1.1\r\n\r\n";
+    let (c, _) = exchange(&mut h, requests);
+    assert_eq!(h.stats.get(Metric::BytesIn), requests.len() as u64);
     assert_eq!(h.stats.get(Metric::BytesOut), c.stream.output.len() as u64);
+    let answered = h
+        .stats
+        .service_get(ServiceId::Admin, ServiceMetric::Requests);
+    assert_eq!(answered, 2, "the 404 and the refused POST");
 }
 
 #[test]
