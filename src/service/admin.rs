@@ -4,8 +4,14 @@
 //!
 //! ```text
 //!   READING → WRITING → READING …     a request head, its response, the next request (keep-alive)
-//!   READING → WRITING → LINGERING     `Connection: close`, or a request refused
+//!   READING → WRITING → LINGERING     HTTP/1.0 or `Connection: close`, a request refused, or a
+//!                                     head cut short by the timeout (408)
 //! ```
+//!
+//! A connection closes from READING when the client sends FIN or starts no request in time, from
+//! WRITING when the client takes nothing for [`WRITE_TIMEOUT`], and from LINGERING at the client's
+//! FIN or a second after ours. Requests pipelined behind one another are answered in turn, each
+//! once the response before it has gone to the socket, and a budget's worth at a time.
 //!
 //! Most responses need something only the loop has: the figures (`/metrics`, `/stats.json`), the
 //! shutdown phase (`/healthz`) or the endpoint table itself (`/connections`). A handler cannot
@@ -15,9 +21,9 @@
 //! asked for only once the previous one has gone to the socket: listing 10 000 connections never
 //! builds more than one piece, and never holds the loop for longer than one piece takes.
 //!
-//! Limits: `--admin-max-conns` connections, a request head of [`http::MAX_HEAD`] bytes that must
-//! arrive within `--admin-timeout` (a client trickling a byte at a time is cut off, not waited
-//! for), `GET` and `HEAD` only.
+//! Limits: `--admin-max-conns` connections, a request head of [`http::MAX_HEAD`] bytes and
+//! [`http::MAX_HEADERS`] headers that must arrive within `--admin-timeout` (a client trickling a
+//! byte at a time is cut off, not waited for), `GET` and `HEAD` only.
 
 pub mod history;
 pub mod http;
@@ -255,7 +261,9 @@ impl<S: Stream> Connection<S> {
             // Nothing of a next request arrived: an idle keep-alive connection ends quietly.
             State::Reading { .. } if self.input.is_empty() => ControlFlow::Break(CloseReason::Idle),
             // Part of a head, and no more in time: say so, then close.
-            State::Reading { .. } => self.refuse(Status::RequestTimeout, ctx),
+            State::Reading { .. } => {
+                self.refuse(Status::RequestTimeout, http::method_of(&self.input), ctx)
+            }
             // The client stopped taking the response.
             State::Writing { .. } => ControlFlow::Break(CloseReason::Idle),
             State::Lingering { .. } => ControlFlow::Break(CloseReason::Finished),
@@ -268,16 +276,30 @@ impl<S: Stream> Connection<S> {
         KEEP
     }
 
-    /// READING: reads until `WouldBlock`, the end of a head, the client's FIN or the head limit.
+    /// READING: reads and answers requests until `WouldBlock`, the client's FIN, the head limit,
+    /// a response that waits for the socket or the loop, or the end of the budget.
+    ///
+    /// Pipelined requests are answered here one after another, in a loop rather than by each
+    /// response calling back into reading: a client that keeps its pipe full while it reads as
+    /// fast as it can then costs neither stack nor more than its share of the loop.
     fn read_request(&mut self, ctx: &mut Context<'_>) -> Next {
         loop {
+            if ctx.budget == 0 {
+                return KEEP; // the loop calls again, readable, once the others had their turn
+            }
             // What is already here may hold a whole request (pipelined behind the last one).
             match http::parse(&self.input) {
                 Parsed::Complete(request, length) => {
                     self.input.drain(..length);
-                    return self.respond(&request, ctx);
+                    self.respond(&request, ctx)?;
+                    if !matches!(self.state, State::Reading { .. }) {
+                        return KEEP; // the response waits for the socket or for content
+                    }
+                    continue;
                 }
-                Parsed::Refused(status) => return self.refuse(status, ctx),
+                Parsed::Refused(status) => {
+                    return self.refuse(status, http::method_of(&self.input), ctx);
+                }
                 Parsed::Partial => {}
             }
             // Never hold more than one byte past the limit: enough to know it was passed.
@@ -291,6 +313,7 @@ impl<S: Stream> Connection<S> {
                 Err(e) => return io_failure("admin", &self.state, e, ctx),
             };
             ctx.stats.add(Metric::BytesIn, n as u64);
+            ctx.budget = ctx.budget.saturating_sub(n);
             self.input.extend_from_slice(&ctx.scratch[..n]);
         }
     }
@@ -314,7 +337,7 @@ impl<S: Stream> Connection<S> {
                 let Ok(left) = http::query_value(&request.query, "limit")
                     .map_or(Ok(DEFAULT_ROW_LIMIT), str::parse)
                 else {
-                    return self.refuse(Status::BadRequest, ctx);
+                    return self.refuse(Status::BadRequest, request.method, ctx);
                 };
                 let service = http::query_value(&request.query, "service").map(str::to_string);
                 let mut out = Buffer::new();
@@ -352,8 +375,9 @@ impl<S: Stream> Connection<S> {
         self.start_writing(out, None, request, ctx)
     }
 
-    /// A request the service will not answer: its status, then close.
-    fn refuse(&mut self, status: Status, ctx: &mut Context<'_>) -> Next {
+    /// A request the service will not answer: its status (with a body saying why, unless the
+    /// request was a `HEAD`), then close.
+    fn refuse(&mut self, status: Status, method: Method, ctx: &mut Context<'_>) -> Next {
         ctx.stats
             .service_add(ServiceId::Admin, ServiceMetric::Requests, 1);
         debug!(
@@ -366,22 +390,24 @@ impl<S: Stream> Connection<S> {
         let mut out = Buffer::new();
         let framing = Framing::Length(body.len());
         out.extend(http::head(status, TEXT, framing, false).as_bytes());
-        out.extend(body.as_bytes());
+        if method == Method::Get {
+            out.extend(body.as_bytes());
+        }
         let deadline = ctx.now + WRITE_TIMEOUT;
         self.transition(
             State::Writing {
                 out,
                 pending: None,
-                method: Method::Get,
+                method,
                 keep_alive: false,
                 deadline,
             },
             ctx,
         );
-        self.send(ctx)
+        self.write_response(ctx)
     }
 
-    /// → WRITING, and write at once: the socket is most likely writable.
+    /// READING → WRITING, and write at once: the socket is most likely writable.
     fn start_writing(
         &mut self,
         out: Buffer,
@@ -398,11 +424,22 @@ impl<S: Stream> Connection<S> {
             deadline,
         };
         self.transition(writing, ctx);
-        self.send(ctx)
+        self.write_response(ctx)
     }
 
-    /// WRITING: writes what is buffered; then asks for content, reads the next request, or closes.
+    /// WRITING, on a writable socket: writes what is buffered, and once the response is out and
+    /// the connection kept, reads on: the next request may already be here.
     fn send(&mut self, ctx: &mut Context<'_>) -> Next {
+        self.write_response(ctx)?;
+        match self.state {
+            State::Reading { .. } => self.read_request(ctx),
+            State::Writing { .. } | State::Lingering { .. } => KEEP,
+        }
+    }
+
+    /// WRITING: writes what is buffered; then asks for content, ends the response (→ READING,
+    /// reading nothing yet: the caller reads on), or closes.
+    fn write_response(&mut self, ctx: &mut Context<'_>) -> Next {
         let State::Writing {
             out,
             pending,
@@ -417,6 +454,7 @@ impl<S: Stream> Connection<S> {
             Ok(0) => {}
             Ok(written) => {
                 ctx.stats.add(Metric::BytesOut, written as u64);
+                ctx.budget = ctx.budget.saturating_sub(written);
                 *deadline = ctx.now + WRITE_TIMEOUT;
             }
             Err(e) => return io_failure("admin", &self.state, e, ctx),
@@ -436,11 +474,11 @@ impl<S: Stream> Connection<S> {
         }
     }
 
-    /// WRITING → READING: the next request may already be here, in `input` or in the socket.
-    fn start_reading(&mut self, ctx: &mut Context<'_>) -> Next {
+    /// WRITING → READING: the next head gets a whole `--admin-timeout` of its own.
+    fn start_reading(&mut self, ctx: &Context<'_>) -> Next {
         let deadline = ctx.now + ctx.settings.admin_timeout;
         self.transition(State::Reading { deadline }, ctx);
-        self.read_request(ctx)
+        KEEP
     }
 
     /// → LINGERING: sends FIN and drains input for a short while.
@@ -488,7 +526,7 @@ impl<S: Stream> Handler for Connection<S> {
     fn on_readable(&mut self, ctx: &mut Context<'_>) -> Next {
         match self.state {
             State::Reading { .. } => self.read_request(ctx),
-            // A pipelined request waits in the kernel until this response is out.
+            // A pipelined request waits, in `input` or in the kernel, until this response is out.
             State::Writing { .. } => KEEP,
             State::Lingering { .. } => self.linger(ctx),
         }
@@ -505,3 +543,6 @@ impl<S: Stream> Handler for Connection<S> {
         }
     }
 }
+
+#[cfg(test)]
+mod tests;
