@@ -10,7 +10,7 @@
 //!
 //! A connection closes from READING when the client sends FIN or starts no request in time, from
 //! WRITING when the client takes nothing for [`WRITE_TIMEOUT`], and from LINGERING at the client's
-//! FIN or a second after ours. Requests pipelined behind one another are answered in turn, each
+//! FIN or `--linger` after ours. Requests pipelined behind one another are answered in turn, each
 //! once the response before it has gone to the socket, and a budget's worth at a time.
 //!
 //! Most responses need something only the loop has: the figures (`/metrics`, `/stats.json`), the
@@ -47,9 +47,6 @@ use crate::token::Id;
 
 /// Time a response may wait for the client to take a byte before the connection is dropped.
 pub const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
-
-/// Time a closing admin connection drains input after its FIN.
-const LINGER: Duration = Duration::from_secs(1);
 
 /// Bytes of `/connections` rows the loop renders at a time: a few socket buffers' worth, enough to
 /// amortise the call, small enough to cost the loop well under a millisecond.
@@ -291,6 +288,10 @@ impl<S: Stream> Connection<S> {
             match http::parse(&self.input) {
                 Parsed::Complete(request, length) => {
                     self.input.drain(..length);
+                    if self.input.is_empty() {
+                        // An idle keep-alive connection holds no head buffer.
+                        self.input = Vec::new();
+                    }
                     self.respond(&request, ctx)?;
                     if !matches!(self.state, State::Reading { .. }) {
                         return KEEP; // the response waits for the socket or for content
@@ -487,7 +488,7 @@ impl<S: Stream> Connection<S> {
             return io_failure("admin", &self.state, e, ctx);
         }
         self.input = Vec::new();
-        let until = ctx.now + LINGER;
+        let until = ctx.now + ctx.settings.linger;
         self.transition(State::Lingering { until }, ctx);
         self.linger(ctx)
     }

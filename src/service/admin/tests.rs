@@ -14,9 +14,7 @@ use std::time::{Duration, Instant};
 use mio::{Interest, Token};
 
 use super::http::{MAX_HEAD, MAX_HEADERS, Status};
-use super::{
-    Connection, Content, DEFAULT_ROW_LIMIT, LINGER, PAGE, State, Supply, TEXT, WRITE_TIMEOUT,
-};
+use super::{Connection, Content, DEFAULT_ROW_LIMIT, PAGE, State, Supply, TEXT, WRITE_TIMEOUT};
 use crate::buffer::Watermarks;
 use crate::service::fake::{Fake, Input};
 use crate::service::{Context, FAIR_SHARE, Handler, KEEP, Next, Settings, resume};
@@ -986,7 +984,7 @@ fn lingering_wants_readable_owes_nothing_and_wants_no_content() {
 fn lingering_ends_at_its_deadline_as_finished() {
     let mut h = Harness::new();
     let mut c = lingering(&mut h);
-    assert_eq!(c.deadline(), h.now + LINGER);
+    assert_eq!(c.deadline(), h.now + h.settings.linger);
     h.now = c.deadline();
     assert_eq!(c.on_timeout(&mut h.ctx()), close(CloseReason::Finished));
 }
