@@ -5,7 +5,7 @@
 //!
 //! # Tokens and stale events
 //!
-//! A token is the endpoint's slab key plus a generation number (see [`token`](crate::token)).
+//! A token is the endpoint's slab key plus a generation number (see [`crate::token`]).
 //! Slab reuses the key of a removed entry for the next insert, and `poll` hands over a whole batch
 //! of events at once. So an event can outlive its endpoint: a handler early in the batch closes
 //! connection #5 (a shutdown request does this to every idle connection; on kqueue, where reads and
