@@ -5,11 +5,12 @@
 //! printed as it arrives: `<nick>: <text>` from your room, `* ...` from the server itself (`/help`
 //! lists the commands). Ctrl-D or `/quit` leaves the room and exits.
 //!
-//! The tutorial's chat asked whether to send or to receive, and could not wait for both at once.
-//! Here two threads do it: one blocks reading the keyboard and sends, the main one blocks on the
-//! socket and prints. For a program with two inputs that is the simplest correct design; the
-//! server, with thousands of peers, uses a readiness loop instead. It leaves out line editing (an
-//! incoming line may land in the middle of what you type) and retries: UDP may lose a line.
+//! The chat of the Python tutorial readyloop grew out of (see the README) asked whether to send
+//! or to receive, and could not wait for both at once. Here two threads do it: one blocks reading
+//! the keyboard and sends, the main one blocks on the socket and prints. For a program with two
+//! inputs that is the simplest correct design; the server, with thousands of peers, uses a
+//! readiness loop instead. It leaves out line editing (an incoming line may land in the middle of
+//! what you type) and retries: UDP may lose a line.
 
 use std::fmt;
 use std::io::{self, BufRead, Write};

@@ -160,14 +160,9 @@ pub enum Close {
 
 impl fmt::Display for Close {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // A reason is spelled as the metrics' `reason` label spells it.
         f.write_str(match self {
-            Close::Reason(CloseReason::PeerClosed) => "peer",
-            Close::Reason(CloseReason::Finished) => "finished",
-            Close::Reason(CloseReason::Reset) => "reset",
-            Close::Reason(CloseReason::Idle) => "idle",
-            Close::Reason(CloseReason::Limit) => "limit",
-            Close::Reason(CloseReason::Error) => "error",
-            Close::Reason(CloseReason::Shutdown) => "shutdown",
+            Close::Reason(reason) => reason.name(),
             Close::KeepAlive => "keep-alive",
         })
     }

@@ -5,7 +5,7 @@
 //!
 //! # Tokens and stale events
 //!
-//! A token is the endpoint's slab key plus a generation number (see [`token`](crate::token)).
+//! A token is the endpoint's slab key plus a generation number (see [`crate::token`]).
 //! Slab reuses the key of a removed entry for the next insert, and `poll` hands over a whole batch
 //! of events at once. So an event can outlive its endpoint: a handler early in the batch closes
 //! connection #5 (a shutdown request does this to every idle connection; on kqueue, where reads and
@@ -19,9 +19,9 @@
 //! With `--access-log`, the table also keeps [`Notes`] on each client (its address, what it asked,
 //! the answer) in a vector beside the slab, indexed by slab key, and writes a client's access line
 //! when it closes it: only here are the close reason, the bytes moved and the open time all known,
-//! whichever way the close came about. Beside the slab, not in a [`Slot`], because every slot is
+//! whichever way the close came about. Beside the slab, not in a `Slot`, because every slot is
 //! paid for by every idle connection; without the flag the vector stays empty. See
-//! [`access`](crate::access).
+//! [`access`].
 
 use std::io;
 use std::time::{Duration, Instant};
@@ -32,7 +32,7 @@ use slab::Slab;
 
 use crate::access::{self, Close, Notes};
 use crate::service::{Endpoint, Next, Role};
-use crate::stats::{CloseReason, Metric, Stats};
+use crate::stats::{CloseReason, Metric, ServiceMetric, Stats};
 use crate::timers::Timers;
 use crate::token::{self, Id, KEY_MASK};
 
@@ -168,6 +168,10 @@ impl EndpointTable {
         if role == Role::Client {
             stats.add(Metric::Open, 1);
         }
+        if let (Role::Client | Role::Admin, Some(service)) = (role, endpoint.service_id()) {
+            stats.service_add(service, ServiceMetric::Accepted, 1);
+            stats.service_add(service, ServiceMetric::Open, 1);
+        }
         trace!("{} {} inserted, {registered:?}", Id(token), endpoint.kind());
         if let Some(notes) = self.notes.get_mut(entry.key()) {
             *notes = None; // whatever an endpoint before noted, this one starts afresh
@@ -250,8 +254,14 @@ impl EndpointTable {
         let Some(slot) = live(&mut self.slab, token) else {
             return;
         };
-        slot.moved.bytes_in += moved.bytes_in;
-        slot.moved.bytes_out += moved.bytes_out;
+        if moved != Moved::default() {
+            slot.moved.bytes_in += moved.bytes_in;
+            slot.moved.bytes_out += moved.bytes_out;
+            if let Some(service) = slot.endpoint.service_id() {
+                stats.service_add(service, ServiceMetric::BytesIn, moved.bytes_in);
+                stats.service_add(service, ServiceMetric::BytesOut, moved.bytes_out);
+            }
+        }
         if let Next::Break(reason) = next {
             self.close(registry, token, reason, stats);
             return;
@@ -297,6 +307,14 @@ impl EndpointTable {
         if let Some(i) = counted(role) {
             self.counts[i] -= 1;
         }
+        if let (Role::Client | Role::Admin, Some(service)) = (role, slot.endpoint.service_id()) {
+            stats.service_sub(service, ServiceMetric::Open, 1);
+            let lived = self
+                .epoch
+                .elapsed()
+                .saturating_sub(Duration::from_millis(slot.opened_ms));
+            stats.observe_lifetime(service, lived);
+        }
         // The figures are the clients': admin traffic would blur them.
         match role {
             Role::Client => {
@@ -310,9 +328,9 @@ impl EndpointTable {
         let notes = self.notes.get_mut(token::key(token)).and_then(Option::take);
         // An admin connection writes a line per request itself; its notes only lend the address.
         if let Some(notes) = notes.filter(|_| role != Role::Admin) {
-            let age_ms = self.millis(Instant::now()).saturating_sub(slot.opened_ms);
-            let duration = Duration::from_millis(age_ms);
-            access::write(&notes.line(slot.moved, duration, Close::Reason(reason)));
+            let opened = Duration::from_millis(slot.opened_ms);
+            let lived = self.epoch.elapsed().saturating_sub(opened);
+            access::write(&notes.line(slot.moved, lived, Close::Reason(reason)));
         }
     }
 

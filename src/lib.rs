@@ -1,4 +1,7 @@
 //! readyloop: one thread, one hand-written mio readiness loop, several protocols at once.
+//! It grew out of a classic Python socket tutorial (a UDP chat, a TCP server on port 7788 that
+//! answers, a file downloader started as `server.py 7890`): that is what "the tutorial" means in
+//! the code and docs, and its Python clients work against readyloop unchanged.
 //!
 //! A tour of the modules, in the order a reader should go:
 //!
@@ -8,18 +11,20 @@
 //!   that talks to the `Registry`; [`token`]: how a token names a slot and its generation.
 //! - [`service`]: what lives in the table, the contract between the loop and a handler, and
 //!   building the connection an accepted socket becomes; one module per protocol beneath it
-//!   ([`service::echo`], [`service::download`], [`service::chat`]).
+//!   ([`service::echo`], [`service::download`], [`service::chat`], and [`service::admin`], the
+//!   HTTP view of the running server: metrics, the connection list, health, a live page).
 //! - [`listener`]: accepting connections and backing off when out of file descriptors.
 //! - [`buffer`]: the bounded output buffer and its water marks: why memory stays bounded.
 //! - [`timers`]: deadlines without threads, turned into the `poll` timeout.
-//! - [`stats`]: what is counted, and why connections close; [`access`]: the access log, a line
-//!   per finished connection, request or chat membership change (`--access-log`).
+//! - [`stats`]: what is counted (per service too), the histograms, and why connections close;
+//!   [`access`]: the access log, a line per finished connection, request or chat membership
+//!   change (`--access-log`).
 //! - [`config`]: the server's settings and their defaults; [`cli`]: the command line and
 //!   environment variables that make a [`Config`].
 //! - [`server`]: binding the services, the start-up line, and the [`Handle`] for other threads.
 //! - [`sys`]: socket options and the OS error kinds the loop tells apart; [`text`]: wording
 //!   shared by log lines and chat lines.
-//! - [`bench`]: `readyloop bench`, the load generator: the same design pointed the other way,
+//! - [`bench`](mod@bench): `readyloop bench`, the load generator: the same design pointed the other way,
 //!   one mio loop per thread driving client state machines, with latency percentiles.
 //!
 //! ```no_run

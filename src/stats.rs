@@ -1,17 +1,24 @@
 //! What the server counts, why connections close, and the one-line summary it logs.
 //!
 //! One [`Metric`] enum names every figure, so adding a figure is one new variant and its name: the
-//! periodic line, the final summary and test snapshots all follow from that list.
+//! periodic line, the final summary and test snapshots all follow from that list. Beside them, a
+//! few [`ServiceMetric`]s are kept per [`ServiceId`], and three kinds of [`Histogram`] record the
+//! loop's rhythm and connection lifetimes, for the admin service's `/metrics` and `/stats.json`.
 //!
 //! The loop's thread is the only writer. Other threads (tests, a caller holding a
 //! [`Handle`](crate::Handle)) only read, so each counter is an atomic updated with a plain
 //! load-then-store: no locked instruction on the hot path, yet every read sees a whole value.
+
+pub mod histogram;
 
 use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::time::{Duration, Instant};
 
 use log::info;
+
+use histogram::{EVENTS_PER_POLL, LIFETIME_SECONDS, PASS_SECONDS};
+pub use histogram::{Histogram, HistogramSnapshot};
 
 /// Why a connection was closed. Each reason is counted separately.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -33,6 +40,30 @@ pub enum CloseReason {
 }
 
 impl CloseReason {
+    /// Every reason, in the order of their metrics.
+    pub const ALL: [CloseReason; 7] = [
+        CloseReason::PeerClosed,
+        CloseReason::Finished,
+        CloseReason::Reset,
+        CloseReason::Idle,
+        CloseReason::Limit,
+        CloseReason::Error,
+        CloseReason::Shutdown,
+    ];
+
+    /// The reason's name as a metric label (`reason="idle"`): its metric's name without `closed_`.
+    pub fn name(self) -> &'static str {
+        match self {
+            CloseReason::PeerClosed => "peer",
+            CloseReason::Finished => "finished",
+            CloseReason::Reset => "reset",
+            CloseReason::Idle => "idle",
+            CloseReason::Limit => "limit",
+            CloseReason::Error => "error",
+            CloseReason::Shutdown => "shutdown",
+        }
+    }
+
     /// The counter this reason adds to.
     pub fn metric(self) -> Metric {
         match self {
@@ -143,16 +174,110 @@ metrics! {
     StaleEvents => "stale_events",
 }
 
+/// The services a figure can be kept for, as the `service` label and `/stats.json` name them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ServiceId {
+    /// TCP echo.
+    Echo,
+    /// TCP file download.
+    Files,
+    /// The UDP chat relay.
+    Chat,
+    /// The admin HTTP service.
+    Admin,
+}
+
+impl ServiceId {
+    /// Every service, in the order they are reported.
+    pub const ALL: [ServiceId; 4] = [
+        ServiceId::Echo,
+        ServiceId::Files,
+        ServiceId::Chat,
+        ServiceId::Admin,
+    ];
+
+    /// The service's name: `echo`, `files`, `chat`, `admin`.
+    pub fn name(self) -> &'static str {
+        match self {
+            ServiceId::Echo => "echo",
+            ServiceId::Files => "files",
+            ServiceId::Chat => "chat",
+            ServiceId::Admin => "admin",
+        }
+    }
+}
+
+/// A figure kept for each service separately.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ServiceMetric {
+    /// Connections accepted and registered (none for chat, which has no connections).
+    Accepted,
+    /// Connections open now: a gauge.
+    Open,
+    /// Requests served. Echo: reads that carried data; files: requests answered (GET, LIST, bare,
+    /// refused included); chat: datagrams received; admin: HTTP requests.
+    Requests,
+    /// Bytes received from the service's clients.
+    BytesIn,
+    /// Bytes sent to the service's clients.
+    BytesOut,
+}
+
+impl ServiceMetric {
+    /// Every per-service metric.
+    pub const ALL: [ServiceMetric; 5] = [
+        ServiceMetric::Accepted,
+        ServiceMetric::Open,
+        ServiceMetric::Requests,
+        ServiceMetric::BytesIn,
+        ServiceMetric::BytesOut,
+    ];
+
+    /// The name used in `/stats.json`.
+    pub fn name(self) -> &'static str {
+        match self {
+            ServiceMetric::Accepted => "accepted",
+            ServiceMetric::Open => "open",
+            ServiceMetric::Requests => "requests",
+            ServiceMetric::BytesIn => "bytes_in",
+            ServiceMetric::BytesOut => "bytes_out",
+        }
+    }
+}
+
+/// One service's counters, on a cache line of their own: a request touches its service's line
+/// and the global one, never a line another service's requests are writing.
+#[derive(Debug, Default)]
+#[repr(align(64))]
+struct ServiceCells([AtomicU64; ServiceMetric::ALL.len()]);
+
+/// Adds `n` to a counter that only the loop's thread writes.
+fn bump(cell: &AtomicU64, n: u64) {
+    // Single writer: a load and a store need no read-modify-write instruction.
+    cell.store(cell.load(Relaxed).wrapping_add(n), Relaxed);
+}
+
 /// The live figures, written by the loop's thread only.
 #[derive(Debug)]
 pub struct Stats {
     values: Vec<AtomicU64>,
+    services: [ServiceCells; ServiceId::ALL.len()],
+    /// Time per loop pass: [`PASS_SECONDS`].
+    pass: Histogram,
+    /// Events per `poll`: [`EVENTS_PER_POLL`].
+    events: Histogram,
+    /// Connection lifetime per service: [`LIFETIME_SECONDS`]. Chat's stays empty.
+    lifetimes: [Histogram; ServiceId::ALL.len()],
 }
 
 impl Default for Stats {
     fn default() -> Self {
         Stats {
             values: Metric::ALL.iter().map(|_| AtomicU64::new(0)).collect(),
+            services: Default::default(),
+            pass: Histogram::new(&PASS_SECONDS),
+            events: Histogram::new(&EVENTS_PER_POLL),
+            lifetimes: std::array::from_fn(|_| Histogram::new(&LIFETIME_SECONDS)),
         }
     }
 }
@@ -160,9 +285,7 @@ impl Default for Stats {
 impl Stats {
     /// Adds `n` to a metric.
     pub fn add(&self, metric: Metric, n: u64) {
-        let cell = &self.values[metric as usize];
-        // Single writer: a load and a store need no read-modify-write instruction.
-        cell.store(cell.load(Relaxed).wrapping_add(n), Relaxed);
+        bump(&self.values[metric as usize], n);
     }
 
     /// Subtracts `n` from a gauge.
@@ -189,20 +312,90 @@ impl Stats {
         self.values[metric as usize].load(Relaxed)
     }
 
+    /// Adds `n` to one service's metric.
+    pub fn service_add(&self, service: ServiceId, metric: ServiceMetric, n: u64) {
+        bump(&self.services[service as usize].0[metric as usize], n);
+    }
+
+    /// Subtracts `n` from one service's gauge.
+    pub fn service_sub(&self, service: ServiceId, metric: ServiceMetric, n: u64) {
+        let cell = &self.services[service as usize].0[metric as usize];
+        cell.store(cell.load(Relaxed).wrapping_sub(n), Relaxed);
+    }
+
+    /// The current value of one service's metric.
+    pub fn service_get(&self, service: ServiceId, metric: ServiceMetric) -> u64 {
+        self.services[service as usize].0[metric as usize].load(Relaxed)
+    }
+
+    /// Records one pass of the loop, from `poll` returning to the next `poll`.
+    pub fn observe_pass(&self, took: Duration) {
+        self.pass.observe(nanos(took));
+    }
+
+    /// Records how many events one `poll` returned.
+    pub fn observe_events(&self, events: usize) {
+        self.events.observe(events as u64);
+    }
+
+    /// Records the lifetime of a closed connection, accept to close.
+    pub fn observe_lifetime(&self, service: ServiceId, lived: Duration) {
+        self.lifetimes[service as usize].observe(nanos(lived));
+    }
+
     /// A copy of every figure, taken now.
     pub fn snapshot(&self) -> Snapshot {
-        Snapshot(self.values.iter().map(|v| v.load(Relaxed)).collect())
+        let load = |cell: &AtomicU64| cell.load(Relaxed);
+        Snapshot {
+            values: self.values.iter().map(load).collect(),
+            services: std::array::from_fn(|s| self.services[s].0.each_ref().map(load)),
+            pass: self.pass.snapshot(),
+            events: self.events.snapshot(),
+            lifetimes: self.lifetimes.each_ref().map(Histogram::snapshot),
+        }
     }
 }
 
-/// Every figure at one moment, printed as `name=value` pairs.
+/// A duration in nanoseconds; 584 years and more saturate.
+fn nanos(duration: Duration) -> u64 {
+    u64::try_from(duration.as_nanos()).unwrap_or(u64::MAX)
+}
+
+/// Every figure at one moment. Its `Display` is the summary line: the [`Metric`]s as
+/// `name=value` pairs (per-service figures and histograms are for the admin service).
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Snapshot(Vec<u64>);
+pub struct Snapshot {
+    values: Vec<u64>,
+    services: [[u64; ServiceMetric::ALL.len()]; ServiceId::ALL.len()],
+    pass: HistogramSnapshot,
+    events: HistogramSnapshot,
+    lifetimes: [HistogramSnapshot; ServiceId::ALL.len()],
+}
 
 impl Snapshot {
     /// The value of one metric.
     pub fn get(&self, metric: Metric) -> u64 {
-        self.0[metric as usize]
+        self.values[metric as usize]
+    }
+
+    /// The value of one service's metric.
+    pub fn service(&self, service: ServiceId, metric: ServiceMetric) -> u64 {
+        self.services[service as usize][metric as usize]
+    }
+
+    /// Time per loop pass, in seconds.
+    pub fn pass_time(&self) -> &HistogramSnapshot {
+        &self.pass
+    }
+
+    /// Events per `poll`.
+    pub fn events_per_poll(&self) -> &HistogramSnapshot {
+        &self.events
+    }
+
+    /// Lifetime of one service's closed connections, in seconds.
+    pub fn lifetime(&self, service: ServiceId) -> &HistogramSnapshot {
+        &self.lifetimes[service as usize]
     }
 }
 
@@ -293,6 +486,49 @@ mod tests {
         assert_eq!(snap.get(Metric::Open), 2);
         assert_eq!(snap.get(Metric::BufferedPeak), 10);
         assert_eq!(snap.get(Metric::ClosedIdle), 1);
+    }
+
+    #[test]
+    fn service_figures_are_kept_apart_per_service() {
+        let stats = Stats::default();
+        stats.service_add(ServiceId::Echo, ServiceMetric::Open, 2);
+        stats.service_sub(ServiceId::Echo, ServiceMetric::Open, 1);
+        stats.service_add(ServiceId::Echo, ServiceMetric::BytesIn, 64);
+        stats.service_add(ServiceId::Admin, ServiceMetric::Requests, 3);
+        assert_eq!(stats.service_get(ServiceId::Echo, ServiceMetric::Open), 1);
+        let snap = stats.snapshot();
+        assert_eq!(snap.service(ServiceId::Echo, ServiceMetric::BytesIn), 64);
+        assert_eq!(snap.service(ServiceId::Admin, ServiceMetric::Requests), 3);
+        assert_eq!(snap.service(ServiceId::Files, ServiceMetric::BytesIn), 0);
+        assert_eq!(snap.get(Metric::BytesIn), 0, "global figures are separate");
+    }
+
+    #[test]
+    fn histograms_record_passes_events_and_lifetimes_per_service() {
+        let stats = Stats::default();
+        stats.observe_pass(Duration::from_micros(3));
+        stats.observe_events(5);
+        stats.observe_events(0);
+        stats.observe_lifetime(ServiceId::Files, Duration::from_secs(2));
+        let snap = stats.snapshot();
+        assert_eq!(snap.pass_time().count(), 1);
+        assert_eq!(snap.pass_time().sum(), 0.000003);
+        assert_eq!(snap.events_per_poll().count(), 2);
+        assert_eq!(snap.events_per_poll().sum(), 5.0);
+        assert_eq!(snap.lifetime(ServiceId::Files).sum(), 2.0);
+        assert_eq!(snap.lifetime(ServiceId::Echo).count(), 0);
+    }
+
+    #[test]
+    fn names_are_the_labels_the_admin_service_shows() {
+        let services: Vec<_> = ServiceId::ALL.iter().map(|s| s.name()).collect();
+        assert_eq!(services, ["echo", "files", "chat", "admin"]);
+        for reason in CloseReason::ALL {
+            assert_eq!(reason.metric().name(), format!("closed_{}", reason.name()));
+        }
+        for (i, metric) in ServiceMetric::ALL.iter().enumerate() {
+            assert_eq!(*metric as usize, i);
+        }
     }
 
     #[test]

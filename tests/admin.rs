@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 
 use common::binary::Running;
 use common::http::{Client, get};
+use common::prometheus::{promtool_check, samples};
 use common::{
     AT_ONCE, IO_TIMEOUT, TestServer, WAIT, connect, prompt_bound, round_trip, slowest_round_trip,
     wait_until,
@@ -333,4 +334,112 @@ fn every_service_off_is_refused_at_start() {
         error.to_string().contains("every service is off"),
         "{error}"
     );
+}
+
+// ---- metrics ---------------------------------------------------------------------------------
+
+/// The live `/metrics` body, after real traffic on every service, is what Prometheus's own
+/// checker accepts; and each client's traffic moves its service's samples by exactly what it did.
+#[test]
+fn metrics_pass_promtool_and_move_by_exactly_what_clients_did() {
+    let root = tempfile::tempdir().unwrap();
+    std::fs::write(root.path().join("a.bin"), vec![7u8; 1000]).unwrap();
+    let dir = root.path().to_path_buf();
+    let server = TestServer::start(|c| {
+        c.root = dir;
+        c.chat_rate = 0;
+    });
+    let before = samples(get(server.admin, "/metrics").text());
+
+    let mut echo = connect(server.echo);
+    round_trip(&mut echo, &[1u8; 1000]);
+    drop(echo);
+    let mut download = connect(server.files);
+    download.write_all(b"GET a.bin\n").unwrap();
+    let reply = common::read_to_eof_within(&mut download, WAIT).expect("the whole reply");
+    assert_eq!(reply.len(), "OK 1000\n".len() + 1000);
+    let chat = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    chat.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
+    for _ in 0..3 {
+        chat.send_to(b"hello", server.chat).unwrap();
+        let mut heard = [0; 512];
+        chat.recv_from(&mut heard).expect("the relayed line");
+    }
+    server.wait_for(WAIT, "both clients closed", |s| s.get(Metric::Open) == 0);
+
+    let body = get(server.admin, "/metrics");
+    assert_eq!(
+        body.header("content-type"),
+        Some("text/plain; version=0.0.4; charset=utf-8")
+    );
+    let (passed, said) = promtool_check(body.text());
+    assert!(
+        passed && said.is_empty(),
+        "promtool: {said}\n{}",
+        body.text()
+    );
+
+    let after = samples(body.text());
+    let moved = |series: &str| after[series] - before.get(series).copied().unwrap_or(0.0);
+    assert_eq!(
+        moved(r#"readyloop_received_bytes_total{service="echo"}"#),
+        1000.0
+    );
+    assert_eq!(
+        moved(r#"readyloop_sent_bytes_total{service="echo"}"#),
+        1000.0
+    );
+    assert_eq!(
+        moved(r#"readyloop_connections_accepted_total{service="echo"}"#),
+        1.0
+    );
+    assert_eq!(moved(r#"readyloop_requests_total{service="files"}"#), 1.0);
+    assert_eq!(moved("readyloop_downloads_completed_total"), 1.0);
+    assert_eq!(
+        moved(r#"readyloop_received_bytes_total{service="files"}"#),
+        10.0
+    );
+    assert_eq!(
+        moved(r#"readyloop_sent_bytes_total{service="files"}"#),
+        1008.0
+    );
+    assert_eq!(moved(r#"readyloop_requests_total{service="chat"}"#), 3.0);
+    assert_eq!(
+        moved(r#"readyloop_received_bytes_total{service="chat"}"#),
+        15.0
+    );
+    assert_eq!(moved("readyloop_chat_datagrams_received_total"), 3.0);
+    assert_eq!(
+        moved(r#"readyloop_connection_lifetime_seconds_count{service="echo"}"#),
+        1.0
+    );
+    assert!(after["process_resident_memory_bytes"] > 0.0);
+    assert!(after["process_open_fds"] > 0.0);
+}
+
+#[test]
+fn promtool_rejects_a_broken_body() {
+    // Proves the check above can fail: a counter without `_total` is a lint error.
+    let broken = "# HELP broken A counter.\n# TYPE broken counter\nbroken 1\n";
+    let (passed, said) = promtool_check(broken);
+    assert!(
+        !passed,
+        "promtool accepted a counter without _total: {said}"
+    );
+}
+
+#[test]
+fn stats_json_carries_totals_services_and_a_history() {
+    let server = TestServer::start(|_| {});
+    let mut echo = connect(server.echo);
+    round_trip(&mut echo, b"counted");
+    let stats = get(server.admin, "/stats.json");
+    assert_eq!(stats.header("content-type"), Some("application/json"));
+    let json = stats.json();
+    assert_eq!(json["server"]["phase"], "running");
+    assert_eq!(json["totals"]["open"], 1);
+    assert_eq!(json["services"]["echo"]["open"], 1);
+    assert_eq!(json["services"]["echo"]["bytes_in"], 7);
+    assert_eq!(json["history"]["interval_seconds"], 1);
+    assert!(json["history"]["samples"].is_array());
 }

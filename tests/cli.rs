@@ -241,6 +241,53 @@ fn a_second_signal_stops_at_once() {
     assert!(took < AT_ONCE, "exited {took:?} after the second signal");
 }
 
+/// The health check a load balancer polls turns 503 with the first signal, while the server
+/// still drains (a client that never reads holds it there).
+#[test]
+fn sigterm_turns_the_health_check_to_503_while_draining() {
+    let (mut server, addresses) = Running::serve(&["--shutdown-grace", "60s"]);
+    let admin = addresses["admin"];
+    assert_eq!(common::http::get(admin, "/healthz").status, 200);
+    let mut hog = server.connect(echo_of(&addresses));
+    hog.set_nonblocking(true).unwrap();
+    let chunk = common::payload(3, 64 * 1024);
+    wait_until(WAIT, "the hog's writes to be pushed back", || {
+        match hog.write(&chunk) {
+            Ok(_) => false,
+            Err(e) if e.kind() == ErrorKind::WouldBlock => true,
+            Err(e) => panic!("hog write failed: {e}; {}", server.describe()),
+        }
+    });
+
+    server.signal(libc::SIGTERM);
+    wait_until(WAIT, "the health check to say draining", || {
+        common::http::get(admin, "/healthz").status == 503
+    });
+    assert!(server.is_running(), "still draining");
+}
+
+/// `off` on a port flag leaves its service out, start-up line included; the others serve.
+#[test]
+fn a_port_flag_set_to_off_turns_its_service_off() {
+    let args: Vec<&str> = [
+        "--bind",
+        "127.0.0.1",
+        "--echo-port",
+        "0",
+        "--files-port",
+        "off",
+    ]
+    .into_iter()
+    .chain(["--chat-port", "off", "--admin-port", "off"])
+    .collect();
+    let mut server = Running::spawn(&args, &[]);
+    let addresses = server.startup_addresses();
+    let mut names: Vec<&String> = addresses.keys().collect();
+    names.sort();
+    assert_eq!(names, ["echo"]);
+    round_trip(&mut server.connect(echo_of(&addresses)), b"alone");
+}
+
 // ---- out of file descriptors ----------------------------------------------------------------
 
 /// Descriptor limit for the child: the server needs about ten for itself (stdio, epoll, listener,

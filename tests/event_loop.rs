@@ -16,6 +16,20 @@ use common::{
     read_to_eof_within, round_trip, wait_until_refused,
 };
 
+// ---- the loop's own figures -----------------------------------------------------------------
+
+/// An echo takes at least a pass to accept and one to read and reply; each pass is recorded when
+/// it ends, so the figures appear just after the reply does.
+#[test]
+fn every_pass_of_the_loop_records_how_long_it_took() {
+    let server = TestServer::start(|_| {});
+    let mut client = connect(server.echo);
+    round_trip(&mut client, b"ping");
+    server.wait_for(WAIT, "the echo's passes to be recorded", |s| {
+        s.pass_time().count() >= 2 && s.pass_time().sum() > 0.0
+    });
+}
+
 // ---- idle timeout ---------------------------------------------------------------------------
 
 #[test]

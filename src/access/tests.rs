@@ -83,19 +83,11 @@ fn answers_and_close_reasons_have_one_spelling_each() {
     assert_eq!(Answer::Ok(3).to_string(), "OK 3");
     assert_eq!(Answer::Err(404).to_string(), "ERR 404");
     assert_eq!(Answer::Status(200).to_string(), "200");
-    let names: Vec<String> = [
-        CloseReason::PeerClosed,
-        CloseReason::Finished,
-        CloseReason::Reset,
-        CloseReason::Idle,
-        CloseReason::Limit,
-        CloseReason::Error,
-        CloseReason::Shutdown,
-    ]
-    .into_iter()
-    .map(|reason| Close::Reason(reason).to_string())
-    .chain([Close::KeepAlive.to_string()])
-    .collect();
+    let names: Vec<String> = CloseReason::ALL
+        .into_iter()
+        .map(|reason| Close::Reason(reason).to_string())
+        .chain([Close::KeepAlive.to_string()])
+        .collect();
     assert_eq!(
         names,
         [

@@ -1,7 +1,7 @@
 //! What a benchmark run measured: per-thread tallies, the merged [`Report`], its table and JSON.
 //!
-//! Each generator thread counts into its own [`Tally`], with no sharing and no locks; the threads
-//! hand their tallies over when they end and [`Tally::merge`] adds them up. Latencies go into an
+//! Each generator thread counts into its own `Tally`, with no sharing and no locks; the threads
+//! hand their tallies over when they end and `Tally::merge` adds them up. Latencies go into an
 //! HDR histogram (nanoseconds, 3 significant digits): it keeps the tail (p99.9, max) exact to
 //! 0.1 % in a few KiB whatever the number of samples, where averages would hide it.
 //!

@@ -172,3 +172,21 @@ fn a_connection_that_spends_its_budget_at_shutdown_is_resumed() {
         stats.get(Metric::BytesIn) == sent as u64
     });
 }
+
+/// Each `poll` records its batch: the histogram's count is the number of polls and its sum the
+/// number of events, on the loop's own thread exactly.
+#[test]
+fn every_poll_records_the_size_of_its_batch() {
+    let (mut event_loop, stats, addr) = test_loop();
+    let mut client = StdStream::connect(addr).unwrap();
+    client.write_all(b"ping").unwrap();
+    turn_until(&mut event_loop, |_| stats.get(Metric::BytesOut) >= 4);
+    let snapshot = stats.snapshot();
+    let batches = snapshot.events_per_poll();
+    assert_eq!(batches.count(), snapshot.get(Metric::LoopIterations));
+    assert_eq!(batches.sum(), snapshot.get(Metric::Events) as f64);
+    assert!(
+        batches.sum() >= 2.0,
+        "the accept and the read came as events"
+    );
+}

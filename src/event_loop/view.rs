@@ -9,7 +9,7 @@
 //! connections neither blocks the loop nor builds an unbounded buffer.
 
 use std::net::SocketAddr;
-use std::time::Instant;
+use std::time::{Instant, SystemTime};
 
 use mio::{Interest, Token};
 use serde::Serialize;
@@ -19,7 +19,8 @@ use super::shutdown::Phase;
 use crate::endpoint::Entry;
 use crate::service::Endpoint;
 use crate::service::admin::http::Status;
-use crate::service::admin::{CHUNK_BYTES, Content, Supply, TEXT};
+use crate::service::admin::{CHUNK_BYTES, Content, JSON, Supply, TEXT, history, metrics};
+use crate::sys::process::Process;
 use crate::token::{self, Id};
 
 /// One row of `/connections`.
@@ -40,6 +41,24 @@ struct Row<'a> {
 }
 
 impl EventLoop {
+    /// Starts the clocks of the periodic chores: the uptime, the stats line, the samples.
+    pub(super) fn start_periodic(&mut self, now: Instant) {
+        self.started = now;
+        self.stats_line.start(now);
+        if let Some(history) = &mut self.history {
+            history.start(now, SystemTime::now(), &self.shared.stats);
+        }
+    }
+
+    /// The periodic chores: the `--stats-interval` line, and the admin service's one-second
+    /// samples.
+    pub(super) fn periodic(&mut self, now: Instant) {
+        self.stats_line.log_if_due(now, &self.shared.stats);
+        if let Some(history) = &mut self.history {
+            history.sample_if_due(now, &self.shared.stats);
+        }
+    }
+
     /// Supplies what the admin connection behind `token` asked for, if it asked.
     pub(super) fn supply_admin(&mut self, token: Token, now: Instant) {
         let Some(Endpoint::Admin(connection)) = self.table.get_mut(token) else {
@@ -66,6 +85,33 @@ impl EventLoop {
                     status,
                     content_type: TEXT,
                     body: body.as_bytes().to_vec(),
+                }
+            }
+            Content::Metrics => {
+                let mut body = String::new();
+                // Rendering into a String cannot fail.
+                let _ = metrics::render(self.shared.stats.snapshot(), Process::read(), &mut body);
+                Supply::Whole {
+                    status: Status::Ok,
+                    content_type: metrics::CONTENT_TYPE,
+                    body: body.into_bytes(),
+                }
+            }
+            Content::Stats => {
+                let phase = match self.phase {
+                    Phase::Running => history::Phase::Running,
+                    Phase::Draining { .. } | Phase::Stopped => history::Phase::Draining,
+                };
+                let mut body = Vec::new();
+                if let Some(samples) = &self.history {
+                    let snapshot = self.shared.stats.snapshot();
+                    let uptime = now.saturating_duration_since(self.started);
+                    history::render_stats_json(uptime, phase, &snapshot, samples, &mut body);
+                }
+                Supply::Whole {
+                    status: Status::Ok,
+                    content_type: JSON,
+                    body,
                 }
             }
             Content::Connections {

@@ -4,8 +4,14 @@
 //!
 //! ```text
 //!   READING → WRITING → READING …     a request head, its response, the next request (keep-alive)
-//!   READING → WRITING → LINGERING     `Connection: close`, or a request refused
+//!   READING → WRITING → LINGERING     HTTP/1.0 or `Connection: close`, a request refused, or a
+//!                                     head cut short by the timeout (408)
 //! ```
+//!
+//! A connection closes from READING when the client sends FIN or starts no request in time, from
+//! WRITING when the client takes nothing for [`WRITE_TIMEOUT`], and from LINGERING at the client's
+//! FIN or `--linger` after ours. Requests pipelined behind one another are answered in turn, each
+//! once the response before it has gone to the socket, and a budget's worth at a time.
 //!
 //! Most responses need something only the loop has: the figures (`/metrics`, `/stats.json`), the
 //! shutdown phase (`/healthz`) or the endpoint table itself (`/connections`). A handler cannot
@@ -15,15 +21,17 @@
 //! asked for only once the previous one has gone to the socket: listing 10 000 connections never
 //! builds more than one piece, and never holds the loop for longer than one piece takes.
 //!
-//! Limits: `--admin-max-conns` connections, a request head of [`http::MAX_HEAD`] bytes that must
-//! arrive within `--admin-timeout` (a client trickling a byte at a time is cut off, not waited
-//! for), `GET` and `HEAD` only.
+//! Limits: `--admin-max-conns` connections, a request head of [`http::MAX_HEAD`] bytes and
+//! [`http::MAX_HEADERS`] headers that must arrive within `--admin-timeout` (a client trickling a
+//! byte at a time is cut off, not waited for), `GET` and `HEAD` only.
 //!
 //! With `--access-log`, each request gets its line when its response has gone out, or is cut
 //! short: one connection carries many requests, so unlike echo and downloads the line is not
 //! left to the close. What the line needs is kept in the WRITING state ([`Logged`]).
 
+pub mod history;
 pub mod http;
+pub mod metrics;
 
 use std::fmt;
 use std::net::SocketAddr;
@@ -39,15 +47,12 @@ use super::{Context, Handler, KEEP, Next, Settings, Stream, discard_input, io_fa
 use crate::access::{self, Answer, Close, Line};
 use crate::buffer::Buffer;
 use crate::endpoint::Moved;
-use crate::stats::{CloseReason, Metric};
+use crate::stats::{CloseReason, Metric, ServiceId, ServiceMetric};
 use crate::sys::{interrupted, would_block};
 use crate::token::Id;
 
 /// Time a response may wait for the client to take a byte before the connection is dropped.
 pub const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
-
-/// Time a closing admin connection drains input after its FIN.
-const LINGER: Duration = Duration::from_secs(1);
 
 /// Bytes of `/connections` rows the loop renders at a time: a few socket buffers' worth, enough to
 /// amortise the call, small enough to cost the loop well under a millisecond.
@@ -61,6 +66,10 @@ pub const DEFAULT_ROW_LIMIT: usize = usize::MAX;
 pub enum Content {
     /// `/healthz`: the shutdown phase.
     Health,
+    /// `/metrics`: the figures, in Prometheus's text format.
+    Metrics,
+    /// `/stats.json`: the figures, their rates and their recent history.
+    Stats,
     /// `/connections`: rows of the endpoint table, from slab key `next` on.
     Connections {
         /// The slab key to continue from.
@@ -304,7 +313,8 @@ impl<S: Stream> Connection<S> {
             // Part of a head, and no more in time: say so, then close.
             State::Reading { .. } => {
                 let logged = Logged::start(None, self.input.len(), ctx);
-                self.refuse(Status::RequestTimeout, logged, ctx)
+                let method = http::method_of(&self.input);
+                self.refuse(Status::RequestTimeout, method, logged, ctx)
             }
             // The client stopped taking the response.
             State::Writing { .. } => self.abandon(CloseReason::Idle, ctx),
@@ -318,19 +328,35 @@ impl<S: Stream> Connection<S> {
         KEEP
     }
 
-    /// READING: reads until `WouldBlock`, the end of a head, the client's FIN or the head limit.
+    /// READING: reads and answers requests until `WouldBlock`, the client's FIN, the head limit,
+    /// a response that waits for the socket or the loop, or the end of the budget.
+    ///
+    /// Pipelined requests are answered here one after another, in a loop rather than by each
+    /// response calling back into reading: a client that keeps its pipe full while it reads as
+    /// fast as it can then costs neither stack nor more than its share of the loop.
     fn read_request(&mut self, ctx: &mut Context<'_>) -> Next {
         loop {
+            if ctx.budget == 0 {
+                return KEEP; // the loop calls again, readable, once the others had their turn
+            }
             // What is already here may hold a whole request (pipelined behind the last one).
             match http::parse(&self.input) {
                 Parsed::Complete(request, length) => {
                     self.input.drain(..length);
+                    if self.input.is_empty() {
+                        // An idle keep-alive connection holds no head buffer.
+                        self.input = Vec::new();
+                    }
                     let logged = Logged::start(Some(&request), length, ctx);
-                    return self.respond(&request, logged, ctx);
+                    self.respond(&request, logged, ctx)?;
+                    if !matches!(self.state, State::Reading { .. }) {
+                        return KEEP; // the response waits for the socket or for content
+                    }
+                    continue;
                 }
                 Parsed::Refused(status) => {
                     let logged = Logged::start(None, self.input.len(), ctx);
-                    return self.refuse(status, logged, ctx);
+                    return self.refuse(status, http::method_of(&self.input), logged, ctx);
                 }
                 Parsed::Partial => {}
             }
@@ -345,6 +371,7 @@ impl<S: Stream> Connection<S> {
                 Err(e) => return io_failure("admin", &self.state, e, ctx),
             };
             ctx.stats.add(Metric::BytesIn, n as u64);
+            ctx.budget = ctx.budget.saturating_sub(n);
             self.input.extend_from_slice(&ctx.scratch[..n]);
         }
     }
@@ -356,6 +383,8 @@ impl<S: Stream> Connection<S> {
         mut logged: Option<Box<Logged>>,
         ctx: &mut Context<'_>,
     ) -> Next {
+        ctx.stats
+            .service_add(ServiceId::Admin, ServiceMetric::Requests, 1);
         debug!(
             "{} admin {:?} {}?{}",
             Id(ctx.token),
@@ -365,11 +394,13 @@ impl<S: Stream> Connection<S> {
         );
         let content = match request.path.as_str() {
             "/healthz" => Content::Health,
+            "/metrics" => Content::Metrics,
+            "/stats.json" => Content::Stats,
             "/connections" => {
                 let Ok(left) = http::query_value(&request.query, "limit")
                     .map_or(Ok(DEFAULT_ROW_LIMIT), str::parse)
                 else {
-                    return self.refuse(Status::BadRequest, logged, ctx);
+                    return self.refuse(Status::BadRequest, request.method, logged, ctx);
                 };
                 let service = http::query_value(&request.query, "service").map(str::to_string);
                 let mut out = Buffer::new();
@@ -420,16 +451,20 @@ impl<S: Stream> Connection<S> {
         self.start_writing(out, None, request, logged, ctx)
     }
 
-    /// A request the service will not answer: its status, then close.
+    /// A request the service will not answer: its status (with a body saying why, unless the
+    /// request was a `HEAD`), then close.
     fn refuse(
         &mut self,
         status: Status,
+        method: Method,
         mut logged: Option<Box<Logged>>,
         ctx: &mut Context<'_>,
     ) -> Next {
         if let Some(logged) = &mut logged {
             logged.status = Some(status);
         }
+        ctx.stats
+            .service_add(ServiceId::Admin, ServiceMetric::Requests, 1);
         debug!(
             "{} admin: {} {}",
             Id(ctx.token),
@@ -440,23 +475,25 @@ impl<S: Stream> Connection<S> {
         let mut out = Buffer::new();
         let framing = Framing::Length(body.len());
         out.extend(http::head(status, TEXT, framing, false).as_bytes());
-        out.extend(body.as_bytes());
+        if method == Method::Get {
+            out.extend(body.as_bytes());
+        }
         let deadline = ctx.now + WRITE_TIMEOUT;
         self.transition(
             State::Writing {
                 out,
                 pending: None,
-                method: Method::Get,
+                method,
                 keep_alive: false,
                 deadline,
                 logged,
             },
             ctx,
         );
-        self.send(ctx)
+        self.write_response(ctx)
     }
 
-    /// → WRITING, and write at once: the socket is most likely writable.
+    /// READING → WRITING, and write at once: the socket is most likely writable.
     fn start_writing(
         &mut self,
         out: Buffer,
@@ -475,11 +512,22 @@ impl<S: Stream> Connection<S> {
             logged,
         };
         self.transition(writing, ctx);
-        self.send(ctx)
+        self.write_response(ctx)
     }
 
-    /// WRITING: writes what is buffered; then asks for content, reads the next request, or closes.
+    /// WRITING, on a writable socket: writes what is buffered, and once the response is out and
+    /// the connection kept, reads on: the next request may already be here.
     fn send(&mut self, ctx: &mut Context<'_>) -> Next {
+        self.write_response(ctx)?;
+        match self.state {
+            State::Reading { .. } => self.read_request(ctx),
+            State::Writing { .. } | State::Lingering { .. } => KEEP,
+        }
+    }
+
+    /// WRITING: writes what is buffered; then asks for content, ends the response (→ READING,
+    /// reading nothing yet: the caller reads on), or closes.
+    fn write_response(&mut self, ctx: &mut Context<'_>) -> Next {
         let State::Writing {
             out,
             pending,
@@ -495,6 +543,7 @@ impl<S: Stream> Connection<S> {
             Ok(0) => {}
             Ok(written) => {
                 ctx.stats.add(Metric::BytesOut, written as u64);
+                ctx.budget = ctx.budget.saturating_sub(written);
                 *deadline = ctx.now + WRITE_TIMEOUT;
                 if let Some(logged) = logged {
                     logged.moved.bytes_out += written as u64;
@@ -550,11 +599,11 @@ impl<S: Stream> Connection<S> {
         });
     }
 
-    /// WRITING → READING: the next request may already be here, in `input` or in the socket.
-    fn start_reading(&mut self, ctx: &mut Context<'_>) -> Next {
+    /// WRITING → READING: the next head gets a whole `--admin-timeout` of its own.
+    fn start_reading(&mut self, ctx: &Context<'_>) -> Next {
         let deadline = ctx.now + ctx.settings.admin_timeout;
         self.transition(State::Reading { deadline }, ctx);
-        self.read_request(ctx)
+        KEEP
     }
 
     /// → LINGERING: sends FIN and drains input for a short while.
@@ -563,7 +612,7 @@ impl<S: Stream> Connection<S> {
             return io_failure("admin", &self.state, e, ctx);
         }
         self.input = Vec::new();
-        let until = ctx.now + LINGER;
+        let until = ctx.now + ctx.settings.linger;
         self.transition(State::Lingering { until }, ctx);
         self.linger(ctx)
     }
@@ -602,7 +651,7 @@ impl<S: Stream> Handler for Connection<S> {
     fn on_readable(&mut self, ctx: &mut Context<'_>) -> Next {
         match self.state {
             State::Reading { .. } => self.read_request(ctx),
-            // A pipelined request waits in the kernel until this response is out.
+            // A pipelined request waits, in `input` or in the kernel, until this response is out.
             State::Writing { .. } => KEEP,
             State::Lingering { .. } => self.linger(ctx),
         }
@@ -619,3 +668,6 @@ impl<S: Stream> Handler for Connection<S> {
         }
     }
 }
+
+#[cfg(test)]
+mod tests;

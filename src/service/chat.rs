@@ -29,7 +29,7 @@ use self::members::{Chat, Limits};
 use self::outbox::{Datagram, Outbox};
 use super::{Context, Handler, KEEP, Next};
 use crate::config::Config;
-use crate::stats::Metric;
+use crate::stats::{Metric, ServiceId, ServiceMetric};
 use crate::sys::{interrupted, would_block};
 use crate::token::Id;
 
@@ -141,8 +141,10 @@ impl<S: Socket> Relay<S> {
     fn send(&mut self, datagram: Datagram, ctx: &Context<'_>) -> Option<Datagram> {
         loop {
             match self.socket.send_to(&datagram.payload, datagram.to) {
-                Ok(_) => {
+                Ok(sent) => {
                     ctx.stats.add(Metric::ChatOut, 1);
+                    ctx.stats
+                        .service_add(ServiceId::Chat, ServiceMetric::BytesOut, sent as u64);
                     return None;
                 }
                 Err(e) if would_block(&e) => return Some(datagram),
@@ -186,6 +188,10 @@ impl<S: Socket> Handler for Relay<S> {
             };
             ctx.budget = ctx.budget.saturating_sub(n.max(DATAGRAM_COST));
             ctx.stats.add(Metric::ChatIn, 1);
+            ctx.stats
+                .service_add(ServiceId::Chat, ServiceMetric::Requests, 1);
+            ctx.stats
+                .service_add(ServiceId::Chat, ServiceMetric::BytesIn, n as u64);
             // The scratch buffer holds 64 KiB, the largest UDP payload: `n` is the whole datagram,
             // never a truncated one, so an oversize message is seen as such.
             self.chat.on_datagram(

@@ -41,7 +41,7 @@ use self::request::{MAX_LINE, Refusal, Request};
 use super::{Context, Handler, KEEP, Next, Settings, Stream, discard_input, io_failure};
 use crate::access::{self, Notes};
 use crate::buffer::{Buffer, write_ready};
-use crate::stats::{CloseReason, Metric};
+use crate::stats::{CloseReason, Metric, ServiceId, ServiceMetric};
 use crate::sys::{interrupted, would_block};
 use crate::token::Id;
 
@@ -278,6 +278,8 @@ impl<S: Stream> Connection<S> {
         };
         let line = mem::take(line);
         let bare = request::is_bare(&line);
+        ctx.stats
+            .service_add(ServiceId::Files, ServiceMetric::Requests, 1);
         let (request, reply) = match &self.answer {
             Answer::Files(files) => {
                 let request = request::parse(&line, files.serve_hidden());

@@ -34,7 +34,7 @@ use mio::net::TcpStream;
 
 use super::{Context, Handler, KEEP, Next, Settings, Stream, discard_input, io_failure};
 use crate::buffer::{Buffer, Watermarks, write_ready};
-use crate::stats::{CloseReason, Metric};
+use crate::stats::{CloseReason, Metric, ServiceId, ServiceMetric};
 use crate::sys::{interrupted, would_block};
 use crate::token::Id;
 
@@ -236,6 +236,8 @@ impl<S: Stream> Connection<S> {
                 Err(e) => return Err(e),
             };
             ctx.stats.add(Metric::BytesIn, n as u64);
+            ctx.stats
+                .service_add(ServiceId::Echo, ServiceMetric::Requests, 1);
             ctx.budget = ctx.budget.saturating_sub(n);
             self.idle_deadline = ctx.now + ctx.settings.idle_timeout;
             self.pause_deadline = ctx.now + ctx.settings.request_grace;

@@ -36,7 +36,7 @@ use crate::access::{self, Notes};
 use crate::buffer::Watermarks;
 use crate::config::Config;
 use crate::listener::Listener;
-use crate::stats::{CloseReason, Stats};
+use crate::stats::{CloseReason, ServiceId, Stats};
 use crate::sys::{self, interrupted, peer_gone, would_block};
 use crate::token::Id;
 
@@ -392,6 +392,18 @@ impl Endpoint {
             | Endpoint::Chat(_)
             | Endpoint::Signals(_)
             | Endpoint::Waker => Role::Own,
+        }
+    }
+
+    /// The service whose figures this endpoint's traffic counts in; `None` for a listener (its
+    /// accepting moves no bytes), signals and the waker.
+    pub fn service_id(&self) -> Option<ServiceId> {
+        match self {
+            Endpoint::Echo(_) => Some(ServiceId::Echo),
+            Endpoint::Download(_) => Some(ServiceId::Files),
+            Endpoint::Admin(_) => Some(ServiceId::Admin),
+            Endpoint::Chat(_) => Some(ServiceId::Chat),
+            Endpoint::Listener { .. } | Endpoint::Signals(_) | Endpoint::Waker => None,
         }
     }
 

@@ -14,6 +14,7 @@
 pub mod binary;
 pub mod browser;
 pub mod http;
+pub mod prometheus;
 
 use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpStream};

@@ -3,7 +3,8 @@
 //!
 //! Only what a browser, `curl` and Prometheus send is accepted: `GET` and `HEAD`, no request body,
 //! a head of at most [`MAX_HEAD`] bytes with at most [`MAX_HEADERS`] headers. Everything else gets
-//! the status that says why (RFC 9110: 400, 405, 431) and the connection closes.
+//! the status that says why (400 and 405 from RFC 9110, 431 from RFC 6585) and the connection
+//! closes.
 
 use std::fmt::Write as _;
 
@@ -53,7 +54,7 @@ pub enum Parsed {
 pub enum Status {
     /// 200.
     Ok,
-    /// 400: the head is not HTTP/1.x, or has a body.
+    /// 400: the head is not HTTP/1.x, or has a body; or a query the route cannot read.
     BadRequest,
     /// 404: no such path.
     NotFound,
@@ -146,6 +147,22 @@ pub fn parse(input: &[u8]) -> Parsed {
         keep_alive,
     };
     Parsed::Complete(request, length)
+}
+
+/// The method of a head refused or cut short, as far as it can be told: a response to `HEAD`
+/// carries no body (RFC 9110, section 9.3.2), a refusal's included. Anything but `HEAD` is answered
+/// as a `GET` would be.
+pub fn method_of(input: &[u8]) -> Method {
+    // A server ignores empty lines before the request line (RFC 9112, section 2.2); httparse does.
+    let start = input
+        .iter()
+        .take_while(|&&b| b == b'\r' || b == b'\n')
+        .count();
+    if input[start..].starts_with(b"HEAD ") {
+        Method::Head
+    } else {
+        Method::Get
+    }
 }
 
 /// The comma-separated tokens of a header value.
@@ -273,6 +290,16 @@ mod tests {
             431,
             "over the limit before it ends"
         );
+    }
+
+    #[test]
+    fn the_method_of_a_refused_head_is_head_only_when_it_says_so() {
+        assert_eq!(method_of(b"HEAD / HTTP/1.1\r\nX"), Method::Head);
+        assert_eq!(method_of(b"\r\nHEAD /"), Method::Head);
+        assert_eq!(method_of(b"HEAD"), Method::Get, "not yet told");
+        assert_eq!(method_of(b"HEADER / HTTP/1.1"), Method::Get);
+        assert_eq!(method_of(b"POST / HTTP/1.1"), Method::Get);
+        assert_eq!(method_of(b""), Method::Get);
     }
 
     #[test]

@@ -126,7 +126,7 @@ impl Files {
         ))
     }
 
-    /// The `LIST` reply, header included: rendered at most once per [`LISTING_TTL`].
+    /// The `LIST` reply, header included: rendered at most once per `LISTING_TTL`.
     pub fn listing(&self, now: Instant) -> Arc<[u8]> {
         // Only the loop's thread locks it, so the lock is never contended nor poisoned by another
         // thread; a poisoned cache would only mean rendering afresh.
