@@ -58,8 +58,8 @@ use std::time::Duration;
 
 use log::{Level, info, log_enabled};
 
-use crate::endpoint::Moved;
 use crate::stats::CloseReason;
+use crate::stats::Moved;
 
 /// The log target of every access line: `RUST_LOG=readyloop::access=off` silences them alone.
 pub const TARGET: &str = "readyloop::access";

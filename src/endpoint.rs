@@ -32,7 +32,7 @@ use slab::Slab;
 
 use crate::access::{self, Close, Notes};
 use crate::service::{Endpoint, Next, Role};
-use crate::stats::{CloseReason, Metric, ServiceMetric, Stats};
+use crate::stats::{CloseReason, Metric, Moved, ServiceMetric, Stats};
 use crate::timers::Timers;
 use crate::token::{self, Id, KEY_MASK};
 
@@ -54,35 +54,6 @@ struct Slot {
     /// Bytes this endpoint's handlers have read and written, for the admin service's list.
     moved: Moved,
     endpoint: Endpoint,
-}
-
-/// Bytes read and written, by all handlers (the global counters) or by one endpoint's.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct Moved {
-    /// Bytes read from the peer.
-    pub bytes_in: u64,
-    /// Bytes written to the peer.
-    pub bytes_out: u64,
-}
-
-impl Moved {
-    /// The global counters now. Handlers count what they move there; the loop reads them before
-    /// and after a handler's call, and the difference is that endpoint's, so no handler needs to
-    /// know about per-endpoint counts.
-    pub fn counted(stats: &Stats) -> Moved {
-        Moved {
-            bytes_in: stats.get(Metric::BytesIn),
-            bytes_out: stats.get(Metric::BytesOut),
-        }
-    }
-
-    /// What was moved between `before` and `self`.
-    pub fn since(self, before: Moved) -> Moved {
-        Moved {
-            bytes_in: self.bytes_in.wrapping_sub(before.bytes_in),
-            bytes_out: self.bytes_out.wrapping_sub(before.bytes_out),
-        }
-    }
 }
 
 /// One endpoint as the admin service lists it: the endpoint and what the table knows of it.

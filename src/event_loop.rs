@@ -33,9 +33,10 @@ use mio::{Events, Poll, Registry, Token};
 
 use crate::access::Notes;
 use crate::config::Config;
-use crate::endpoint::{EndpointTable, Moved};
+use crate::endpoint::EndpointTable;
 use crate::service::admin::history::History;
 use crate::service::{Context, Endpoint, FAIR_SHARE, KEEP, Next, Settings};
+use crate::stats::Moved;
 use crate::stats::{Metric, Snapshot, Stats, StatsLine};
 use crate::sys::interrupted;
 use crate::timers::poll_timeout;

@@ -411,6 +411,35 @@ impl fmt::Display for Snapshot {
     }
 }
 
+/// Bytes read and written, by all handlers (the global counters) or by one endpoint's.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Moved {
+    /// Bytes read from the peer.
+    pub bytes_in: u64,
+    /// Bytes written to the peer.
+    pub bytes_out: u64,
+}
+
+impl Moved {
+    /// The global counters now. Handlers count what they move there; the loop reads them before
+    /// and after a handler's call, and the difference is that endpoint's, so no handler needs to
+    /// know about per-endpoint counts.
+    pub fn counted(stats: &Stats) -> Moved {
+        Moved {
+            bytes_in: stats.get(Metric::BytesIn),
+            bytes_out: stats.get(Metric::BytesOut),
+        }
+    }
+
+    /// What was moved between `before` and `self`.
+    pub fn since(self, before: Moved) -> Moved {
+        Moved {
+            bytes_in: self.bytes_in.wrapping_sub(before.bytes_in),
+            bytes_out: self.bytes_out.wrapping_sub(before.bytes_out),
+        }
+    }
+}
+
 /// The periodic line of `--stats-interval`: the figures logged at info level, every interval.
 #[derive(Debug)]
 pub struct StatsLine {

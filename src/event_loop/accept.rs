@@ -13,8 +13,8 @@ use mio::Token;
 
 use super::EventLoop;
 use crate::access::{self, Close};
-use crate::endpoint::Moved;
 use crate::service::{Endpoint, KEEP, Role};
+use crate::stats::Moved;
 use crate::stats::{CloseReason, Metric};
 use crate::token::Id;
 

@@ -46,7 +46,7 @@ use self::http::{Framing, Method, Parsed, Request, Status};
 use super::{Context, Handler, KEEP, Next, Settings, Stream, discard_input, io_failure};
 use crate::access::{self, Answer, Close, Line};
 use crate::buffer::Buffer;
-use crate::endpoint::Moved;
+use crate::stats::Moved;
 use crate::stats::{CloseReason, Metric, ServiceId, ServiceMetric};
 use crate::sys::{interrupted, would_block};
 use crate::token::Id;

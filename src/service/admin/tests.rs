@@ -17,9 +17,9 @@ use super::http::{MAX_HEAD, MAX_HEADERS, Status};
 use super::{Connection, Content, DEFAULT_ROW_LIMIT, PAGE, State, Supply, TEXT, WRITE_TIMEOUT};
 use crate::access::Notes;
 use crate::buffer::Watermarks;
-use crate::endpoint::Moved;
 use crate::service::fake::{Fake, Input};
 use crate::service::{Context, FAIR_SHARE, Handler, KEEP, Next, Settings, resume};
+use crate::stats::Moved;
 use crate::stats::{CloseReason, Metric, ServiceId, ServiceMetric, Stats};
 
 /// The loop's side of one connection: configuration, counters and the shared scratch buffer.
