@@ -11,7 +11,8 @@
 //!   that talks to the `Registry`; [`token`]: how a token names a slot and its generation.
 //! - [`service`]: what lives in the table, the contract between the loop and a handler, and
 //!   building the connection an accepted socket becomes; one module per protocol beneath it
-//!   ([`service::echo`], [`service::download`], [`service::chat`]).
+//!   ([`service::echo`], [`service::download`], [`service::chat`], and [`service::admin`], the
+//!   HTTP service that watches the loop).
 //! - [`listener`]: accepting connections and backing off when out of file descriptors.
 //! - [`buffer`]: the bounded output buffer and its water marks: why memory stays bounded.
 //! - [`timers`]: deadlines without threads, turned into the `poll` timeout.
