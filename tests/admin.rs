@@ -189,6 +189,13 @@ fn keep_alive_carries_several_requests_and_head_gets_no_body() {
     let second = client.response("HEAD");
     assert_eq!(second.status, 200);
     assert_eq!(second.header("content-length"), Some("3"));
+    // A streamed body on a kept connection comes in chunks, and the connection stays usable.
+    for _ in 0..2 {
+        client.send("GET /connections?limit=1 HTTP/1.1\r\nHost: t\r\n\r\n");
+        let rows = client.response("GET");
+        assert_eq!(rows.header("transfer-encoding"), Some("chunked"));
+        assert!(rows.json().is_array());
+    }
     client.send("GET /nowhere HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n");
     assert_eq!(client.response("GET").status, 404);
     assert!(client.is_closed(), "closed after Connection: close");

@@ -129,8 +129,10 @@ impl EventLoop {
         if next == 0 {
             bytes.push(b'[');
         }
+        // Filtered on the service's name alone: describing a row asks the kernel for its peer,
+        // which only the rows listed should cost.
         let wanted = |entry: &Entry<'_>| match &service {
-            Some(service) => entry.endpoint.describe().service == service,
+            Some(service) => entry.endpoint.service_name() == service,
             None => true,
         };
         let mut entries = self.table.entries_from(next, now).filter(wanted);

@@ -115,6 +115,10 @@ impl Service {
                 Endpoint::Download(download::Connection::new(stream, now, settings, answer))
             }
             Service::Admin => {
+                // A streamed reply goes out as a head and then pieces, each a small write: with
+                // Nagle's algorithm on, a piece would wait for the client's delayed ACK (40 ms)
+                // on every kept-alive request. If the option cannot be set, replies are slower.
+                let _ = stream.set_nodelay(true);
                 Endpoint::Admin(Box::new(admin::Connection::new(stream, now, settings)))
             }
         }
@@ -418,42 +422,46 @@ impl Endpoint {
         }
     }
 
+    /// The name of the service this endpoint belongs to (`echo`, `files`, `chat`, `admin`), as
+    /// `/connections?service=` names it; empty for signals and the waker.
+    pub fn service_name(&self) -> &'static str {
+        match self {
+            Endpoint::Listener { service, .. } => service.name(),
+            Endpoint::Signals(_) | Endpoint::Waker => "",
+            Endpoint::Echo(_) | Endpoint::Download(_) | Endpoint::Admin(_) | Endpoint::Chat(_) => {
+                self.service_id().map_or("", ServiceId::name)
+            }
+        }
+    }
+
     /// What the admin service lists of this endpoint. Asks the kernel for a connection's peer
     /// address: a system call per row, paid only while someone reads the list.
     pub fn describe(&self) -> Description {
-        let describe = |service, kind, state: &dyn fmt::Display, peer, buffered| Description {
-            service,
+        let describe = |kind, state: &dyn fmt::Display, peer, buffered| Description {
+            service: self.service_name(),
             kind,
             state: state.to_string(),
             peer,
             buffered,
         };
         match self {
-            Endpoint::Listener { listener, service } => {
-                describe(service.name(), "listener", &listener.state(), None, 0)
+            Endpoint::Listener { listener, .. } => describe("listener", &listener.state(), None, 0),
+            Endpoint::Echo(c) => describe("connection", &c.state(), c.peer(), c.owed()),
+            Endpoint::Download(c) if c.is_turned_away() => {
+                describe("turned-away", c.state(), c.peer(), c.buffered())
             }
-            Endpoint::Echo(c) => describe("echo", "connection", &c.state(), c.peer(), c.owed()),
-            Endpoint::Download(c) => {
-                let kind = if c.is_turned_away() {
-                    "turned-away"
-                } else {
-                    "connection"
-                };
-                describe("files", kind, c.state(), c.peer(), c.buffered())
-            }
-            Endpoint::Admin(c) => {
-                describe("admin", "connection", c.state(), c.peer(), c.buffered())
-            }
+            Endpoint::Download(c) => describe("connection", c.state(), c.peer(), c.buffered()),
+            Endpoint::Admin(c) => describe("connection", c.state(), c.peer(), c.buffered()),
             Endpoint::Chat(relay) => {
                 let state = if relay.queued() == 0 {
                     "READY"
                 } else {
                     "QUEUEING"
                 };
-                describe("chat", "relay", &state, None, relay.queued())
+                describe("relay", &state, None, relay.queued())
             }
-            Endpoint::Signals(_) => describe("", "signals", &"WAITING", None, 0),
-            Endpoint::Waker => describe("", "waker", &"WAITING", None, 0),
+            Endpoint::Signals(_) => describe("signals", &"WAITING", None, 0),
+            Endpoint::Waker => describe("waker", &"WAITING", None, 0),
         }
     }
 

@@ -246,14 +246,14 @@ const SERVICE_FAMILIES: [ServiceFamily; 5] = [
     ServiceFamily {
         metric: ServiceMetric::Accepted,
         name: "readyloop_connections_accepted",
-        help: "Client connections accepted and registered, by service.",
+        help: "Connections accepted and registered, by service (admin included).",
         kind: Kind::Counter,
         services: CONNECTED,
     },
     ServiceFamily {
         metric: ServiceMetric::Open,
         name: "readyloop_connections_open",
-        help: "Client connections open now, by service.",
+        help: "Connections open now, by service (admin included).",
         kind: Kind::Gauge,
         services: CONNECTED,
     },
@@ -299,7 +299,7 @@ impl Collector for Scrape {
                 encode(family.kind, value, samples.encode_family(&labels)?)?;
             }
         }
-        let help = "Client connections closed, by reason.";
+        let help = "Echo and download connections closed, by reason.";
         let mut samples = describe(
             &mut out,
             "readyloop_connections_closed",
