@@ -150,6 +150,7 @@ pub(crate) struct Harness<K> {
     /// Shared, so that what the kind under test counts on its own (the download's open files)
     /// lands in the same counters.
     pub(crate) stats: Arc<Stats>,
+    /// The loop's one read buffer, lent to each call.
     pub(crate) scratch: Vec<u8>,
     /// The loop's clock: a test moves it to reach a deadline, never sleeps.
     pub(crate) now: Instant,
@@ -165,8 +166,9 @@ pub(crate) struct Harness<K> {
 impl<K> Harness<K> {
     /// The loop's side for a connection of `kind`. Water marks are tiny (high 16, low 8) so a few
     /// bytes reach them, and the scratch buffer is 64 bytes so a longer input or body takes several
-    /// steps. The timeouts are far apart (request grace 50 ms, linger 2 s, idle and admin 10 s),
-    /// so a test that moves the clock to one deadline passes no other.
+    /// steps. The timeouts are far apart (request grace 50 ms, linger 2 s, idle and admin
+    /// timeouts 10 s), so a test that moves the clock to one deadline does not reach the next by
+    /// accident. A test file that needs another value sets it on the harness it gets.
     pub(crate) fn of(kind: K) -> Self {
         Harness {
             settings: Settings {
