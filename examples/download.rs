@@ -63,6 +63,9 @@ enum Error {
     Protocol(String, String),
     /// The server closed after `got` of the announced `size` bytes; `path` keeps them.
     ShortRead { got: u64, size: u64, path: PathBuf },
+    /// The server reset the connection after `got` of the announced `size` bytes: it gave up on
+    /// the download (the file shrank, or it was shutting down); `path` keeps what arrived.
+    Cut { got: u64, size: u64, path: PathBuf },
     /// The output file (path) could not be opened or written.
     File(PathBuf, io::Error),
     /// Standard output is gone, e.g. after `--list | head`.
@@ -92,6 +95,12 @@ impl fmt::Display for Error {
                 f,
                 "short read: got {got} of {size} bytes; {} keeps them, run again with \
                  --continue to fetch the rest",
+                path.display()
+            ),
+            Error::Cut { got, size, path } => write!(
+                f,
+                "the server cut the download short (connection reset) after {got} of {size} \
+                 bytes; {} keeps them, run again with --continue to fetch the rest",
                 path.display()
             ),
             Error::File(path, e) => write!(f, "cannot write {}: {e}", path.display()),
@@ -225,12 +234,18 @@ fn get(addr: &str, name: &str, output: Option<PathBuf>, resume: bool) -> Result<
 fn receive(ex: &mut Exchange, out: &mut impl Write, path: &Path, size: u64) -> Result<(), Error> {
     let mut buf = vec![0; 64 * 1024];
     let mut got = 0;
-    // The server closes after the body, so EOF is the only end marker: count every byte.
+    // The server closes after the body, so EOF is the only end marker: count every byte. A
+    // download the server abandons ends in a reset instead (docs/PROTOCOL.md).
     loop {
         let n = match ex.reader.read(&mut buf) {
             Ok(0) => break,
             Ok(n) => n,
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            // The server's way of saying "this is not all": a reset, never a clean end.
+            Err(e) if e.kind() == io::ErrorKind::ConnectionReset => {
+                let path = path.into();
+                return Err(Error::Cut { got, size, path });
+            }
             Err(e) => return Err(ex.network(e)),
         };
         got += n as u64;

@@ -2,8 +2,8 @@
 //!
 //! `readyloop` with no arguments runs with the defaults below, so the first run needs no reading.
 //! Nothing here knows about flags: [`crate::cli`] turns the command line into a [`Config`], and
-//! tests and benchmarks build one directly. Each service then takes the few values it needs in a
-//! settings struct of its own (`service::Settings`, `chat::members::Limits`, `files::Settings`),
+//! tests and benchmarks build one directly. Each service then takes the few values it needs into
+//! a struct of its own (`service::Settings`, `chat::members::Limits`, `download::files::Files`),
 //! so no handler depends on the whole configuration.
 
 use std::net::{IpAddr, Ipv4Addr};

@@ -3,11 +3,14 @@
 //! One pass of [`EventLoop::run`]:
 //!
 //! 1. `poll` sleeps until a source is ready or the nearest deadline (idle timeout, accept back-off,
-//!    lingering close, stats line, shutdown grace) falls due;
+//!    lingering close, stats line, the admin service's one-second sample, shutdown grace) falls
+//!    due;
 //! 2. each event's token finds its endpoint in the [`EndpointTable`]; the endpoint's handler does
 //!    the I/O and returns a [`Next`]; the table applies it (re-registration, deadline, close);
+//!    then the connections that gave their turn back are resumed, admin connections first given
+//!    the content they asked for (see `view.rs`);
 //! 3. due deadlines fire;
-//! 4. the shutdown phase advances.
+//! 4. the periodic chores run (stats line, admin sample), and the shutdown phase advances.
 //!
 //! Each batch's size and each pass's time go into [`Stats`]' histograms; the clock read that ends
 //! a pass also dates the next `poll` timeout, so measuring adds no clock read to a pass.

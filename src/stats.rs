@@ -136,6 +136,9 @@ metrics! {
     DownloadsAborted => "downloads_aborted",
     /// Downloads ended early because the file shrank while being sent.
     DownloadsTruncated => "downloads_truncated",
+    /// Downloads the server abandoned after starting them (the file shrank or failed, the shutdown
+    /// grace ran out), closed with a reset so the client sees they are incomplete.
+    DownloadsReset => "downloads_reset",
     /// `LIST` replies.
     Listings => "listings",
     /// Files open for downloads now.

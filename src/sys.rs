@@ -12,11 +12,12 @@ pub mod process;
 use std::fs::File;
 use std::io;
 use std::net::SocketAddr;
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsFd, AsRawFd};
 use std::path::Path;
+use std::time::Duration;
 
 use mio::net::TcpListener;
-use socket2::{Domain, Protocol, Socket, Type};
+use socket2::{Domain, Protocol, SockRef, Socket, Type};
 
 /// Length of the kernel's queue of completed connections not yet accepted.
 ///
@@ -71,6 +72,15 @@ pub fn out_of_resources(err: &io::Error) -> bool {
         err.raw_os_error(),
         Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM)
     )
+}
+
+/// Sets `SO_LINGER` to zero, so that closing the socket sends RST instead of FIN: the peer's
+/// next read fails with "connection reset" rather than ending as if everything had arrived.
+///
+/// # Errors
+/// As `setsockopt(2)`.
+pub fn reset_on_close(socket: &impl AsFd) -> io::Result<()> {
+    SockRef::from(socket).set_linger(Some(Duration::ZERO))
 }
 
 /// Opens a non-blocking TCP listener.

@@ -534,10 +534,11 @@ fn a_stalled_reader_does_not_slow_an_echo_client() {
     drop(stalled);
 }
 
-/// The size is taken at open: a file that shrinks mid-transfer ends the download early (the
-/// client sees fewer bytes, then EOF), and the server carries on.
+/// The size is taken at open: a file that shrinks mid-transfer ends the download early, and the
+/// client's read fails (a reset) after fewer than `OK <size>` bytes rather than ending cleanly.
+/// The server carries on.
 #[test]
-fn a_file_truncated_during_the_transfer_ends_that_download_only() {
+fn a_file_truncated_during_the_transfer_makes_the_clients_read_fail() {
     let (root, server) = serve(&[("ok.txt", b"fine")], |_| {});
     let path = root.path().join("shrinking.bin");
     let len = 64 << 20;
@@ -553,13 +554,42 @@ fn a_file_truncated_during_the_transfer_ends_that_download_only() {
         .set_len(8 << 20)
         .unwrap();
 
-    let rest = read_to_eof_within(&mut client, Duration::from_secs(30)).unwrap();
+    let (error, rest) = read_to_eof_within(&mut client, Duration::from_secs(30))
+        .expect_err("a reset, not a clean end");
+    assert_eq!(error.kind(), std::io::ErrorKind::ConnectionReset, "{error}");
     let received = (1 << 20) + rest.len();
     assert!(received < len, "received {received} of {len} bytes");
     server.wait_for(WAIT, "the truncation to be counted", |s| {
-        s.get(Metric::DownloadsTruncated) == 1 && s.get(Metric::OpenFiles) == 0
+        s.get(Metric::DownloadsTruncated) == 1
+            && s.get(Metric::DownloadsReset) == 1
+            && s.get(Metric::OpenFiles) == 0
     });
     assert_eq!(exchange(server.files, b"GET ok.txt\n"), b"OK 4\nfine");
+}
+
+/// The tutorial's bare form announces no size: a download cut by the end of the shutdown grace
+/// must make the client's read fail, or the saved file would silently be short.
+#[test]
+fn a_bare_download_cut_by_the_shutdown_grace_makes_the_clients_read_fail() {
+    let (root, mut server) = serve(&[], |config| {
+        config.shutdown_grace = Duration::from_millis(300);
+    });
+    let len = 64 << 20;
+    write_big_file(&root.path().join("big.bin"), len);
+    let mut client = connect(server.files);
+    client.write_all(b"big.bin").unwrap();
+    read_exact_within(&mut client, 1 << 20, IO_TIMEOUT);
+    // The client stops reading; the server drains, then gives up at the end of the grace.
+    server.shutdown();
+    let last = server.wait_stopped(WAIT);
+    assert_eq!(last.get(Metric::DownloadsReset), 1, "{last}");
+    let (error, rest) =
+        read_to_eof_within(&mut client, IO_TIMEOUT).expect_err("a reset, not a clean end");
+    assert_eq!(error.kind(), std::io::ErrorKind::ConnectionReset, "{error}");
+    assert!(
+        (1 << 20) + rest.len() < len,
+        "the file did not fit in the buffers"
+    );
 }
 
 #[test]

@@ -32,7 +32,8 @@ pub enum ScenarioArgs {
     /// Connection churn: connect, one echo round trip, close; connections per second.
     Connect(ConnectArgs),
     /// Repeated `GET NAME` downloads: MB/s and downloads per second, each checked for its size.
-    #[command(override_usage = "readyloop bench download [ADDR] NAME [OPTIONS]")]
+    // `[ADDR] NAME`: with one word it is NAME, as `allow_missing_positional` lets clap read it.
+    #[command(allow_missing_positional = true)]
     Download(DownloadArgs),
     /// Chat relay: senders and members in one room; deliveries per second, delivery ratio and
     /// one-way latency. Start the server with --chat-rate 0.
@@ -76,12 +77,11 @@ pub struct ConnectArgs {
 /// `readyloop bench download`.
 #[derive(Debug, Clone, Args)]
 pub struct DownloadArgs {
-    /// The file download service (default 127.0.0.1:7890), or NAME when only one is given.
-    #[arg(value_name = "ADDR")]
-    pub first: String,
+    /// The file download service.
+    #[arg(value_parser = parse_target, default_value_t = loopback(DEFAULT_FILES_PORT))]
+    pub addr: SocketAddr,
     /// The file to download, relative to the server's root.
-    #[arg(value_name = "NAME")]
-    pub name: Option<String>,
+    pub name: String,
     /// Downloads in progress at once.
     #[arg(short = 'c', long = "connections", default_value_t = 4)]
     pub connections: usize,
@@ -147,14 +147,8 @@ impl BenchArgs {
             ),
             ScenarioArgs::Connect(a) => (Scenario::Connect, a.addr, a.connections),
             ScenarioArgs::Download(a) => {
-                let (target, name) = match &a.name {
-                    Some(name) => (
-                        parse_target(&a.first).map_err(BenchError::Invalid)?,
-                        name.clone(),
-                    ),
-                    None => (loopback(DEFAULT_FILES_PORT), a.first.clone()),
-                };
-                (Scenario::Download { name }, target, a.connections)
+                let name = a.name.clone();
+                (Scenario::Download { name }, a.addr, a.connections)
             }
             ScenarioArgs::Chat(a) => (
                 Scenario::Chat {
@@ -384,8 +378,28 @@ mod tests {
         let load = parse(&["download", "127.0.0.1:9", "big.bin", "-c", "2"]).unwrap();
         assert_eq!(load.target, loopback(9));
         assert_eq!(load.connections, 2);
-        assert!(parse(&["download"]).is_err());
         assert!(parse(&["download", "nowhere:port", "big.bin"]).is_err());
+    }
+
+    /// ADDR has a default and NAME has none: without arguments it is NAME that is missing, and
+    /// the help's usage line and argument list both show ADDR as the optional one.
+    #[test]
+    fn download_without_a_name_says_the_name_is_missing() {
+        let error = parse(&["download"]).unwrap_err();
+        assert!(error.contains("<NAME>"), "{error}");
+        assert!(!error.contains("<ADDR>"), "{error}");
+        use clap::CommandFactory;
+        let help = crate::cli::Cli::command()
+            .find_subcommand_mut("bench")
+            .and_then(|bench| bench.find_subcommand_mut("download"))
+            .expect("bench download")
+            .render_help()
+            .to_string();
+        assert!(help.contains("download [OPTIONS] [ADDR] <NAME>"), "{help}");
+        assert!(
+            help.contains("  [ADDR]") && help.contains("  <NAME>"),
+            "{help}"
+        );
     }
 
     #[test]

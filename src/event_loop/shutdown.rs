@@ -84,6 +84,9 @@ impl EventLoop {
             Phase::Stopped => {}
         }
         for token in self.table.tokens() {
+            if let Some((endpoint, notes)) = self.table.get_mut_active(token, now) {
+                endpoint.on_stop(&mut self.shared.context(now, token, notes));
+            }
             let registry = self.poll.registry();
             (self.table).close(registry, token, CloseReason::Shutdown, &self.shared.stats);
         }

@@ -42,7 +42,7 @@ use super::{Context, Handler, KEEP, Next, Settings, Stream, discard_input, io_fa
 use crate::access::{self, Notes};
 use crate::buffer::{Buffer, write_ready};
 use crate::stats::{CloseReason, Metric, ServiceId, ServiceMetric};
-use crate::sys::{interrupted, would_block};
+use crate::sys::{interrupted, peer_gone, would_block};
 use crate::token::Id;
 
 /// How long a client accepted past `--max-conns` has for its whole exchange: time enough for a
@@ -229,6 +229,21 @@ impl<S: Stream> Connection<S> {
         }
     }
 
+    /// The loop stops now (the shutdown grace ran out, or a second signal came): a file still being
+    /// sent is abandoned with a reset; anything else just closes.
+    pub fn on_stop(&mut self, ctx: &mut Context<'_>) {
+        match &self.state {
+            State::Replying {
+                body: Body::File(_),
+                ..
+            } => {
+                let _ = self.abandon("the server stopped", CloseReason::Shutdown, ctx);
+            }
+            // No body under way, or nothing a client waits for: an ordinary close.
+            State::Request { .. } | State::Replying { .. } | State::Lingering { .. } => {}
+        }
+    }
+
     /// REQUEST: reads until `WouldBlock`, the end of the line, the client's FIN, or the limit.
     fn read_request(&mut self, ctx: &mut Context<'_>) -> Next {
         loop {
@@ -368,14 +383,40 @@ impl<S: Stream> Connection<S> {
             }
             Ok(Progress::Truncated) => {
                 ctx.stats.add(Metric::DownloadsTruncated, 1);
-                warn!(
-                    "{} download: the file shrank while being sent; closing early",
-                    Id(ctx.token)
-                );
-                self.start_lingering(CloseReason::Error, ctx)
+                self.abandon("the file shrank while being sent", CloseReason::Error, ctx)
+            }
+            // The client went away: its business, and no one is left to tell.
+            Err(e) if peer_gone(&e) => io_failure("download", &self.state, e, ctx),
+            Err(e) if matches!(body, Body::File(_)) => {
+                let why = format!("I/O error: {e}");
+                self.abandon(&why, CloseReason::Error, ctx)
             }
             Err(e) => io_failure("download", &self.state, e, ctx),
         }
+    }
+
+    /// The server gives up on a download it started (the file shrank or failed, or the shutdown
+    /// grace ran out): the connection closes with a reset, so the client's next read fails
+    /// instead of ending as if the file were shorter. With the bare form, which announces no
+    /// size, that failed read is the only sign the client gets.
+    fn abandon(&mut self, why: &str, reason: CloseReason, ctx: &mut Context<'_>) -> Next {
+        if let State::Replying {
+            body: Body::File(transfer),
+            ..
+        } = &self.state
+        {
+            let (sent, promised) = transfer.progress();
+            info!(
+                "{} download abandoned after {sent} of {promised} bytes ({why}): closing with a reset",
+                Id(ctx.token)
+            );
+        }
+        ctx.stats.add(Metric::DownloadsReset, 1);
+        if let Err(e) = self.stream.reset_on_close() {
+            // Then the close is a FIN: the client of a GET can still compare against `OK <size>`.
+            warn!("{} download: cannot arrange a reset: {e}", Id(ctx.token));
+        }
+        ControlFlow::Break(reason)
     }
 
     /// → LINGERING: sends FIN, then drains input for at most `--linger`.

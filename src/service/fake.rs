@@ -43,6 +43,8 @@ pub(crate) struct Fake {
     /// Take [`Stream::send_file`] as a kernel with `sendfile(2)` does, under the same window,
     /// errors and interruptions as a write; otherwise it answers `Unsupported`, as the default.
     pub(crate) zero_copy: bool,
+    /// The connection asked for its close to be a reset.
+    pub(crate) reset: bool,
 }
 
 impl Fake {
@@ -113,6 +115,11 @@ impl Write for Fake {
 impl Stream for Fake {
     fn shutdown_write(&mut self) -> io::Result<()> {
         self.fin_sent = true;
+        Ok(())
+    }
+
+    fn reset_on_close(&mut self) -> io::Result<()> {
+        self.reset = true;
         Ok(())
     }
 

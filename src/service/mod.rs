@@ -202,6 +202,13 @@ pub trait Stream: Read + Write {
     /// As `shutdown(2)`; `ENOTCONN` when the peer is already gone.
     fn shutdown_write(&mut self) -> io::Result<()>;
 
+    /// Makes the coming close a reset (`SO_LINGER` 0): the peer's next read fails instead of
+    /// ending cleanly, which is how a client learns that what it received is not all there was.
+    ///
+    /// # Errors
+    /// As `setsockopt(2)`.
+    fn reset_on_close(&mut self) -> io::Result<()>;
+
     /// Sends up to `count` bytes of `file` from `offset` without copying them through user space,
     /// and moves `offset` past what was sent; `Ok(0)` means the file ended.
     ///
@@ -219,6 +226,10 @@ pub trait Stream: Read + Write {
 impl Stream for TcpStream {
     fn shutdown_write(&mut self) -> io::Result<()> {
         self.shutdown(Shutdown::Write)
+    }
+
+    fn reset_on_close(&mut self) -> io::Result<()> {
+        sys::reset_on_close(self)
     }
 
     fn send_file(&mut self, file: &File, offset: &mut u64, count: usize) -> io::Result<usize> {
@@ -519,6 +530,21 @@ impl Endpoint {
             Endpoint::Admin(connection) => resume(connection.as_mut(), ctx),
             Endpoint::Chat(relay) => resume(relay.as_mut(), ctx),
             Endpoint::Listener { .. } | Endpoint::Signals(_) | Endpoint::Waker => KEEP,
+        }
+    }
+
+    /// The loop stops: every endpoint is closed right after this. A download still sending a
+    /// file makes its close a reset, so its client knows it got less than was promised.
+    pub fn on_stop(&mut self, ctx: &mut Context<'_>) {
+        match self {
+            Endpoint::Download(connection) => connection.on_stop(ctx),
+            // Nothing promised that a plain close would misrepresent.
+            Endpoint::Listener { .. }
+            | Endpoint::Echo(_)
+            | Endpoint::Admin(_)
+            | Endpoint::Chat(_)
+            | Endpoint::Signals(_)
+            | Endpoint::Waker => {}
         }
     }
 

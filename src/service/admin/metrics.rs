@@ -133,6 +133,11 @@ const FAMILIES: &[Family] = &[
         One(Metric::DownloadsTruncated),
     ),
     counter(
+        "readyloop_downloads_reset",
+        "Downloads the server abandoned after starting them, closed with a reset.",
+        One(Metric::DownloadsReset),
+    ),
+    counter(
         "readyloop_listings",
         "LIST replies sent.",
         One(Metric::Listings),

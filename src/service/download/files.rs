@@ -179,6 +179,10 @@ pub struct Transfer {
     pos: u64,
     /// One past the last byte to send: the file's size when it was opened.
     end: u64,
+    /// Where the transfer started (the request's offset), and how many bytes the reply promised
+    /// (`end - from` when the file was opened; `end` moves back if the file shrinks).
+    from: u64,
+    promised: u64,
     via: Via,
     stats: Arc<Stats>,
 }
@@ -190,9 +194,17 @@ impl Transfer {
             file,
             pos,
             end,
+            from: pos,
+            promised: end - pos,
             via,
             stats,
         }
+    }
+
+    /// Bytes sent so far, and bytes the reply promised (`OK <size>`, or the whole file in the
+    /// bare form).
+    pub fn progress(&self) -> (u64, u64) {
+        (self.pos - self.from, self.promised)
     }
 
     /// Bytes still to send.

@@ -605,19 +605,27 @@ fn replying_closes_on_a_reset_as_reset_and_on_other_write_errors_as_error() {
     }
 }
 
+/// What could be sent is sent; then the close is a reset, so the client's next read fails
+/// instead of ending as if the file were that short (issue 11).
 #[test]
-fn replying_a_file_that_shrank_ends_early_as_an_error() {
+fn replying_a_file_that_shrank_is_abandoned_with_a_reset() {
     let mut h = Harness::new();
     let mut c = replying(&mut h);
     h.truncate("big.bin", 100);
     c.stream.window = usize::MAX;
-    assert_eq!(c.on_writable(&mut h.ctx()), KEEP);
+    assert_eq!(c.on_writable(&mut h.ctx()), close(CloseReason::Error));
     assert_eq!(c.stream.output, [OK_BIG, &big()[..100]].concat());
-    assert!(c.stream.fin_sent, "FIN ends what could be sent");
-    assert_eq!(lingering_reason(&c), Some(CloseReason::Error));
+    assert!(c.stream.reset, "the close is a reset");
+    assert!(!c.stream.fin_sent, "no FIN: that would read as a clean end");
     assert_eq!(h.stats.get(Metric::DownloadsTruncated), 1);
+    assert_eq!(h.stats.get(Metric::DownloadsReset), 1);
     assert_eq!(h.stats.get(Metric::DownloadsCompleted), 0);
-    assert_eq!(h.stats.get(Metric::DownloadsAborted), 0);
+    drop(c);
+    assert_eq!(
+        h.stats.get(Metric::DownloadsAborted),
+        0,
+        "counted as truncated"
+    );
     assert_eq!(h.stats.get(Metric::OpenFiles), 0);
 }
 
@@ -876,4 +884,31 @@ fn states_print_the_names_of_the_design_diagram() {
         .map(|c| c.state().to_string())
         .collect();
     assert_eq!(names, ["REQUEST", "REPLYING", "LINGERING"]);
+}
+
+// ---- the loop stops (grace over, second signal) --------------------------------------------
+
+#[test]
+fn a_file_still_being_sent_when_the_loop_stops_is_abandoned_with_a_reset() {
+    let mut h = Harness::new();
+    let mut c = replying(&mut h);
+    c.stream.window = OK_BIG.len() + 10;
+    assert_eq!(c.on_writable(&mut h.ctx()), KEEP);
+    c.on_stop(&mut h.ctx());
+    assert!(c.stream.reset, "the close is a reset");
+    assert_eq!(h.stats.get(Metric::DownloadsReset), 1);
+}
+
+/// Nothing was promised that a plain close would misrepresent: no request yet, a refusal, a
+/// listing, a finished reply.
+#[test]
+fn the_loop_stopping_resets_nothing_but_a_file_under_way() {
+    let mut h = Harness::new();
+    let mut waiting = h.connection(Fake::with_input(&[]));
+    waiting.on_stop(&mut h.ctx());
+    assert!(!waiting.stream.reset);
+    let mut done = lingering(&mut h);
+    done.on_stop(&mut h.ctx());
+    assert!(!done.stream.reset);
+    assert_eq!(h.stats.get(Metric::DownloadsReset), 0);
 }
