@@ -33,6 +33,7 @@ use slab::Slab;
 use crate::access::{self, Close, Notes};
 use crate::service::{Endpoint, Next, Role};
 use crate::stats::{CloseReason, Metric, Moved, ServiceMetric, Stats};
+use crate::sys;
 use crate::timers::Timers;
 use crate::token::{self, Id, KEY_MASK};
 
@@ -269,7 +270,11 @@ impl EndpointTable {
         if let Some(at) = slot.armed {
             self.timers.remove(at, token);
         }
-        if let (Some(source), Some(_)) = (slot.endpoint.source(), slot.registered) {
+        if let (Some(source), Some(_), false) = (
+            slot.endpoint.source(),
+            slot.registered,
+            sys::CLOSING_DEREGISTERS,
+        ) {
             // Deregistering a socket we are about to close cannot fail in a way worth reporting:
             // closing the descriptor removes it from the poll set anyway.
             let _ = registry.deregister(source);
