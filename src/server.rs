@@ -283,6 +283,10 @@ fn bind_listener(
         source,
     };
     let socket = sys::tcp_listener(addr).map_err(bind_error)?;
+    if let Err(e) = service.tune_listener(&socket) {
+        // Only speed depends on it: the service works with the kernel's defaults.
+        warn!("{name}: cannot set the listener's socket options: {e}");
+    }
     let bound = socket.local_addr().map_err(bind_error)?;
     let listener = Listener::new(socket, name);
     event_loop
