@@ -601,4 +601,30 @@ mod tests {
         let size = std::mem::size_of::<Endpoint>();
         assert!(size <= 128, "Endpoint is {size} bytes");
     }
+
+    /// The download listener carries the unsent limit its connections inherit (see
+    /// `sys::tests`); the echo listener keeps the kernel's default.
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn only_the_download_listener_limits_unsent_bytes() {
+        let root = tempfile::tempdir().unwrap();
+        let config = Config {
+            root: root.path().to_path_buf(),
+            ..Config::default()
+        };
+        let files = Files::open(&config, Arc::new(Stats::default())).unwrap();
+        let lowat = |service: Service| {
+            let listener = sys::tcp_listener("127.0.0.1:0".parse().unwrap()).unwrap();
+            service.tune_listener(&listener).unwrap();
+            socket2::SockRef::from(&listener)
+                .tcp_notsent_lowat()
+                .unwrap()
+        };
+        assert_eq!(
+            lowat(Service::Download(Arc::new(files))),
+            download::UNSENT_LIMIT
+        );
+        // 0: not set on the socket, so `net.ipv4.tcp_notsent_lowat` (by default no limit) holds.
+        assert_eq!(lowat(Service::Echo), 0);
+    }
 }
