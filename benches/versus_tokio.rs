@@ -1,4 +1,5 @@
-//! readyloop side by side with the tokio server a reader would write, under identical loads.
+//! readyloop side by side with the tokio server a reader would write, under identical loads, and
+//! with nginx for downloads.
 //!
 //! Run with `cargo bench --bench versus_tokio` (about 5 minutes on 2 cores). `-- --quick` runs one
 //! short round of each scenario and writes its files to a temporary directory; `-- --rounds N`
@@ -10,6 +11,10 @@
 //! ([`support::tokio_peer`]). The load comes from readyloop's own generator,
 //! [`readyloop::bench::run`]. Each scenario measures the two servers in turn, round after round
 //! (the order flips every round), and prints one table of medians with the ratio readyloop/tokio.
+//!
+//! Downloads are also measured against nginx, when it is installed ([`support::nginx`]): Debian's
+//! package, one process, `sendfile on; tcp_nopush on;`, pinned like the others, in the same rounds
+//! and on the same file. Without it the benchmark says so and leaves the nginx rows out.
 //!
 //! On a 2-core machine the generator costs about as much CPU per request as the server, so
 //! requests per second are capped by the machine. What tells the servers apart is the **server's
@@ -35,8 +40,9 @@ use std::thread;
 use std::time::{Duration, Instant, SystemTime};
 
 use readyloop::bench::{Load, Report, Scenario, run};
+use support::nginx::{self, Nginx};
 use support::tokio_peer::{TokioPeer, start_tokio_peer};
-use support::{Running, loopback_config, machine, median, start_readyloop, thread_cpu, write_file};
+use support::{Running, loopback_config, machine, median, start_readyloop, task_cpu, write_file};
 
 /// Echo connection counts of the issue: one client, a busy server, many, very many.
 const ECHO_CONNECTIONS: [usize; 4] = [1, 50, 500, 5_000];
@@ -72,6 +78,7 @@ fn main() {
     raise_descriptor_limit();
     let root = tempfile::tempdir().expect("a temporary directory");
     write_file(&root.path().join(DOWNLOAD_NAME), options.file_len);
+    nginx::write_reply_head(&root.path().join(DOWNLOAD_NAME));
 
     let pin = options.pin.then_some(0);
     let readyloop = start_readyloop(readyloop::Config {
@@ -84,7 +91,18 @@ fn main() {
         ..loopback_config()
     });
     let tokio = start_tokio_peer(root.path().to_path_buf(), pin);
-    let servers = Servers { readyloop, tokio };
+    let nginx = if options.wants("download") {
+        Nginx::start(root.path(), DOWNLOAD_NAME, pin)
+            .inspect_err(|why| println!("nginx: {why}: the download tables leave nginx out"))
+            .ok()
+    } else {
+        None
+    };
+    let servers = Servers {
+        readyloop,
+        tokio,
+        nginx,
+    };
 
     let machine = format!("{}, {}", machine(), today());
     println!("readyloop versus tokio (current-thread runtime, one task per connection)");
@@ -98,6 +116,12 @@ fn main() {
             "no pinning"
         }
     );
+    if let Some(nginx) = &servers.nginx {
+        println!(
+            "downloads also against {} on {}: one process, sendfile on; tcp_nopush on",
+            nginx.version, nginx.addr
+        );
+    }
     let mut results = Results::default();
     if options.wants("echo") {
         for connections in ECHO_CONNECTIONS {
@@ -207,10 +231,12 @@ impl Options {
     }
 }
 
-/// The two servers under test.
+/// The servers under test.
 struct Servers {
     readyloop: Running,
     tokio: TokioPeer,
+    /// The download peer beside tokio, if nginx is installed and started.
+    nginx: Option<Nginx>,
 }
 
 /// Reads the CPU time a server has used so far.
@@ -226,12 +252,19 @@ impl Servers {
     fn tokio_cpu(&self) -> Cpu {
         Cpu::of(&self.tokio.threads())
     }
+
+    /// Every thread of the nginx process (it has one); zero without nginx.
+    fn nginx_cpu(&self) -> Cpu {
+        self.nginx
+            .as_ref()
+            .map_or(Cpu::of(&[]), |nginx| Cpu::of_process(nginx.pid))
+    }
 }
 
-/// CPU time some threads of this process have used so far.
+/// CPU time some threads have used so far: a server's threads in this process, or nginx's.
 #[derive(Debug, Clone, Copy)]
 struct Cpu {
-    /// User and system time, in nanoseconds ([`thread_cpu`]).
+    /// User and system time, in nanoseconds ([`task_cpu`]).
     total: Duration,
     /// User time alone: the server's own code, without the kernel's TCP/IP work done on its
     /// behalf. Counted in clock ticks (10 ms), so it is only meaningful over seconds.
@@ -239,23 +272,39 @@ struct Cpu {
 }
 
 impl Cpu {
+    /// Threads of this process.
     fn of(tids: &[i32]) -> Cpu {
-        tids.iter().fold(
+        Cpu::of_tasks(tids.iter().map(|tid| format!("/proc/self/task/{tid}")))
+    }
+
+    /// Every thread of another process.
+    fn of_process(pid: u32) -> Cpu {
+        let tasks = std::fs::read_dir(format!("/proc/{pid}/task"))
+            .into_iter()
+            .flatten()
+            .flatten()
+            .map(|entry| entry.path().display().to_string());
+        Cpu::of_tasks(tasks)
+    }
+
+    /// The threads whose `/proc` directories are `tasks`.
+    fn of_tasks(tasks: impl Iterator<Item = String>) -> Cpu {
+        tasks.fold(
             Cpu {
                 total: Duration::ZERO,
                 user: Duration::ZERO,
             },
-            |sum, &tid| Cpu {
-                total: sum.total + thread_cpu(tid),
-                user: sum.user + thread_user(tid),
+            |sum, task| Cpu {
+                total: sum.total + task_cpu(&task),
+                user: sum.user + task_user(&task),
             },
         )
     }
 }
 
-/// User time of a thread of this process: `utime`, field 14 of `/proc/self/task/<tid>/stat`.
-fn thread_user(tid: i32) -> Duration {
-    let stat = std::fs::read_to_string(format!("/proc/self/task/{tid}/stat")).unwrap_or_default();
+/// User time of the thread whose `/proc` directory is `task`: `utime`, field 14 of its `stat`.
+fn task_user(task: &str) -> Duration {
+    let stat = std::fs::read_to_string(format!("{task}/stat")).unwrap_or_default();
     // The command name may hold spaces; the fields after it start with field 3, the state.
     let after_name = stat.rsplit_once(')').map_or("", |(_, rest)| rest);
     let ticks: u64 = after_name
@@ -410,8 +459,10 @@ fn churn(options: &Options, servers: &Servers, results: &mut Results) {
 }
 
 /// Download throughput and server CPU per megabyte against both tokio bodies: `tokio::fs`
-/// (idiomatic) and `std::fs` read in the task (the copy alone). The tokio figure counts its
-/// blocking pool, where `tokio::fs` reads run, with the runtime thread.
+/// (idiomatic) and `std::fs` read in the task (the copy alone), and against nginx when it runs.
+/// The tokio figure counts its blocking pool, where `tokio::fs` reads run, with the runtime
+/// thread. nginx is asked for `/big.bin`: its HTTP/0.9 reply is the file, whose first line is the
+/// `OK` line the generator expects (see [`support::nginx`]).
 ///
 /// With `shared`, the generator is not pinned and runs a thread per core, so it competes with the
 /// server for core 0: the CPU a server saves is then CPU the clients can use, which is how a
@@ -423,14 +474,8 @@ fn download(
     shared: bool,
     results: &mut Results,
 ) {
-    let load = |target| {
-        let load = options.load(
-            Scenario::Download {
-                name: DOWNLOAD_NAME.to_string(),
-            },
-            target,
-            parallel,
-        );
+    let load_of = |target, name: String| {
+        let load = options.load(Scenario::Download { name }, target, parallel);
         if shared {
             let cores = thread::available_parallelism().map_or(1, |n| n.get());
             Load {
@@ -442,17 +487,26 @@ fn download(
             load
         }
     };
+    let load = |target| load_of(target, DOWNLOAD_NAME.to_string());
     let ours = load(servers.readyloop.addresses.files.expect("files is on"));
     let tokio_fs = load(servers.tokio.files);
     let std_fs = load(servers.tokio.files_std);
-    let samples = alternate(
-        options,
-        &[
-            (&ours, &|| servers.readyloop_cpu()),
-            (&tokio_fs, &|| servers.tokio_cpu()),
-            (&std_fs, &|| servers.tokio_cpu()),
-        ],
+    let nginx = servers
+        .nginx
+        .as_ref()
+        .map(|nginx| load_of(nginx.addr, format!("/{DOWNLOAD_NAME}")));
+    let (readyloop_cpu, tokio_cpu, nginx_cpu) = (
+        || servers.readyloop_cpu(),
+        || servers.tokio_cpu(),
+        || servers.nginx_cpu(),
     );
+    let mut targets: Vec<(&Load, CpuClock<'_>)> = vec![
+        (&ours, &readyloop_cpu),
+        (&tokio_fs, &tokio_cpu),
+        (&std_fs, &tokio_cpu),
+    ];
+    targets.extend(nginx.iter().map(|load| (load, &nginx_cpu as CpuClock<'_>)));
+    let samples = alternate(options, &targets);
     let (name, placement) = if shared {
         (
             format!("download {parallel} shared"),
@@ -484,6 +538,20 @@ fn download(
         }
     }
     results.print_last(4);
+    if nginx.is_some() {
+        let table = table.against("nginx");
+        for (metric, unit, better, figure) in figures {
+            results.add(table.sampled(
+                format!("{metric} vs nginx"),
+                unit,
+                better,
+                figure,
+                &samples[0],
+                Some(&samples[3]),
+            ));
+        }
+        results.print_last(2);
+    }
 }
 
 /// The chat relay, readyloop only: the tokio peer has no chat service.
@@ -729,7 +797,7 @@ enum Better {
     Lower,
 }
 
-/// One figure of one scenario, for both servers.
+/// One figure of one scenario, for readyloop and the server it is compared with.
 #[derive(Debug, Clone)]
 struct Row {
     /// Short scenario name, for the CSV and the chart.
@@ -740,7 +808,10 @@ struct Row {
     unit: &'static str,
     better: Better,
     readyloop: f64,
-    tokio: Option<f64>,
+    /// The server compared with: `tokio`, or `nginx` for downloads.
+    peer: &'static str,
+    /// The peer's figure; `None` where readyloop runs alone.
+    other: Option<f64>,
     /// The larger of the two servers' (max − min) / median over the rounds: how far one round
     /// may stray, to judge a ratio by. `None` for a single measurement.
     spread: Option<f64>,
@@ -748,7 +819,7 @@ struct Row {
 
 impl Row {
     fn ratio(&self) -> Option<f64> {
-        self.tokio.map(|tokio| self.readyloop / tokio)
+        self.other.map(|other| self.readyloop / other)
     }
 }
 
@@ -756,14 +827,23 @@ impl Row {
 struct Table {
     scenario: String,
     title: String,
+    /// The server readyloop is compared with in this table.
+    peer: &'static str,
 }
 
 impl Table {
+    /// A table of readyloop against tokio.
     fn new(scenario: &str, title: String) -> Table {
         Table {
             scenario: scenario.to_string(),
             title,
+            peer: "tokio",
         }
+    }
+
+    /// The same table against another server.
+    fn against(self, peer: &'static str) -> Table {
+        Table { peer, ..self }
     }
 
     fn row(
@@ -772,7 +852,7 @@ impl Table {
         unit: &'static str,
         better: Better,
         readyloop: f64,
-        tokio: Option<f64>,
+        other: Option<f64>,
     ) -> Row {
         Row {
             scenario: self.scenario.clone(),
@@ -781,7 +861,8 @@ impl Table {
             unit,
             better,
             readyloop,
-            tokio,
+            peer: self.peer,
+            other,
             spread: None,
         }
     }
@@ -794,7 +875,7 @@ impl Table {
         better: Better,
         figure: Figure,
         readyloop: &[Sample],
-        tokio: Option<&[Sample]>,
+        other: Option<&[Sample]>,
     ) -> Row {
         let spread = |samples: &[Sample]| {
             let values = samples.iter().map(figure);
@@ -802,18 +883,18 @@ impl Table {
             (high - low) / median_of(samples, figure)
         };
         Row {
-            spread: Some(tokio.map_or(spread(readyloop), |t| spread(readyloop).max(spread(t)))),
+            spread: Some(other.map_or(spread(readyloop), |o| spread(readyloop).max(spread(o)))),
             ..self.row(
                 metric,
                 unit,
                 better,
                 median_of(readyloop, figure),
-                tokio.map(|t| median_of(t, figure)),
+                other.map(|o| median_of(o, figure)),
             )
         }
     }
 
-    /// A row from the samples of readyloop (`samples[0]`) and tokio (`samples[1]`).
+    /// A row from the samples of readyloop (`samples[0]`) and the peer (`samples[1]`).
     fn pair(
         &self,
         samples: &[Vec<Sample>],
@@ -840,9 +921,14 @@ impl Results {
     fn print_last(&self, n: usize) {
         let rows = &self.rows[self.rows.len() - n..];
         println!("\n{}", rows[0].title);
+        let peer = rows[0].peer;
         println!(
             "{:<34} {:>15} {:>15} {:>16} {:>8}",
-            "", "readyloop", "tokio", "readyloop/tokio", "spread"
+            "",
+            "readyloop",
+            peer,
+            format!("readyloop/{peer}"),
+            "spread"
         );
         for row in rows {
             let value = |v: f64| format!("{} {}", number(v), row.unit);
@@ -850,7 +936,7 @@ impl Results {
                 "{:<34} {:>15} {:>15} {:>16} {:>8}",
                 row.metric,
                 value(row.readyloop),
-                row.tokio.map_or("-".into(), value),
+                row.other.map_or("-".into(), value),
                 row.ratio().map_or("-".into(), |r| format!("{r:.2}x")),
                 row.spread
                     .map_or("-".into(), |s| format!("{:.0}%", s * 100.0)),
@@ -866,7 +952,7 @@ impl Results {
 
     /// The issue's targets, each with its figure and whether it was reached.
     fn print_targets(&self) {
-        println!("\ntargets (ratios readyloop/tokio in this run)");
+        println!("\ntargets (ratios readyloop/peer in this run)");
         let check = |what: String, figure: Option<f64>, reached: &dyn Fn(f64) -> bool| match figure
         {
             Some(f) => println!(
@@ -914,6 +1000,11 @@ impl Results {
                 worst,
                 &|r| r >= 1.6,
             );
+            check(
+                format!("{scenario}: >= 1.1x nginx"),
+                ratio(&scenario, "MB/s vs nginx"),
+                &|r| r >= 1.1,
+            );
         }
         check(
             "memory: <= 512 bytes per idle connection".into(),
@@ -933,16 +1024,18 @@ impl Results {
     }
 
     fn write_csv(&self, path: &Path, header: &str) {
-        let mut csv = format!("# {header}\nscenario,metric,readyloop,tokio,ratio,unit,spread\n");
+        let mut csv =
+            format!("# {header}\nscenario,metric,peer,readyloop,other,ratio,unit,spread\n");
         for row in &self.rows {
             let optional = |v: Option<f64>| v.map_or(String::new(), |v| format!("{v:.4}"));
             let _ = writeln!(
                 csv,
-                "{},{},{:.4},{},{},{},{}",
+                "{},{},{},{:.4},{},{},{},{}",
                 row.scenario,
                 row.metric,
+                row.peer,
                 row.readyloop,
-                optional(row.tokio),
+                optional(row.other),
                 optional(row.ratio()),
                 row.unit,
                 optional(row.spread)
@@ -951,8 +1044,9 @@ impl Results {
         std::fs::write(path, csv).expect("write the CSV");
     }
 
-    /// Two panels of horizontal bars, readyloop/tokio: costs (lower is better) above, throughput
-    /// (higher is better) below, each with a line at 1.0, where the servers are equal.
+    /// Two panels of horizontal bars, readyloop/peer (tokio, or the server the metric names):
+    /// costs (lower is better) above, throughput (higher is better) below, each with a line at
+    /// 1.0, where the servers are equal.
     fn draw_svg(&self, path: &Path, caption: &str) {
         use plotters::prelude::*;
 
@@ -967,11 +1061,11 @@ impl Results {
         };
         let panels = [
             (
-                "server CPU per operation and memory per idle connection, readyloop/tokio (lower is better)",
+                "server CPU per operation and memory per idle connection, readyloop/peer (lower is better)",
                 bars(Better::Lower),
             ),
             (
-                "throughput, readyloop/tokio (higher is better)",
+                "throughput, readyloop/peer (higher is better)",
                 bars(Better::Higher),
             ),
         ];
@@ -1011,7 +1105,7 @@ impl Results {
                         String::new()
                     }
                 })
-                .x_desc("readyloop / tokio")
+                .x_desc("readyloop / peer (tokio, unless the row names nginx)")
                 .draw()
                 .expect("the axes");
             chart

@@ -16,6 +16,7 @@ use std::time::Duration;
 
 use readyloop::{Addresses, Config, Server};
 
+pub mod nginx;
 pub mod tokio_peer;
 
 /// A server running on its own thread, with that thread's kernel id for CPU accounting.
@@ -53,11 +54,16 @@ pub fn start_readyloop(config: Config) -> Running {
 }
 
 /// CPU time (user and system) a thread of this process has used so far.
+pub fn thread_cpu(tid: i32) -> Duration {
+    task_cpu(&format!("/proc/self/task/{tid}"))
+}
+
+/// CPU time (user and system) the thread whose `/proc` directory is `task` has used so far: a
+/// thread of this process, or of another (nginx).
 ///
 /// `schedstat` counts nanoseconds; `stat` (clock ticks, 10 ms) is the fallback where the kernel
 /// has no scheduler statistics.
-pub fn thread_cpu(tid: i32) -> Duration {
-    let task = format!("/proc/self/task/{tid}");
+pub fn task_cpu(task: &str) -> Duration {
     if let Ok(text) = std::fs::read_to_string(format!("{task}/schedstat")) {
         if let Some(ns) = text.split_whitespace().next().and_then(|v| v.parse().ok()) {
             return Duration::from_nanos(ns);
