@@ -86,6 +86,10 @@ pub struct ServeArgs {
     /// Address the services listen on: an IP address or a host name (`localhost`).
     #[arg(long, env = "READYLOOP_BIND", default_value_t = DEFAULT_BIND.to_string())]
     pub bind: String,
+    /// Bind every port with SO_REUSEPORT, so several readyloop processes can share them (one per
+    /// core); the kernel spreads TCP connections and UDP source addresses across them.
+    #[arg(long, env = "READYLOOP_REUSE_PORT", value_parser = BoolishValueParser::new())]
+    pub reuse_port: bool,
     /// TCP echo port (0: any free port; off: no echo service).
     #[arg(long, env = "READYLOOP_ECHO_PORT", default_value_t = Port::On(DEFAULT_ECHO_PORT))]
     pub echo_port: Port,
@@ -191,6 +195,7 @@ impl ServeArgs {
     pub fn into_config(self) -> Result<Config, String> {
         Ok(Config {
             bind: resolve_bind("--bind", &self.bind)?,
+            reuse_port: self.reuse_port,
             echo_port: self.echo_port.into(),
             files_port: self.files_port.into(),
             chat_port: self.chat_port.into(),

@@ -83,6 +83,9 @@ pub const DEFAULT_LINGER: Duration = Duration::from_secs(2);
 pub struct Config {
     /// Address the services listen on.
     pub bind: IpAddr,
+    /// Bind every listener and the chat socket with `SO_REUSEPORT`, so that several processes
+    /// share the ports and the kernel spreads clients across them.
+    pub reuse_port: bool,
     /// TCP echo port (0: any free port; `None`: the service is off).
     pub echo_port: Option<u16>,
     /// TCP file download port (0: any free port; `None`: off).
@@ -154,6 +157,7 @@ impl Default for Config {
     fn default() -> Self {
         Config {
             bind: DEFAULT_BIND,
+            reuse_port: false,
             echo_port: Some(DEFAULT_ECHO_PORT),
             files_port: Some(DEFAULT_FILES_PORT),
             chat_port: Some(DEFAULT_CHAT_PORT),

@@ -393,7 +393,7 @@ mod tests {
     use mio::Poll;
 
     fn listener_endpoint() -> Endpoint {
-        let socket = tcp_listener("127.0.0.1:0".parse().unwrap()).unwrap();
+        let socket = tcp_listener("127.0.0.1:0".parse().unwrap(), false).unwrap();
         Endpoint::Listener {
             listener: Listener::new(socket, "echo"),
             service: Service::Echo,

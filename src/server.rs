@@ -15,7 +15,6 @@ use std::time::Instant;
 
 use log::{info, warn};
 use mio::Waker;
-use mio::net::UdpSocket;
 use signal_hook::consts::{SIGINT, SIGTERM};
 use signal_hook_mio::v1_0::Signals;
 
@@ -282,7 +281,8 @@ fn bind_listener(
         addr,
         source,
     };
-    let socket = sys::tcp_listener(addr).map_err(bind_error)?;
+    let reuse_port = event_loop.config().reuse_port;
+    let socket = sys::tcp_listener(addr, reuse_port).map_err(bind_error)?;
     let bound = socket.local_addr().map_err(bind_error)?;
     let listener = Listener::new(socket, name);
     event_loop
@@ -298,7 +298,7 @@ fn bind_chat(event_loop: &mut EventLoop, addr: SocketAddr) -> Result<SocketAddr,
         addr,
         source,
     };
-    let socket = UdpSocket::bind(addr).map_err(bind_error)?;
+    let socket = sys::udp_socket(addr, event_loop.config().reuse_port).map_err(bind_error)?;
     let bound = socket.local_addr().map_err(bind_error)?;
     let relay = chat::Relay::new(socket, event_loop.config(), Instant::now());
     event_loop

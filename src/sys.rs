@@ -16,7 +16,7 @@ use std::os::fd::{AsFd, AsRawFd};
 use std::path::Path;
 use std::time::Duration;
 
-use mio::net::TcpListener;
+use mio::net::{TcpListener, UdpSocket};
 use socket2::{Domain, Protocol, SockRef, Socket, Type};
 
 /// Length of the kernel's queue of completed connections not yet accepted.
@@ -86,17 +86,44 @@ pub fn reset_on_close(socket: &impl AsFd) -> io::Result<()> {
 /// Opens a non-blocking TCP listener.
 ///
 /// `SO_REUSEADDR` lets a restarted server bind while connections of the previous run sit in
-/// `TIME_WAIT`; it does not let two live servers share a port.
+/// `TIME_WAIT`; it does not let two live servers share a port. `reuse_port` (`--reuse-port`) adds
+/// `SO_REUSEPORT`, which does: every process that binds the port with it gets a listener of its
+/// own, and the kernel spreads new connections across them by a hash of the client's address,
+/// the way nginx runs one worker per core.
 ///
 /// # Errors
 /// Any error of `socket`, `bind` or `listen`, for the caller to name the service and port.
-pub fn tcp_listener(addr: SocketAddr) -> io::Result<TcpListener> {
+pub fn tcp_listener(addr: SocketAddr, reuse_port: bool) -> io::Result<TcpListener> {
     let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
     socket.set_reuse_address(true)?;
+    share_port(&socket, reuse_port)?;
     socket.set_nonblocking(true)?;
     socket.bind(&addr.into())?;
     socket.listen(LISTEN_BACKLOG)?;
     Ok(TcpListener::from_std(socket.into()))
+}
+
+/// Opens a non-blocking UDP socket, with `SO_REUSEPORT` when `reuse_port` is set: then the kernel
+/// gives each process bound to the port the datagrams of a fixed share of source addresses, so
+/// one chat member always reaches the same process.
+///
+/// # Errors
+/// Any error of `socket` or `bind`, for the caller to name the service and port.
+pub fn udp_socket(addr: SocketAddr, reuse_port: bool) -> io::Result<UdpSocket> {
+    let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
+    share_port(&socket, reuse_port)?;
+    socket.set_nonblocking(true)?;
+    socket.bind(&addr.into())?;
+    Ok(UdpSocket::from_std(socket.into()))
+}
+
+/// Sets `SO_REUSEPORT` when asked. Both sockets must set it, and belong to the same user, for
+/// the kernel to let the second bind a port the first holds.
+fn share_port(socket: &Socket, reuse_port: bool) -> io::Result<()> {
+    if reuse_port {
+        socket.set_reuse_port(true)?;
+    }
+    Ok(())
 }
 
 /// Pins the calling thread to one CPU core, so that a benchmark's server and load generator do

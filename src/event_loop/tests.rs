@@ -28,7 +28,7 @@ fn test_loop() -> (EventLoop, Arc<Stats>, SocketAddr) {
         Arc::new(AtomicUsize::new(0)),
     )
     .unwrap();
-    let socket = tcp_listener("127.0.0.1:0".parse().unwrap()).unwrap();
+    let socket = tcp_listener("127.0.0.1:0".parse().unwrap(), false).unwrap();
     let addr = socket.local_addr().unwrap();
     event_loop
         .insert(Endpoint::Listener {
