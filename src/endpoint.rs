@@ -371,6 +371,9 @@ fn reregister(
     wanted: Option<Interest>,
 ) -> io::Result<()> {
     let Some(source) = slot.endpoint.source() else {
+        // The endpoint has no socket now: a chat bus link backing off dropped it, and closing a
+        // descriptor takes it out of the poll set. Its next socket is registered afresh.
+        slot.registered = None;
         return Ok(());
     };
     match (slot.registered, wanted) {

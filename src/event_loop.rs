@@ -38,6 +38,7 @@ use crate::access::Notes;
 use crate::config::Config;
 use crate::endpoint::EndpointTable;
 use crate::service::admin::history::History;
+use crate::service::chat::bus::Exchange;
 use crate::service::{Context, Endpoint, FAIR_SHARE, KEEP, Next, Settings};
 use crate::stats::{Metric, Moved, Snapshot, Stats, StatsLine};
 use crate::sys::interrupted;
@@ -58,6 +59,8 @@ struct Shared {
     settings: Settings,
     stats: Arc<Stats>,
     scratch: Box<[u8]>,
+    /// What the chat relay and its Redis links leave one another; `None` without `--chat-bus`.
+    bus: Option<Exchange>,
 }
 
 impl Shared {
@@ -77,6 +80,7 @@ impl Shared {
             // Resumptions and timers have no fresh event to vouch for a short read.
             short_read_drains: false,
             access,
+            bus: self.bus.as_mut(),
         }
     }
 }
@@ -122,6 +126,7 @@ impl EventLoop {
                 settings: Settings::from_config(&config),
                 stats,
                 scratch: vec![0; SCRATCH_BYTES].into_boxed_slice(),
+                bus: None,
             },
             phase: Phase::Running,
             stats_line: StatsLine::new(config.stats_interval),
@@ -242,6 +247,7 @@ impl EventLoop {
         let moved = Moved::counted(&self.shared.stats).since(before);
         let (registry, stats) = (self.poll.registry(), &self.shared.stats);
         self.table.settle(registry, token, next, moved, stats);
+        self.wake_linked();
     }
 
     /// Hands one event to the endpoint its token names.
@@ -272,7 +278,11 @@ impl EventLoop {
                 let requests = self.stop_requests.swap(0, Ordering::AcqRel);
                 (0..requests).for_each(|_| self.request_stop(now));
             }
-            Endpoint::Echo(_) | Endpoint::Download(_) | Endpoint::Admin(_) | Endpoint::Chat(_) => {
+            Endpoint::Echo(_)
+            | Endpoint::Download(_)
+            | Endpoint::Admin(_)
+            | Endpoint::Chat(_)
+            | Endpoint::Bus(_) => {
                 self.call(token, now, |endpoint, ctx| endpoint.on_event(event, ctx));
             }
         }
@@ -297,6 +307,7 @@ impl EventLoop {
 }
 
 mod accept;
+mod links;
 mod shutdown;
 #[cfg(test)]
 mod tests;

@@ -167,6 +167,27 @@ metrics! {
     ChatMembers => "chat_members",
     /// Chat rooms now.
     ChatRooms => "chat_rooms",
+    /// Chat bus connections to Redis ready now: 0, 1 or 2 (`--chat-bus`).
+    ChatBusLinksUp => "chat_bus_links_up",
+    /// Times a chat bus connection became ready.
+    ChatBusConnects => "chat_bus_connects",
+    /// Chat bus connections closed, or attempts failed, because Redis refused, reset or closed.
+    ChatBusClosedGone => "chat_bus_closed_gone",
+    /// Chat bus connections closed because a connect or an answer did not come in time.
+    ChatBusClosedSlow => "chat_bus_closed_slow",
+    /// Chat bus connections closed because Redis sent what is not the answer: not RESP, too
+    /// large, out of turn, or a refusal of an opening command.
+    ChatBusClosedProtocol => "chat_bus_closed_protocol",
+    /// Messages published for other nodes and taken by Redis.
+    ChatBusPublished => "chat_bus_published",
+    /// Messages from other nodes handled here.
+    ChatBusReceived => "chat_bus_received",
+    /// Commands for Redis dropped, oldest first, because the bus queue was full.
+    ChatBusDroppedQueue => "chat_bus_dropped_queue",
+    /// Messages not published because the bus was down.
+    ChatBusDroppedDown => "chat_bus_dropped_down",
+    /// Messages from the bus that were not valid envelopes.
+    ChatBusDroppedInvalid => "chat_bus_dropped_invalid",
     /// Times `accept` failed (out of descriptors, or unexpectedly) and the listener backed off.
     AcceptBackoffs => "accept_backoffs",
     /// Passes of the loop (one `poll` each).

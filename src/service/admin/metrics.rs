@@ -4,9 +4,9 @@
 //! `_total`, units are part of names (`_bytes`, `_seconds`). Where several figures are one thing
 //! seen by a dimension, the dimension is a label: close reasons (`reason="idle"`), services
 //! (`service="echo"`), how download bodies were sent (`method="sendfile"`), why chat datagrams
-//! were dropped (`reason="rate"`). The three histograms come from [`stats`](crate::stats):
-//! `readyloop_loop_pass_seconds`, `readyloop_events_per_poll` and
-//! `readyloop_connection_lifetime_seconds{service=...}`.
+//! were dropped (`reason="rate"`), why chat bus connections closed (`reason="slow"`). The three
+//! histograms come from [`stats`](crate::stats): `readyloop_loop_pass_seconds`,
+//! `readyloop_events_per_poll` and `readyloop_connection_lifetime_seconds{service=...}`.
 //!
 //! # Why the `prometheus-client` crate, and only its encoder
 //!
@@ -205,6 +205,52 @@ const FAMILIES: &[Family] = &[
         "readyloop_chat_rooms",
         "Chat rooms now.",
         One(Metric::ChatRooms),
+    ),
+    gauge(
+        "readyloop_chat_bus_links_up",
+        "Chat bus connections to Redis ready now: 0, 1 or 2 (--chat-bus).",
+        One(Metric::ChatBusLinksUp),
+    ),
+    counter(
+        "readyloop_chat_bus_connects",
+        "Times a chat bus connection to Redis became ready.",
+        One(Metric::ChatBusConnects),
+    ),
+    counter(
+        "readyloop_chat_bus_closed",
+        "Chat bus connections closed, or attempts failed, by reason: Redis refused, reset or \
+         closed (gone), an answer came too late (slow), or it was not the answer (protocol).",
+        By(
+            "reason",
+            &[
+                (Metric::ChatBusClosedGone, "gone"),
+                (Metric::ChatBusClosedSlow, "slow"),
+                (Metric::ChatBusClosedProtocol, "protocol"),
+            ],
+        ),
+    ),
+    counter(
+        "readyloop_chat_bus_published",
+        "Chat messages published for other nodes and taken by Redis.",
+        One(Metric::ChatBusPublished),
+    ),
+    counter(
+        "readyloop_chat_bus_received",
+        "Chat messages from other nodes handled here.",
+        One(Metric::ChatBusReceived),
+    ),
+    counter(
+        "readyloop_chat_bus_dropped",
+        "Chat bus traffic dropped, by reason: a full queue (oldest first), the bus down, or a \
+         message from the bus that is not a valid envelope.",
+        By(
+            "reason",
+            &[
+                (Metric::ChatBusDroppedQueue, "queue"),
+                (Metric::ChatBusDroppedDown, "down"),
+                (Metric::ChatBusDroppedInvalid, "invalid"),
+            ],
+        ),
     ),
     counter(
         "readyloop_accept_backoffs",

@@ -121,6 +121,7 @@ impl Harness {
             budget: FAIR_SHARE,
             short_read_drains: true,
             access: None,
+            bus: None,
         }
     }
 

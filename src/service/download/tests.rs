@@ -94,6 +94,7 @@ impl Harness {
             budget: FAIR_SHARE,
             short_read_drains: !self.hangup,
             access: None,
+            bus: None,
         }
     }
 
