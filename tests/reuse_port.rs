@@ -1,5 +1,6 @@
 //! `--reuse-port`: several servers bound to the same ports at once, the kernel spreading the
-//! clients across them (one process per core, as nginx runs its workers).
+//! clients across them (one process per core, as nginx runs its workers); with the chat bus,
+//! chat members spread across them still share one room.
 //!
 //! The servers here run in one test process, each on its own thread with its own loop; to the
 //! kernel, sockets that share a port with `SO_REUSEPORT` are alike whichever process opened
@@ -12,7 +13,9 @@ use std::io::ErrorKind;
 
 use readyloop::{Config, Metric, Server, StartError};
 
-use common::{TestServer, connect, round_trip};
+use common::chat_peer::{ChatPeer, connect_rooms};
+use common::redis::Redis;
+use common::{TestServer, WAIT, connect, round_trip};
 
 /// Clients to open, at most, until each of two servers has served one. The kernel's hash sends
 /// each new source port to either server with about even odds: all 64 to one has odds of 2^-63.
@@ -80,4 +83,43 @@ fn without_reuse_port_a_second_server_cannot_bind_the_ports() {
         Err(other) => panic!("expected the echo port to be in use, got: {other}"),
         Ok(_) => panic!("a server without --reuse-port bound a port another holds"),
     }
+}
+
+/// Chat members sent to one address land on either server, by the kernel's hash of their
+/// addresses; through Redis they still share the lobby.
+#[test]
+fn chat_members_spread_across_two_servers_share_a_room() {
+    let redis = Redis::start();
+    let first = TestServer::start(|config| {
+        config.reuse_port = true;
+        config.chat_bus = Some(redis.bus());
+    });
+    let second = sharing_ports_with(&first, |config| config.chat_bus = Some(redis.bus()));
+    for server in [&first, &second] {
+        server.wait_for(WAIT, "both bus links up", |s| {
+            s.get(Metric::ChatBusLinksUp) == 2
+        });
+    }
+    let members = |server: &TestServer| server.get(Metric::ChatMembers);
+    // Members join one at a time; the server whose count rose has the new one.
+    let (mut on_first, mut on_second) = (None, None);
+    for i in 0..SPREAD_TRIES {
+        let before = members(&first);
+        let peer = ChatPeer::named(first.chat, &format!("m{i}"));
+        if members(&first) > before {
+            on_first.get_or_insert(peer);
+        } else {
+            on_second.get_or_insert(peer);
+        }
+        if on_first.is_some() && on_second.is_some() {
+            break;
+        }
+    }
+    let (Some(a), Some(b)) = (on_first, on_second) else {
+        panic!("{SPREAD_TRIES} chat members all went to one server");
+    };
+    // Each waits until what the one says reaches the other: the lobby is one room.
+    connect_rooms(&a, &b);
+    connect_rooms(&b, &a);
+    assert!(first.get(Metric::ChatBusReceived) > 0 && second.get(Metric::ChatBusReceived) > 0);
 }
