@@ -495,6 +495,7 @@ fn chat(options: &Options, servers: &Servers, members: usize, results: &mut Resu
                 senders: 1,
                 members,
                 size: CHAT_SIZE,
+                members_at: Vec::new(),
             },
             servers.readyloop.addresses.chat.expect("chat is on"),
             1,

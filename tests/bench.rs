@@ -113,6 +113,7 @@ fn chat_messages_reach_every_socket_in_the_room() {
         senders: 2,
         members: 3,
         size: 64,
+        members_at: Vec::new(),
     };
     let report = run_ok(&Load {
         threads: 2,
@@ -223,6 +224,7 @@ fn an_absent_server_is_unreachable_and_says_why() {
             senders: 1,
             members: 1,
             size: 64,
+            members_at: Vec::new(),
         },
     ];
     for scenario in scenarios {

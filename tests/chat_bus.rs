@@ -14,6 +14,7 @@ mod common;
 use std::time::{Duration, Instant};
 
 use readyloop::Metric;
+use readyloop::bench::{Load, Scenario, run};
 use readyloop::service::chat::bus::backoff;
 
 use common::chat_peer::{ChatPeer, connect_rooms};
@@ -229,4 +230,42 @@ fn a_nickname_claim_in_redis_holds_the_node_id_and_expires() {
     let ttl: u64 = reply.trim_start_matches(':').trim().parse().unwrap();
     let most = f.b.config.chat_idle + Duration::from_secs(5);
     assert!(ttl > 0 && ttl <= most.as_millis() as u64, "PTTL {reply:?}");
+}
+
+/// `readyloop bench chat --members-at`: the sender talks on one node, the members listen on the
+/// other, so every member's copy has crossed Redis; the run measures it like any other.
+#[test]
+fn bench_chat_measures_deliveries_across_nodes() {
+    let redis = Redis::start();
+    let (a, b) = (node(&redis), node(&redis));
+    let load = Load {
+        scenario: Scenario::Chat {
+            senders: 1,
+            members: 3,
+            size: 64,
+            members_at: vec![b.chat],
+        },
+        target: a.chat,
+        connections: 0,
+        threads: 1,
+        duration: Duration::from_millis(600),
+        requests: None,
+        pin: false,
+        progress: false,
+    };
+    let report = run(&load).unwrap_or_else(|e| panic!("bench chat failed: {e}"));
+    assert!(report.operations > 0, "{report}");
+    assert!(
+        b.get(Metric::ChatBusReceived) > 0,
+        "the members heard through the bus"
+    );
+    b.wait_for(WAIT, "the members to leave node b", |s| {
+        s.get(Metric::ChatMembers) == 0
+    });
+    let ratio = report
+        .delivery_ratio
+        .expect("chat reports a delivery ratio");
+    // Messages published before node b subscribed to the run's fresh room are lost (pub/sub
+    // is at most once): most, not all, arrive.
+    assert!(ratio > 0.5, "delivery ratio {ratio}: {report}");
 }

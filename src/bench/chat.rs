@@ -135,6 +135,8 @@ impl fmt::Display for State {
 #[derive(Debug)]
 pub(crate) struct Member {
     role: Role,
+    /// The relay this socket joins, if not the run's target (`--members-at`).
+    relay: Option<SocketAddr>,
     size: usize,
     roster: std::sync::Arc<Roster>,
     /// The socket: there from IDLE's end until FINISHED (a UDP socket is the same throughout,
@@ -148,9 +150,15 @@ pub(crate) struct Member {
 }
 
 impl Member {
-    pub fn new(role: Role, size: usize, roster: std::sync::Arc<Roster>) -> Member {
+    pub fn new(
+        role: Role,
+        size: usize,
+        roster: std::sync::Arc<Roster>,
+        relay: Option<SocketAddr>,
+    ) -> Member {
         Member {
             role,
+            relay,
             size,
             roster,
             socket: None,
@@ -178,10 +186,10 @@ impl Member {
         }
     }
 
-    /// Binds an ephemeral port of the target's family, connects (so ICMP errors are reported
+    /// Binds an ephemeral port of the relay's family, connects (so ICMP errors are reported
     /// and other senders' datagrams are filtered out), and registers.
     fn open(&mut self, ctx: &Ctx<'_>) -> io::Result<()> {
-        let target = ctx.shared.target;
+        let target = self.relay.unwrap_or(ctx.shared.target);
         let local: SocketAddr = match target {
             SocketAddr::V4(_) => (Ipv4Addr::UNSPECIFIED, 0).into(),
             SocketAddr::V6(_) => (Ipv6Addr::UNSPECIFIED, 0).into(),
@@ -668,7 +676,7 @@ mod tests {
         role: Role,
         roster: &Arc<Roster>,
     ) -> (Member, SocketAddr) {
-        let mut member = Member::new(role, 64, Arc::clone(roster));
+        let mut member = Member::new(role, 64, Arc::clone(roster), None);
         member.start(&mut h.ctx(Instant::now()));
         assert_eq!(member.state.to_string(), "JOINING");
         let (text, from) = relay.recv();

@@ -105,6 +105,10 @@ pub struct ChatArgs {
     /// Bytes per message.
     #[arg(long, default_value_t = 64)]
     pub size: usize,
+    /// A relay the members join instead of ADDR, in turn if repeated; the senders stay on ADDR.
+    /// With relays sharing a chat bus, every member's copy then crosses Redis.
+    #[arg(long, value_name = "ADDR", value_parser = parse_target)]
+    pub members_at: Vec<SocketAddr>,
     /// Flags every scenario takes.
     #[command(flatten)]
     pub run: RunArgs,
@@ -155,6 +159,7 @@ impl BenchArgs {
                     senders: a.senders,
                     members: a.members,
                     size: a.size,
+                    members_at: a.members_at.clone(),
                 },
                 a.addr,
                 a.senders.saturating_add(a.members),
@@ -410,6 +415,21 @@ mod tests {
             parse(&["chat", "--members", "0"])
                 .unwrap_err()
                 .contains("--members")
+        );
+    }
+
+    #[test]
+    fn members_at_sends_the_members_to_other_relays_in_turn() {
+        let args = ["chat", "127.0.0.1:1", "--members-at", "127.0.0.1:2"];
+        let load = parse(&[&args[..], &["--members-at", "127.0.0.1:3"]].concat()).unwrap();
+        let Scenario::Chat { members_at, .. } = &load.scenario else {
+            panic!("a chat load");
+        };
+        assert_eq!(members_at, &[loopback(2), loopback(3)]);
+        assert_eq!(load.target, loopback(1), "the senders' relay");
+        assert!(
+            load.to_string()
+                .contains("(members at 127.0.0.1:2, 127.0.0.1:3)")
         );
     }
 

@@ -130,6 +130,9 @@ pub enum Scenario {
         members: usize,
         /// Bytes per message (at least [`chat::MIN_SIZE`]).
         size: usize,
+        /// Relays the members join, in turn, instead of the target (`--members-at`); empty:
+        /// everyone on the target.
+        members_at: Vec<SocketAddr>,
     },
 }
 
@@ -240,6 +243,7 @@ impl Load {
                 senders,
                 members,
                 size,
+                ..
             } => {
                 if *senders == 0 {
                     return invalid("--senders must be at least 1".into());
@@ -318,13 +322,20 @@ impl fmt::Display for Load {
                 senders,
                 members,
                 size,
-            } => write!(
-                f,
-                "chat {}: {}, {}, {size} B messages",
-                self.target,
-                plural(*senders, "sender"),
-                plural(*members, "member")
-            )?,
+                members_at,
+            } => {
+                write!(
+                    f,
+                    "chat {}: {}, {}, {size} B messages",
+                    self.target,
+                    plural(*senders, "sender"),
+                    plural(*members, "member")
+                )?;
+                if !members_at.is_empty() {
+                    let relays: Vec<String> = members_at.iter().map(|a| a.to_string()).collect();
+                    write!(f, " (members at {})", relays.join(", "))?;
+                }
+            }
         }
         write!(f, ", {}", plural(self.threads, "thread"))?;
         match self.requests {
@@ -376,16 +387,23 @@ pub fn run(load: &Load) -> Result<Report, BenchError> {
                 tcp::Connection::new(download::Fetch::new(Arc::clone(&request)))
             })
         }
-        Scenario::Chat { senders, size, .. } => {
+        Scenario::Chat {
+            senders,
+            size,
+            members_at,
+            ..
+        } => {
             let (senders, size, sockets) = (*senders, *size, load.sockets());
             let roster = Arc::new(Roster::new(room_name(), sockets));
+            let members_at = members_at.clone();
             supervise(load, Some(sockets), move |id| {
-                let role = if id < senders {
-                    Role::Sender(id as u64)
+                let (role, relay) = if id < senders {
+                    (Role::Sender(id as u64), None)
                 } else {
-                    Role::Member
+                    let relay = members_at.get((id - senders) % members_at.len().max(1));
+                    (Role::Member, relay.copied())
                 };
-                chat::Member::new(role, size, Arc::clone(&roster))
+                chat::Member::new(role, size, Arc::clone(&roster), relay)
             })
         }
     }
@@ -692,6 +710,7 @@ mod tests {
                 senders,
                 members,
                 size,
+                members_at: Vec::new(),
             },
             connections: 0, // ignored by chat
             threads: 2,
