@@ -8,7 +8,8 @@
 //! 2. each event's token finds its endpoint in the [`EndpointTable`]; the endpoint's handler does
 //!    the I/O and returns a [`Next`]; the table applies it (re-registration, deadline, close);
 //!    then the connections that gave their turn back are resumed, admin connections first given
-//!    the content they asked for (see `view.rs`);
+//!    the content they asked for (see `view.rs`), and so are the endpoints another one left work
+//!    for: the chat relay and its Redis links (see `links.rs`);
 //! 3. due deadlines fire;
 //! 4. the periodic chores run (stats line, admin sample), and the shutdown phase advances.
 //!

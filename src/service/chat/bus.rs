@@ -264,6 +264,9 @@ pub struct Exchange {
     subscriptions: BTreeMap<String, bool>,
     /// Replies and messages for the relay, oldest first.
     inbox: VecDeque<Inbound>,
+    /// The subscriber link stopped reading for want of room in the inbox, and waits to be
+    /// woken once the relay has emptied it.
+    paused: bool,
     /// Endpoints with work waiting here, each once, for the loop to call.
     due: Vec<Token>,
 }
@@ -277,6 +280,7 @@ impl Exchange {
             limit: limit.max(1),
             subscriptions: BTreeMap::new(),
             inbox: VecDeque::new(),
+            paused: false,
             due: Vec::new(),
         }
     }
@@ -323,9 +327,12 @@ impl Exchange {
         self.wake(self.tokens.relay);
     }
 
-    /// Whether the relay has so much waiting that the subscriber link should stop reading.
-    pub fn inbox_full(&self) -> bool {
-        self.inbox.len() >= INBOX_LIMIT
+    /// Whether the relay has so much waiting that the subscriber link must stop reading; if so,
+    /// the link is woken once the relay has emptied its inbox.
+    pub fn inbox_full(&mut self) -> bool {
+        let full = self.inbox.len() >= INBOX_LIMIT;
+        self.paused |= full;
+        full
     }
 
     /// The relay takes the oldest thing left for it.
@@ -333,8 +340,9 @@ impl Exchange {
         let inbound = self.inbox.pop_front();
         if self.inbox.is_empty() {
             self.inbox.shrink_to(0);
-            // The subscriber link may have stopped reading for want of room.
-            self.wake(self.tokens.subscriber);
+            if std::mem::take(&mut self.paused) {
+                self.wake(self.tokens.subscriber);
+            }
         }
         inbound
     }
@@ -442,12 +450,18 @@ mod tests {
     }
 
     #[test]
-    fn an_emptied_inbox_wakes_the_subscriber_that_may_have_paused() {
+    fn an_emptied_inbox_wakes_the_subscriber_only_if_it_paused() {
         let mut exchange = Exchange::new(TOKENS, 8);
         exchange.deliver(Inbound::Up);
         assert_eq!(exchange.take_due(), vec![TOKENS.relay]);
         assert!(!exchange.inbox_full());
         assert_eq!(exchange.take_inbound(), Some(Inbound::Up));
-        assert_eq!(exchange.take_due(), vec![TOKENS.subscriber]);
+        assert_eq!(exchange.take_due(), vec![], "it never stopped reading");
+        for _ in 0..INBOX_LIMIT {
+            exchange.deliver(Inbound::Down);
+        }
+        assert!(exchange.inbox_full(), "the subscriber is told to stop");
+        while exchange.take_inbound().is_some() {}
+        assert_eq!(exchange.take_due(), vec![TOKENS.relay, TOKENS.subscriber]);
     }
 }

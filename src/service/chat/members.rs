@@ -336,12 +336,12 @@ impl Chat {
         let Some(member) = self.members.get(&from) else {
             return;
         };
-        let line = format!("{}: {text}", member.name(from));
+        let name = member.name(from);
+        let line = format!("{name}: {text}");
         let skip = (!member.echo).then_some(from);
         let room = member.room.clone();
         let sent = self.tell_room(&room, skip, &line, out);
         stats.add(Metric::ChatRelayed, sent as u64);
-        let name = member.name(from);
         self.publish_say(&room, &name, text, stats);
     }
 
@@ -540,7 +540,9 @@ impl Chat {
             self.nicks.remove(nick);
             self.release(nick);
         }
-        self.absent(&member.name(addr), &member.room);
+        if self.bus.is_some() {
+            self.absent(&member.name(addr), &member.room);
+        }
         self.quit(addr, &member.room, stats);
         stats.sub(Metric::ChatMembers, 1);
         Some(member)

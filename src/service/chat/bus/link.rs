@@ -611,7 +611,7 @@ impl Link {
 
     /// Whether the subscriber must stop handing messages over until the relay catches up.
     fn paused(&self, ctx: &mut Context<'_>) -> bool {
-        self.kind == Kind::Subscriber && ctx.bus.as_deref().is_some_and(Exchange::inbox_full)
+        self.kind == Kind::Subscriber && ctx.bus.as_deref_mut().is_some_and(Exchange::inbox_full)
     }
 
     /// Handles every whole frame that has arrived.
