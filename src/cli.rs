@@ -176,7 +176,7 @@ pub struct ServeArgs {
     #[arg(long, env = "READYLOOP_CHAT_VERIFY", value_parser = BoolishValueParser::new())]
     pub chat_verify: bool,
     /// Share chat rooms with other readyloop processes through this Redis:
-    /// redis://HOST[:PORT][/DB] (off by default: this process is the whole chat).
+    /// `redis://HOST[:PORT][/DB]` (off by default: this process is the whole chat).
     #[arg(long, env = "READYLOOP_CHAT_BUS", value_name = "URL")]
     pub chat_bus: Option<String>,
     /// Put before every Redis key and channel of the chat bus.

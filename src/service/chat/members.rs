@@ -15,9 +15,9 @@
 //! also published for the other nodes, and some commands are answered through Redis. That part
 //! is in [`federation`], hooked in where each rule changes who is where.
 
-mod federation;
+pub mod federation;
 
-pub use federation::{Federation, Requests};
+use federation::Federation;
 
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::net::SocketAddr;
