@@ -80,6 +80,8 @@ pub struct EndpointTable {
     slab: Slab<Slot>,
     /// The origin of every slot's `opened_ms` and `active_ms`.
     epoch: Instant,
+    /// The time of the current pass, in milliseconds since `epoch` ([`EndpointTable::start_pass`]).
+    pass_ms: u64,
     timers: Timers,
     /// Generation given to the next insert, counted over the whole table. Wraps; a token could
     /// only be confused after 2^32 inserts within one batch of events.
@@ -98,6 +100,7 @@ impl EndpointTable {
         EndpointTable {
             slab: Slab::with_capacity(capacity),
             epoch: Instant::now(),
+            pass_ms: 0,
             timers: Timers::default(),
             next_generation: 0,
             counts: [0; Role::COUNTED.len()],
@@ -166,15 +169,17 @@ impl EndpointTable {
         self.slot_mut(token).map(|slot| &mut slot.endpoint)
     }
 
+    /// Takes the time of the pass that begins, for [`EndpointTable::get_mut_active`]: one clock
+    /// subtraction per pass rather than one per event.
+    pub fn start_pass(&mut self, now: Instant) {
+        self.pass_ms = self.millis(now);
+    }
+
     /// As [`EndpointTable::get_mut`], noting that the loop has something to do for the endpoint
-    /// at `now` (its idle time in the admin service's list starts again); with the endpoint come
-    /// its access-log notes, if it has any.
-    pub fn get_mut_active(
-        &mut self,
-        token: Token,
-        now: Instant,
-    ) -> Option<(&mut Endpoint, Option<&mut Notes>)> {
-        let active_ms = self.millis(now);
+    /// in this pass (its idle time in the admin service's list starts again); with the endpoint
+    /// come its access-log notes, if it has any.
+    pub fn get_mut_active(&mut self, token: Token) -> Option<(&mut Endpoint, Option<&mut Notes>)> {
+        let active_ms = self.pass_ms;
         let slot = live(&mut self.slab, token)?;
         slot.active_ms = active_ms;
         let notes = self

@@ -2,9 +2,8 @@
 //!
 //! One pass of [`EventLoop::run`]:
 //!
-//! 1. `poll` sleeps until a source is ready or the nearest deadline (idle timeout, accept back-off,
-//!    lingering close, stats line, the admin service's one-second sample, shutdown grace) falls
-//!    due;
+//! 1. `poll` sleeps until a source is ready or the nearest deadline falls due (idle timeout,
+//!    accept back-off, lingering close, stats line, admin sample, shutdown grace);
 //! 2. each event's token finds its endpoint in the [`EndpointTable`]; the endpoint's handler does
 //!    the I/O and returns a [`Next`]; the table applies it (re-registration, deadline, close);
 //!    then the connections that gave their turn back are resumed, admin connections first given
@@ -95,8 +94,6 @@ pub struct EventLoop {
     stats_line: StatsLine,
     /// One-second samples for the admin service's `/stats.json`; `None` while it is off.
     history: Option<History>,
-    /// When the loop started running, for the admin service's uptime.
-    started: Instant,
     /// Connections that spent their budget and must be called again without an event.
     yielded: Vec<Token>,
     /// Stop requests from [`Handle`](crate::Handle)s, counted so two quick requests still mean
@@ -126,7 +123,6 @@ impl EventLoop {
             phase: Phase::Running,
             stats_line: StatsLine::new(config.stats_interval),
             history: config.admin_port.map(|_| History::default()),
-            started: Instant::now(),
             yielded: Vec::new(),
             stop_requests,
             config,
@@ -209,6 +205,7 @@ impl EventLoop {
 
     /// Dispatches every event of the batch `wait` took.
     fn handle_events(&mut self, now: Instant) {
+        self.table.start_pass(now);
         // Handlers need `&mut self`; lend them the events by moving the batch out meanwhile.
         let events = mem::replace(&mut self.events, Events::with_capacity(0));
         for event in events.iter() {
@@ -230,7 +227,7 @@ impl EventLoop {
         now: Instant,
         handler: impl FnOnce(&mut Endpoint, &mut Context<'_>) -> Next,
     ) {
-        let Some((endpoint, notes)) = self.table.get_mut_active(token, now) else {
+        let Some((endpoint, notes)) = self.table.get_mut_active(token) else {
             return;
         };
         let before = Moved::counted(&self.shared.stats);

@@ -41,9 +41,8 @@ struct Row<'a> {
 }
 
 impl EventLoop {
-    /// Starts the clocks of the periodic chores: the uptime, the stats line, the samples.
+    /// Starts the clocks of the periodic chores: the stats line, and the samples (whose start dates the uptime).
     pub(super) fn start_periodic(&mut self, now: Instant) {
-        self.started = now;
         self.stats_line.start(now);
         if let Some(history) = &mut self.history {
             history.start(now, SystemTime::now(), &self.shared.stats);
@@ -105,7 +104,7 @@ impl EventLoop {
                 let mut body = Vec::new();
                 if let Some(samples) = &self.history {
                     let snapshot = self.shared.stats.snapshot();
-                    let uptime = now.saturating_duration_since(self.started);
+                    let uptime = samples.uptime(now);
                     history::render_stats_json(uptime, phase, &snapshot, samples, &mut body);
                 }
                 Supply::Whole {
