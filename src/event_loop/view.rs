@@ -4,9 +4,12 @@
 //! An admin connection lives inside the table, so its handler cannot borrow the table to list it.
 //! Instead the connection names the [`Content`] it needs and gives its turn back (it yields, as a
 //! connection that spent its budget does); before resuming it the loop renders that content here
-//! and hands it over. The hot path of the other services never comes this way. The table is rendered a piece at a
-//! time (about [`CHUNK_BYTES`]), each piece only once the previous one has left, so listing 10 000
-//! connections neither blocks the loop nor builds an unbounded buffer.
+//! and hands it over. The hot path of the other services never comes this way. The table is
+//! rendered a piece at a time (about [`CHUNK_BYTES`]), each piece only once the previous one has
+//! left, so listing 10 000 connections neither blocks the loop nor builds an unbounded buffer.
+//!
+//! The periodic chores live here too: the stats line, and the one-second samples `/stats.json`
+//! draws its history from.
 
 use std::net::SocketAddr;
 use std::time::{Instant, SystemTime};
@@ -41,7 +44,8 @@ struct Row<'a> {
 }
 
 impl EventLoop {
-    /// Starts the clocks of the periodic chores: the stats line, and the samples (whose start dates the uptime).
+    /// Starts the clocks of the periodic chores: the stats line, and the samples (whose start
+    /// dates the uptime).
     pub(super) fn start_periodic(&mut self, now: Instant) {
         self.stats_line.start(now);
         if let Some(history) = &mut self.history {
