@@ -11,7 +11,8 @@
 //!
 //! Each count sits where the call is made, once per attempt (one that fails with `WouldBlock` or
 //! `EINTR` included, as `strace -c` counts it), and each [`Call`] is one system call of that name
-//! on Linux, so the figures can be checked against `strace -c -f -p PID`:
+//! on x86-64 Linux (arm64 has `epoll_pwait` only), so the figures can be checked against
+//! `strace -c -f -p PID`:
 //!
 //! - `epoll_wait`: each `poll` of the loop ([`crate::event_loop`]);
 //! - `epoll_ctl`: each register, reregister and deregister, all in [`crate::endpoint`];
