@@ -34,6 +34,7 @@ use crate::access::{self, Close, Notes};
 use crate::service::{Endpoint, Next, Role};
 use crate::stats::{CloseReason, Metric, Moved, ServiceMetric, Stats};
 use crate::sys;
+use crate::sys::counted::{self, Call};
 use crate::timers::Timers;
 use crate::token::{self, Id, KEY_MASK};
 
@@ -130,7 +131,7 @@ impl EndpointTable {
 
         let registered = endpoint.interest();
         if let (Some(source), Some(interest)) = (endpoint.source(), registered) {
-            registry.register(source, token, interest)?;
+            epoll_ctl(|| registry.register(source, token, interest))?;
         }
         let armed = endpoint.deadline();
         if let Some(at) = armed {
@@ -282,7 +283,7 @@ impl EndpointTable {
         ) {
             // Deregistering a socket we are about to close cannot fail in a way worth reporting:
             // closing the descriptor removes it from the poll set anyway.
-            let _ = registry.deregister(source);
+            let _ = epoll_ctl(|| registry.deregister(source));
         }
         let role = slot.endpoint.role();
         if let Some(i) = counted(role) {
@@ -384,14 +385,21 @@ fn reregister(
         return Ok(());
     };
     match (slot.registered, wanted) {
-        (None, Some(interest)) => registry.register(source, token, interest)?,
-        (Some(_), Some(interest)) => registry.reregister(source, token, interest)?,
-        (Some(_), None) => registry.deregister(source)?,
+        (None, Some(interest)) => epoll_ctl(|| registry.register(source, token, interest))?,
+        (Some(_), Some(interest)) => epoll_ctl(|| registry.reregister(source, token, interest))?,
+        (Some(_), None) => epoll_ctl(|| registry.deregister(source))?,
         (None, None) => {}
     }
     trace!("{} interest {:?} -> {wanted:?}", Id(token), slot.registered);
     slot.registered = wanted;
     Ok(())
+}
+
+/// Makes one change to the poll set, which is one `epoll_ctl` on Linux, and counts it: every
+/// change goes through here, this module being the only one that talks to the `Registry`.
+fn epoll_ctl(change: impl FnOnce() -> io::Result<()>) -> io::Result<()> {
+    counted::count(Call::EpollCtl);
+    change()
 }
 
 #[cfg(test)]

@@ -39,6 +39,7 @@ use crate::endpoint::EndpointTable;
 use crate::service::admin::history::History;
 use crate::service::{Context, Endpoint, FAIR_SHARE, KEEP, Next, Settings};
 use crate::stats::{Metric, Moved, Snapshot, Stats, StatsLine};
+use crate::sys::counted::{self, Call};
 use crate::sys::interrupted;
 use crate::timers::poll_timeout;
 use crate::token::Id;
@@ -157,6 +158,9 @@ impl EventLoop {
     /// # Errors
     /// `poll` itself failed (other than `EINTR`): the server cannot go on.
     pub fn run(&mut self) -> io::Result<Snapshot> {
+        // Calls made on this thread before it runs (binding, the first registrations) are
+        // nobody's passes: start the count from here.
+        counted::take();
         let mut now = Instant::now();
         self.start_periodic(now);
         while self.phase != Phase::Stopped {
@@ -169,6 +173,7 @@ impl EventLoop {
             // One clock read both ends this pass and starts the next poll's timeout.
             now = Instant::now();
             self.shared.stats.observe_pass(now - woke);
+            self.shared.stats.add_calls(counted::take());
         }
         let summary = self.shared.stats.snapshot();
         info!("stopped: {summary}");
@@ -193,6 +198,7 @@ impl EventLoop {
     /// Waits for readiness or the timeout, and takes the batch of events.
     fn wait(&mut self, timeout: Option<Duration>) -> io::Result<()> {
         self.shared.stats.add(Metric::LoopIterations, 1);
+        counted::count(Call::EpollWait);
         let polled = match self.poll.poll(&mut self.events, timeout) {
             // A signal interrupted the wait: an empty batch. The signal itself comes as an event.
             Err(e) if interrupted(&e) => Ok(()),

@@ -5,8 +5,10 @@
 //! the served root or blocking on a FIFO, and zero-copy `sendfile`. Errors are classified once, in this file, and every
 //! read, write and accept loop asks the same questions: "is this the end of the drain?" (`would_block`),
 //! "should I simply try again?" (`interrupted`), "did the peer go away?" (`peer_gone`).
-//! [`process`] reads the process's own figures (memory, descriptors, CPU time) from `/proc`.
+//! [`process`] reads the process's own figures (memory, descriptors, CPU time) from `/proc`;
+//! [`counted`] counts the system calls the loop makes, by kind.
 
+pub mod counted;
 pub mod process;
 
 use std::fs::File;

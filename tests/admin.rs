@@ -402,6 +402,8 @@ fn metrics_pass_promtool_and_move_by_exactly_what_clients_did() {
     );
     assert_eq!(moved(r#"readyloop_requests_total{service="files"}"#), 1.0);
     assert_eq!(moved("readyloop_downloads_completed_total"), 1.0);
+    // A 1 000-byte body fits the socket's buffer: one call sends it all.
+    assert_eq!(moved(r#"readyloop_syscalls_total{call="sendfile"}"#), 1.0);
     assert_eq!(
         moved(r#"readyloop_received_bytes_total{service="files"}"#),
         10.0
@@ -447,6 +449,9 @@ fn stats_json_carries_totals_services_and_a_history() {
     assert_eq!(json["totals"]["open"], 1);
     assert_eq!(json["services"]["echo"]["open"], 1);
     assert_eq!(json["services"]["echo"]["bytes_in"], 7);
+    // The echo's pass ended before this request's began, and with it the fold of its calls.
+    assert!(json["totals"]["syscalls_recvfrom"].as_u64() >= Some(1));
+    assert!(json["totals"]["syscalls_sendto"].as_u64() >= Some(1));
     assert_eq!(json["history"]["interval_seconds"], 1);
     assert!(json["history"]["samples"].is_array());
 }

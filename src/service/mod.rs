@@ -19,13 +19,12 @@ pub(crate) mod fake;
 use std::fmt;
 use std::fs::File;
 use std::io::{self, Read, Write};
-use std::net::{Shutdown, SocketAddr};
+use std::net::SocketAddr;
 use std::ops::ControlFlow;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use mio::event::{Event, Source};
-use mio::net::TcpStream;
 use mio::{Interest, Token};
 use signal_hook_mio::v1_0::Signals;
 
@@ -37,7 +36,8 @@ use crate::buffer::Watermarks;
 use crate::config::Config;
 use crate::listener::Listener;
 use crate::stats::{CloseReason, ServiceId, Stats};
-use crate::sys::{self, interrupted, peer_gone, would_block};
+use crate::sys::counted::TcpStream;
+use crate::sys::{interrupted, peer_gone, would_block};
 use crate::token::Id;
 
 /// What a handler tells the loop: `Continue(())` keeps the endpoint, `Break(reason)` closes it.
@@ -197,8 +197,8 @@ pub struct Context<'a> {
 /// amortise a pass of the loop, small enough that a pass stays well under a millisecond.
 pub const FAIR_SHARE: usize = 256 * 1024;
 
-/// A byte stream a connection can run on: a TCP stream in the server, a scripted fake in the
-/// state-machine tests.
+/// A byte stream a connection can run on: a TCP stream in the server (mio's, each of its system
+/// calls counted: [`TcpStream`]), a scripted fake in the state-machine tests.
 pub trait Stream: Read + Write {
     /// Sends FIN: no more output, while input may still be read.
     ///
@@ -224,20 +224,6 @@ pub trait Stream: Read + Write {
     fn send_file(&mut self, file: &File, offset: &mut u64, count: usize) -> io::Result<usize> {
         let _ = (file, offset, count);
         Err(io::ErrorKind::Unsupported.into())
-    }
-}
-
-impl Stream for TcpStream {
-    fn shutdown_write(&mut self) -> io::Result<()> {
-        self.shutdown(Shutdown::Write)
-    }
-
-    fn reset_on_close(&mut self) -> io::Result<()> {
-        sys::reset_on_close(self)
-    }
-
-    fn send_file(&mut self, file: &File, offset: &mut u64, count: usize) -> io::Result<usize> {
-        sys::sendfile(self, file, offset, count)
     }
 }
 

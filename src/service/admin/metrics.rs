@@ -4,7 +4,8 @@
 //! `_total`, units are part of names (`_bytes`, `_seconds`). Where several figures are one thing
 //! seen by a dimension, the dimension is a label: close reasons (`reason="idle"`), services
 //! (`service="echo"`), how download bodies were sent (`method="sendfile"`), why chat datagrams
-//! were dropped (`reason="rate"`). The three histograms come from [`stats`](crate::stats):
+//! were dropped (`reason="rate"`), which system call the loop made (`call="recvfrom"`). The three
+//! histograms come from [`stats`](crate::stats):
 //! `readyloop_loop_pass_seconds`, `readyloop_events_per_poll` and
 //! `readyloop_connection_lifetime_seconds{service=...}`.
 //!
@@ -31,6 +32,7 @@ use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::registry::Registry;
 
 use crate::stats::{CloseReason, HistogramSnapshot, Metric, ServiceId, ServiceMetric, Snapshot};
+use crate::sys::counted::Call;
 use crate::sys::process::Process;
 use Members::{By, One};
 
@@ -309,6 +311,15 @@ impl Collector for Scrape {
         for reason in CloseReason::ALL {
             let value = snapshot.get(reason.metric());
             let labels = [("reason", reason.name())];
+            encode(Kind::Counter, value, samples.encode_family(&labels)?)?;
+        }
+        let help = "System calls the loop made, by call as Linux names it: reads, writes, \
+                    polls and the rest that serving clients costs (file opens and the like not \
+                    included).";
+        let mut samples = describe(&mut out, "readyloop_syscalls", help, Kind::Counter)?;
+        for call in Call::ALL {
+            let value = snapshot.get(call.metric());
+            let labels = [("call", call.name())];
             encode(Kind::Counter, value, samples.encode_family(&labels)?)?;
         }
         for family in FAMILIES {
