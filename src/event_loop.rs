@@ -158,9 +158,6 @@ impl EventLoop {
     /// # Errors
     /// `poll` itself failed (other than `EINTR`): the server cannot go on.
     pub fn run(&mut self) -> io::Result<Snapshot> {
-        // Calls made on this thread before it runs (binding, the first registrations) are
-        // nobody's passes: start the count from here.
-        counted::take();
         let mut now = Instant::now();
         self.start_periodic(now);
         while self.phase != Phase::Stopped {
@@ -170,10 +167,7 @@ impl EventLoop {
             self.fire_due_deadlines(woke);
             self.periodic(woke);
             self.advance_phase(woke);
-            // One clock read both ends this pass and starts the next poll's timeout.
-            now = Instant::now();
-            self.shared.stats.observe_pass(now - woke);
-            self.shared.stats.add_calls(counted::take());
+            now = self.end_pass(woke);
         }
         let summary = self.shared.stats.snapshot();
         info!("stopped: {summary}");

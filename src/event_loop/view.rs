@@ -8,8 +8,8 @@
 //! rendered a piece at a time (about [`CHUNK_BYTES`]), each piece only once the previous one has
 //! left, so listing 10 000 connections neither blocks the loop nor builds an unbounded buffer.
 //!
-//! The periodic chores live here too: the stats line, and the one-second samples `/stats.json`
-//! draws its history from.
+//! The loop's own bookkeeping lives here too: each pass's time and system calls, the stats line,
+//! and the one-second samples `/stats.json` draws its history from.
 
 use std::net::SocketAddr;
 use std::time::{Instant, SystemTime};
@@ -23,6 +23,7 @@ use crate::endpoint::Entry;
 use crate::service::Endpoint;
 use crate::service::admin::http::Status;
 use crate::service::admin::{CHUNK_BYTES, Content, JSON, Supply, TEXT, history, metrics};
+use crate::sys::counted;
 use crate::sys::process::Process;
 use crate::token::{self, Id};
 
@@ -47,6 +48,9 @@ impl EventLoop {
     /// Starts the clocks of the periodic chores: the stats line, and the samples (whose start
     /// dates the uptime).
     pub(super) fn start_periodic(&mut self, now: Instant) {
+        // System calls made on this thread before it runs (binding, the first registrations) are
+        // nobody's passes: the count starts here.
+        counted::take();
         self.stats_line.start(now);
         if let Some(history) = &mut self.history {
             history.start(now, SystemTime::now(), &self.shared.stats);
@@ -60,6 +64,15 @@ impl EventLoop {
         if let Some(history) = &mut self.history {
             history.sample_if_due(now, &self.shared.stats);
         }
+    }
+
+    /// Records the pass that began at `woke` (its time, its system calls) and returns the time it
+    /// ended: one clock read both ends this pass and starts the next poll's timeout.
+    pub(super) fn end_pass(&mut self, woke: Instant) -> Instant {
+        let now = Instant::now();
+        self.shared.stats.observe_pass(now - woke);
+        self.shared.stats.add_calls(counted::take());
+        now
     }
 
     /// Supplies what the admin connection behind `token` asked for, if it asked.
