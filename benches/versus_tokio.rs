@@ -17,6 +17,12 @@
 //! from `/proc`, divided by the operations done. With two or more cores both servers are pinned
 //! to core 0 and the generator to the others.
 //!
+//! Beside its CPU time, readyloop reports its **system calls per operation** (request, connection,
+//! megabyte, delivery), read from its own counts ([`readyloop::sys::counted`]) before and after
+//! each run, and below each table which calls they are. They do not depend on the machine's load:
+//! where CPU time needs rounds and medians to show a change of a few percent, one call more per
+//! request shows as +1.00. The tokio peer counts none.
+//!
 //! Memory is measured out of process: the release binary `readyloop`, and this benchmark
 //! re-executed as a tokio peer, each get 10 000 echo connections that exchange one message and
 //! then sit idle; the growth of the server's resident set, divided by 10 000, is the cost of an
@@ -35,6 +41,7 @@ use std::thread;
 use std::time::{Duration, Instant, SystemTime};
 
 use readyloop::bench::{Load, Report, Scenario, run};
+use readyloop::sys::counted::Call;
 use support::tokio_peer::{TokioPeer, start_tokio_peer};
 use support::{Running, loopback_config, machine, median, start_readyloop, thread_cpu, write_file};
 
@@ -60,6 +67,8 @@ const IDLE_CONNECTIONS: usize = 10_000;
 const DESCRIPTORS_NEEDED: u64 = 10_500;
 /// The row giving the user-space part of the server's CPU time per operation.
 const USER_METRIC: &str = "  of which user space";
+/// The row giving readyloop's system calls per echo request.
+const CALLS_PER_REQUEST: &str = "system calls / request";
 /// Setting this variable makes the benchmark binary run only the tokio peer (memory measurement).
 const PEER_ROLE_VAR: &str = "READYLOOP_VERSUS_TOKIO_PEER";
 
@@ -213,19 +222,39 @@ struct Servers {
     tokio: TokioPeer,
 }
 
-/// Reads the CPU time a server has used so far.
-type CpuClock<'a> = &'a dyn Fn() -> Cpu;
+/// Reads what a server has spent so far.
+type Meter<'a> = &'a dyn Fn() -> Spent;
 
 impl Servers {
-    /// readyloop's one thread.
-    fn readyloop_cpu(&self) -> Cpu {
-        Cpu::of(&[self.readyloop.tid])
+    /// readyloop's one thread, and the system calls it counted.
+    fn readyloop_spent(&self) -> Spent {
+        let stats = self.readyloop.handle.stats();
+        Spent {
+            cpu: Cpu::of(&[self.readyloop.tid]),
+            calls: Some(Call::ALL.map(|call| stats.get(call.metric()))),
+        }
     }
 
     /// The tokio runtime thread and its blocking pool.
-    fn tokio_cpu(&self) -> Cpu {
-        Cpu::of(&self.tokio.threads())
+    fn tokio_spent(&self) -> Spent {
+        Spent {
+            cpu: Cpu::of(&self.tokio.threads()),
+            calls: None,
+        }
     }
+}
+
+/// System calls by kind, in the order of [`Call::ALL`].
+type Calls = [u64; Call::ALL.len()];
+
+/// What a server has spent so far.
+#[derive(Debug, Clone, Copy)]
+struct Spent {
+    cpu: Cpu,
+    /// readyloop's system calls, as its figures count them; `None` for the tokio peer. The loop
+    /// adds its counts to the figures at the end of each pass, so a reading misses at most the
+    /// pass under way: a few calls in a run of millions.
+    calls: Option<Calls>,
 }
 
 /// CPU time some threads of this process have used so far.
@@ -281,17 +310,54 @@ struct Sample {
     /// Server CPU microseconds per megabyte received by the clients.
     cpu_us_per_mb: f64,
     delivery_ratio: f64,
+    /// readyloop's system calls over the run; `None` for tokio.
+    calls: Option<Calls>,
+    /// Operations done and megabytes received: what the calls are divided by.
+    operations: f64,
+    megabytes: f64,
 }
 
-/// Runs one load and reads the server thread's CPU time around it.
-fn measure(load: &Load, server_cpu: CpuClock<'_>) -> Sample {
-    let before = server_cpu();
+/// What system calls are counted per.
+#[derive(Debug, Clone, Copy)]
+enum Per {
+    /// Request, connection, download or delivery: the scenario's operation.
+    Operation,
+    /// Megabyte received by the clients.
+    Megabyte,
+}
+
+impl Sample {
+    /// readyloop's system calls of one kind (`None`: of every kind) per operation or megabyte;
+    /// NaN for a server that counts none.
+    fn calls(&self, call: Option<Call>, per: Per) -> f64 {
+        let Some(calls) = self.calls else {
+            return f64::NAN;
+        };
+        let made = match call {
+            Some(call) => calls[call as usize],
+            None => calls.iter().sum(),
+        };
+        let units = match per {
+            Per::Operation => self.operations,
+            Per::Megabyte => self.megabytes,
+        };
+        made as f64 / units.max(f64::MIN_POSITIVE)
+    }
+}
+
+/// Runs one load and reads the server thread's CPU time, and readyloop's system calls, around it.
+fn measure(load: &Load, server: Meter<'_>) -> Sample {
+    let before = server();
     let report: Report = run(load).unwrap_or_else(|e| panic!("{} load failed: {e}", load.target));
-    let after = server_cpu();
+    let after = server();
     let (cpu, user) = (
-        after.total.saturating_sub(before.total),
-        after.user.saturating_sub(before.user),
+        after.cpu.total.saturating_sub(before.cpu.total),
+        after.cpu.user.saturating_sub(before.cpu.user),
     );
+    let calls = before
+        .calls
+        .zip(after.calls)
+        .map(|(before, after)| std::array::from_fn(|i| after[i].saturating_sub(before[i])));
     if !report.errors.is_empty() {
         eprintln!(
             "  {} on {}: errors {:?}",
@@ -306,13 +372,16 @@ fn measure(load: &Load, server_cpu: CpuClock<'_>) -> Sample {
         user_ns: user.as_nanos() as f64 / report.operations.max(1) as f64,
         cpu_us_per_mb: cpu.as_secs_f64() * 1e6 / (report.bytes.max(1) as f64 / 1e6),
         delivery_ratio: report.delivery_ratio.unwrap_or(1.0),
+        calls,
+        operations: report.operations as f64,
+        megabytes: report.bytes as f64 / 1e6,
     }
 }
 
 /// Measures each target in turn, `rounds` times, flipping the order every round so neither
 /// server always runs on a machine the other has just warmed or heated; returns the samples per
 /// target.
-fn alternate(options: &Options, targets: &[(&Load, CpuClock<'_>)]) -> Vec<Vec<Sample>> {
+fn alternate(options: &Options, targets: &[(&Load, Meter<'_>)]) -> Vec<Vec<Sample>> {
     let mut samples = vec![Vec::new(); targets.len()];
     for round in 0..options.rounds {
         let mut order: Vec<usize> = (0..targets.len()).collect();
@@ -320,8 +389,8 @@ fn alternate(options: &Options, targets: &[(&Load, CpuClock<'_>)]) -> Vec<Vec<Sa
             order.reverse();
         }
         for i in order {
-            let (load, server_cpu) = targets[i];
-            samples[i].push(measure(load, server_cpu));
+            let (load, server) = targets[i];
+            samples[i].push(measure(load, server));
         }
     }
     samples
@@ -350,8 +419,8 @@ fn echo(options: &Options, servers: &Servers, connections: usize, results: &mut 
     let samples = alternate(
         options,
         &[
-            (&ours, &|| servers.readyloop_cpu()),
-            (&theirs, &|| servers.tokio_cpu()),
+            (&ours, &|| servers.readyloop_spent()),
+            (&theirs, &|| servers.tokio_spent()),
         ],
     );
     let name = format!("echo {connections}");
@@ -371,7 +440,16 @@ fn echo(options: &Options, servers: &Servers, connections: usize, results: &mut 
         }),
     );
     results.add(table.pair(&samples, USER_METRIC, "ns", Better::Lower, |s| s.user_ns));
-    results.print_last(4);
+    results.add(table.sampled(
+        CALLS_PER_REQUEST,
+        "calls",
+        Better::Lower,
+        |s| s.calls(None, Per::Operation),
+        &samples[0],
+        None,
+    ));
+    results.print_last(5);
+    print_calls(&samples[0], Per::Operation, "request");
 }
 
 fn churn(options: &Options, servers: &Servers, results: &mut Results) {
@@ -384,8 +462,8 @@ fn churn(options: &Options, servers: &Servers, results: &mut Results) {
     let samples = alternate(
         options,
         &[
-            (&ours, &|| servers.readyloop_cpu()),
-            (&theirs, &|| servers.tokio_cpu()),
+            (&ours, &|| servers.readyloop_spent()),
+            (&theirs, &|| servers.tokio_spent()),
         ],
     );
     let table = Table::new(
@@ -406,7 +484,16 @@ fn churn(options: &Options, servers: &Servers, results: &mut Results) {
         |s| s.cpu_ns,
     ));
     results.add(table.pair(&samples, USER_METRIC, "ns", Better::Lower, |s| s.user_ns));
-    results.print_last(4);
+    results.add(table.sampled(
+        "system calls / connection",
+        "calls",
+        Better::Lower,
+        |s| s.calls(None, Per::Operation),
+        &samples[0],
+        None,
+    ));
+    results.print_last(5);
+    print_calls(&samples[0], Per::Operation, "connection");
 }
 
 /// Download throughput and server CPU per megabyte against both tokio bodies: `tokio::fs`
@@ -448,9 +535,9 @@ fn download(
     let samples = alternate(
         options,
         &[
-            (&ours, &|| servers.readyloop_cpu()),
-            (&tokio_fs, &|| servers.tokio_cpu()),
-            (&std_fs, &|| servers.tokio_cpu()),
+            (&ours, &|| servers.readyloop_spent()),
+            (&tokio_fs, &|| servers.tokio_spent()),
+            (&std_fs, &|| servers.tokio_spent()),
         ],
     );
     let (name, placement) = if shared {
@@ -483,7 +570,16 @@ fn download(
             ));
         }
     }
-    results.print_last(4);
+    results.add(table.sampled(
+        "system calls / MB",
+        "calls",
+        Better::Lower,
+        |s| s.calls(None, Per::Megabyte),
+        &samples[0],
+        None,
+    ));
+    results.print_last(5);
+    print_calls(&samples[0], Per::Megabyte, "MB");
 }
 
 /// The chat relay, readyloop only: the tokio peer has no chat service.
@@ -501,7 +597,7 @@ fn chat(options: &Options, servers: &Servers, members: usize, results: &mut Resu
             1,
         )
     };
-    let samples = alternate(options, &[(&load, &|| servers.readyloop_cpu())]);
+    let samples = alternate(options, &[(&load, &|| servers.readyloop_spent())]);
     let table = Table::new(
         &format!("chat {members}"),
         format!(
@@ -532,7 +628,32 @@ fn chat(options: &Options, servers: &Servers, members: usize, results: &mut Resu
         &samples[0],
         None,
     ));
-    results.print_last(3);
+    results.add(table.sampled(
+        "system calls / delivery",
+        "calls",
+        Better::Lower,
+        |s| s.calls(None, Per::Operation),
+        &samples[0],
+        None,
+    ));
+    results.print_last(4);
+    print_calls(&samples[0], Per::Operation, "delivery");
+}
+
+/// Prints what readyloop's system calls per unit were, by kind, largest first (medians over the
+/// rounds; kinds under 0.005 left out): the row above in parts, so a change names its call.
+fn print_calls(samples: &[Sample], per: Per, unit: &str) {
+    let mut kinds: Vec<(Call, f64)> = Call::ALL
+        .iter()
+        .map(|&call| (call, median_of(samples, |s| s.calls(Some(call), per))))
+        .filter(|(_, made)| *made >= 0.005)
+        .collect();
+    kinds.sort_by(|a, b| b.1.total_cmp(&a.1));
+    let kinds: Vec<String> = kinds
+        .iter()
+        .map(|(call, made)| format!("{} {}", call.name(), number(*made)))
+        .collect();
+    println!("  readyloop system calls per {unit}: {}", kinds.join(", "));
 }
 
 /// Resident memory per idle connection, readyloop's binary and the tokio peer each in a child
@@ -896,6 +1017,13 @@ impl Results {
                 ratio(&scenario, "p99"),
                 &|r| r <= 1.0,
             );
+            if let Some(row) = self.find(&scenario, CALLS_PER_REQUEST) {
+                println!(
+                    "  {:<54} {:>10}  (the floor: 2, and a share of epoll_wait)",
+                    format!("echo {connections}: system calls per request"),
+                    number(row.readyloop)
+                );
+            }
         }
         check(
             "connect churn: CPU/connection <= 0.90x".into(),

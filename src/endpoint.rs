@@ -33,6 +33,8 @@ use slab::Slab;
 use crate::access::{self, Close, Notes};
 use crate::service::{Endpoint, Next, Role};
 use crate::stats::{CloseReason, Metric, Moved, ServiceMetric, Stats};
+use crate::sys;
+use crate::sys::counted::{self, Call};
 use crate::timers::Timers;
 use crate::token::{self, Id, KEY_MASK};
 
@@ -79,6 +81,8 @@ pub struct EndpointTable {
     slab: Slab<Slot>,
     /// The origin of every slot's `opened_ms` and `active_ms`.
     epoch: Instant,
+    /// The time of the current pass, in milliseconds since `epoch` ([`EndpointTable::start_pass`]).
+    pass_ms: u64,
     timers: Timers,
     /// Generation given to the next insert, counted over the whole table. Wraps; a token could
     /// only be confused after 2^32 inserts within one batch of events.
@@ -97,6 +101,7 @@ impl EndpointTable {
         EndpointTable {
             slab: Slab::with_capacity(capacity),
             epoch: Instant::now(),
+            pass_ms: 0,
             timers: Timers::default(),
             next_generation: 0,
             counts: [0; Role::COUNTED.len()],
@@ -126,7 +131,7 @@ impl EndpointTable {
 
         let registered = endpoint.interest();
         if let (Some(source), Some(interest)) = (endpoint.source(), registered) {
-            registry.register(source, token, interest)?;
+            epoll_ctl(|| registry.register(source, token, interest))?;
         }
         let armed = endpoint.deadline();
         if let Some(at) = armed {
@@ -165,15 +170,17 @@ impl EndpointTable {
         self.slot_mut(token).map(|slot| &mut slot.endpoint)
     }
 
+    /// Takes the time of the pass that begins, for [`EndpointTable::get_mut_active`]: one clock
+    /// subtraction per pass rather than one per event.
+    pub fn start_pass(&mut self, now: Instant) {
+        self.pass_ms = self.millis(now);
+    }
+
     /// As [`EndpointTable::get_mut`], noting that the loop has something to do for the endpoint
-    /// at `now` (its idle time in the admin service's list starts again); with the endpoint come
-    /// its access-log notes, if it has any.
-    pub fn get_mut_active(
-        &mut self,
-        token: Token,
-        now: Instant,
-    ) -> Option<(&mut Endpoint, Option<&mut Notes>)> {
-        let active_ms = self.millis(now);
+    /// in this pass (its idle time in the admin service's list starts again); with the endpoint
+    /// come its access-log notes, if it has any.
+    pub fn get_mut_active(&mut self, token: Token) -> Option<(&mut Endpoint, Option<&mut Notes>)> {
+        let active_ms = self.pass_ms;
         let slot = live(&mut self.slab, token)?;
         slot.active_ms = active_ms;
         let notes = self
@@ -269,10 +276,14 @@ impl EndpointTable {
         if let Some(at) = slot.armed {
             self.timers.remove(at, token);
         }
-        if let (Some(source), Some(_)) = (slot.endpoint.source(), slot.registered) {
+        if let (Some(source), Some(_), false) = (
+            slot.endpoint.source(),
+            slot.registered,
+            sys::CLOSING_DEREGISTERS,
+        ) {
             // Deregistering a socket we are about to close cannot fail in a way worth reporting:
             // closing the descriptor removes it from the poll set anyway.
-            let _ = registry.deregister(source);
+            let _ = epoll_ctl(|| registry.deregister(source));
         }
         let role = slot.endpoint.role();
         if let Some(i) = counted(role) {
@@ -377,14 +388,21 @@ fn reregister(
         return Ok(());
     };
     match (slot.registered, wanted) {
-        (None, Some(interest)) => registry.register(source, token, interest)?,
-        (Some(_), Some(interest)) => registry.reregister(source, token, interest)?,
-        (Some(_), None) => registry.deregister(source)?,
+        (None, Some(interest)) => epoll_ctl(|| registry.register(source, token, interest))?,
+        (Some(_), Some(interest)) => epoll_ctl(|| registry.reregister(source, token, interest))?,
+        (Some(_), None) => epoll_ctl(|| registry.deregister(source))?,
         (None, None) => {}
     }
     trace!("{} interest {:?} -> {wanted:?}", Id(token), slot.registered);
     slot.registered = wanted;
     Ok(())
+}
+
+/// Makes one change to the poll set, which is one `epoll_ctl` on Linux, and counts it: every
+/// change goes through here, this module being the only one that talks to the `Registry`.
+fn epoll_ctl(change: impl FnOnce() -> io::Result<()>) -> io::Result<()> {
+    counted::count(Call::EpollCtl);
+    change()
 }
 
 #[cfg(test)]

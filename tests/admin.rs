@@ -189,6 +189,13 @@ fn keep_alive_carries_several_requests_and_head_gets_no_body() {
     let second = client.response("HEAD");
     assert_eq!(second.status, 200);
     assert_eq!(second.header("content-length"), Some("3"));
+    // A streamed body on a kept connection comes in chunks, and the connection stays usable.
+    for _ in 0..2 {
+        client.send("GET /connections?limit=1 HTTP/1.1\r\nHost: t\r\n\r\n");
+        let rows = client.response("GET");
+        assert_eq!(rows.header("transfer-encoding"), Some("chunked"));
+        assert!(rows.json().is_array());
+    }
     client.send("GET /nowhere HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n");
     assert_eq!(client.response("GET").status, 404);
     assert!(client.is_closed(), "closed after Connection: close");
@@ -395,6 +402,8 @@ fn metrics_pass_promtool_and_move_by_exactly_what_clients_did() {
     );
     assert_eq!(moved(r#"readyloop_requests_total{service="files"}"#), 1.0);
     assert_eq!(moved("readyloop_downloads_completed_total"), 1.0);
+    // A 1 000-byte body fits the socket's buffer: one call sends it all.
+    assert_eq!(moved(r#"readyloop_syscalls_total{call="sendfile"}"#), 1.0);
     assert_eq!(
         moved(r#"readyloop_received_bytes_total{service="files"}"#),
         10.0
@@ -440,6 +449,9 @@ fn stats_json_carries_totals_services_and_a_history() {
     assert_eq!(json["totals"]["open"], 1);
     assert_eq!(json["services"]["echo"]["open"], 1);
     assert_eq!(json["services"]["echo"]["bytes_in"], 7);
+    // The echo's pass ended before this request's began, and with it the fold of its calls.
+    assert!(json["totals"]["syscalls_recvfrom"].as_u64() >= Some(1));
+    assert!(json["totals"]["syscalls_sendto"].as_u64() >= Some(1));
     assert_eq!(json["history"]["interval_seconds"], 1);
     assert!(json["history"]["samples"].is_array());
 }

@@ -448,12 +448,13 @@ fn screenshot_for_the_docs() {
         })
         .collect();
     let mut table = vec![
+        // In the order the binary inserts them (docs/DESIGN.md).
         Endpoint::server(0, "echo", "listener", "ACCEPTING"),
         Endpoint::server(1, "files", "listener", "ACCEPTING"),
-        Endpoint::server(2, "", "waker", "-"),
-        Endpoint::server(3, "", "signals", "-"),
-        Endpoint::server(4, "admin", "listener", "ACCEPTING"),
-        Endpoint::server(5, "chat", "relay", "OPEN"),
+        Endpoint::server(2, "chat", "relay", "READY"),
+        Endpoint::server(3, "admin", "listener", "ACCEPTING"),
+        Endpoint::server(4, "", "waker", "WAITING"),
+        Endpoint::server(5, "", "signals", "WAITING"),
     ];
     let mut key = 6;
     while table.len() < 330 {
@@ -462,7 +463,7 @@ fn screenshot_for_the_docs() {
         let (service, state, interest) = match r {
             r if r < 0.62 => ("echo", "OPEN", "R"),
             r if r < 0.72 => ("echo", "THROTTLED", "W"),
-            r if r < 0.76 => ("echo", "FLUSHING", "W"),
+            r if r < 0.76 => ("echo", "DRAINING", "R"),
             r if r < 0.79 => ("echo", "HALF-CLOSED", "W"),
             r if r < 0.82 => ("echo", "LINGERING", "R"),
             r if r < 0.92 => ("files", "REPLYING", "W"),

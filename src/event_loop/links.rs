@@ -9,14 +9,10 @@
 //! its member in the pass that read it.
 
 use super::EventLoop;
+#[cfg(doc)]
 use crate::service::chat::bus::Exchange;
 
 impl EventLoop {
-    /// Connects the chat relay and its links, already in the table, through `exchange`.
-    pub fn attach_bus(&mut self, exchange: Exchange) {
-        self.shared.bus = Some(exchange);
-    }
-
     /// Queues every endpoint that another left work for, to be called before the next poll.
     pub(super) fn wake_linked(&mut self) {
         if let Some(bus) = &mut self.shared.bus {

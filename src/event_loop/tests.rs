@@ -7,13 +7,13 @@ use std::sync::atomic::AtomicUsize;
 use std::time::{Duration, Instant};
 
 use mio::Token;
-use mio::net::TcpStream;
 
 use super::EventLoop;
 use crate::config::Config;
 use crate::listener::Listener;
 use crate::service::{Endpoint, FAIR_SHARE, Service, echo};
 use crate::stats::{CloseReason, Metric, Stats};
+use crate::sys::counted::TcpStream;
 use crate::sys::tcp_listener;
 use crate::token;
 
@@ -67,7 +67,10 @@ fn accepted_pair() -> (StdStream, TcpStream) {
     let client = StdStream::connect(listener.local_addr().unwrap()).unwrap();
     let (server, _) = listener.accept().unwrap();
     server.set_nonblocking(true).unwrap();
-    (client, TcpStream::from_std(server))
+    (
+        client,
+        TcpStream::new(mio::net::TcpStream::from_std(server)),
+    )
 }
 
 /// The scenario the generation in each token exists for: within one batch, connection A's

@@ -40,7 +40,6 @@ use std::time::{Duration, Instant};
 
 use log::{debug, trace};
 use mio::Interest;
-use mio::net::TcpStream;
 
 use self::http::{Framing, Method, Parsed, Request, Status};
 use super::{Context, Handler, KEEP, Next, Settings, Stream, discard_input, io_failure};
@@ -48,6 +47,7 @@ use crate::access::{self, Answer, Close, Line};
 use crate::buffer::Buffer;
 use crate::stats::Moved;
 use crate::stats::{CloseReason, Metric, ServiceId, ServiceMetric};
+use crate::sys::counted::TcpStream;
 use crate::sys::{interrupted, would_block};
 use crate::token::Id;
 
@@ -291,6 +291,11 @@ impl<S: Stream> Connection<S> {
                     out.extend(&body);
                 }
             }
+            // Chunked on a kept connection (see `respond`), raw when the close ends the body.
+            Supply::Piece { bytes, next } if !*keep_alive => {
+                out.extend(&bytes);
+                *pending = next;
+            }
             Supply::Piece { bytes, next } => {
                 let mut framed = Vec::with_capacity(bytes.len() + 16);
                 if !bytes.is_empty() {
@@ -403,9 +408,19 @@ impl<S: Stream> Connection<S> {
                     return self.refuse(Status::BadRequest, request.method, logged, ctx);
                 };
                 let service = http::query_value(&request.query, "service").map(str::to_string);
+                // Chunks on a connection that stays open; otherwise the close ends the body,
+                // which is also all an HTTP/1.0 client understands.
+                let request = &Request {
+                    keep_alive: request.keep_alive && request.http11,
+                    ..request.clone()
+                };
+                let framing = if request.keep_alive {
+                    Framing::Chunked
+                } else {
+                    Framing::UntilClose
+                };
                 let mut out = Buffer::new();
-                let head = http::head(Status::Ok, JSON, Framing::Chunked, request.keep_alive);
-                out.extend(head.as_bytes());
+                out.extend(http::head(Status::Ok, JSON, framing, request.keep_alive).as_bytes());
                 let rows = Content::Connections {
                     next: 0,
                     left,

@@ -36,6 +36,7 @@ use self::outbox::{Datagram, Outbox};
 use super::{Context, Handler, KEEP, Next};
 use crate::config::Config;
 use crate::stats::{Metric, ServiceId, ServiceMetric};
+use crate::sys::counted::{self, Call};
 use crate::sys::{interrupted, would_block};
 use crate::token::Id;
 
@@ -65,10 +66,12 @@ pub trait Socket {
 impl Socket for UdpSocket {
     // The inherent methods: mio's own, which take `&self`.
     fn recv_from(&mut self, buf: &mut [u8]) -> io::Result<(usize, SocketAddr)> {
+        counted::count(Call::Recvfrom);
         UdpSocket::recv_from(self, buf)
     }
 
     fn send_to(&mut self, buf: &[u8], to: SocketAddr) -> io::Result<usize> {
+        counted::count(Call::Sendto);
         UdpSocket::send_to(self, buf, to)
     }
 }

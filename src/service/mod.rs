@@ -19,13 +19,12 @@ pub(crate) mod fake;
 use std::fmt;
 use std::fs::File;
 use std::io::{self, Read, Write};
-use std::net::{Shutdown, SocketAddr};
+use std::net::SocketAddr;
 use std::ops::ControlFlow;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use mio::event::{Event, Source};
-use mio::net::TcpStream;
 use mio::{Interest, Token};
 use signal_hook_mio::v1_0::Signals;
 
@@ -37,7 +36,8 @@ use crate::buffer::Watermarks;
 use crate::config::Config;
 use crate::listener::Listener;
 use crate::stats::{CloseReason, ServiceId, Stats};
-use crate::sys::{self, interrupted, peer_gone, would_block};
+use crate::sys::counted::TcpStream;
+use crate::sys::{interrupted, peer_gone, would_block};
 use crate::token::Id;
 
 /// What a handler tells the loop: `Continue(())` keeps the endpoint, `Break(reason)` closes it.
@@ -115,6 +115,10 @@ impl Service {
                 Endpoint::Download(download::Connection::new(stream, now, settings, answer))
             }
             Service::Admin => {
+                // A streamed reply goes out as a head and then pieces, each a small write: with
+                // Nagle's algorithm on, a piece would wait for the client's delayed ACK (40 ms)
+                // on every kept-alive request. If the option cannot be set, replies are slower.
+                let _ = stream.set_nodelay(true);
                 Endpoint::Admin(Box::new(admin::Connection::new(stream, now, settings)))
             }
         }
@@ -196,8 +200,8 @@ pub struct Context<'a> {
 /// amortise a pass of the loop, small enough that a pass stays well under a millisecond.
 pub const FAIR_SHARE: usize = 256 * 1024;
 
-/// A byte stream a connection can run on: a TCP stream in the server, a scripted fake in the
-/// state-machine tests.
+/// A byte stream a connection can run on: a TCP stream in the server (mio's, each of its system
+/// calls counted: [`TcpStream`]), a scripted fake in the state-machine tests.
 pub trait Stream: Read + Write {
     /// Sends FIN: no more output, while input may still be read.
     ///
@@ -223,20 +227,6 @@ pub trait Stream: Read + Write {
     fn send_file(&mut self, file: &File, offset: &mut u64, count: usize) -> io::Result<usize> {
         let _ = (file, offset, count);
         Err(io::ErrorKind::Unsupported.into())
-    }
-}
-
-impl Stream for TcpStream {
-    fn shutdown_write(&mut self) -> io::Result<()> {
-        self.shutdown(Shutdown::Write)
-    }
-
-    fn reset_on_close(&mut self) -> io::Result<()> {
-        sys::reset_on_close(self)
-    }
-
-    fn send_file(&mut self, file: &File, offset: &mut u64, count: usize) -> io::Result<usize> {
-        sys::sendfile(self, file, offset, count)
     }
 }
 
@@ -431,55 +421,55 @@ impl Endpoint {
         }
     }
 
+    /// The name of the service this endpoint belongs to (`echo`, `files`, `chat`, `admin`), as
+    /// `/connections?service=` names it; empty for signals and the waker.
+    pub fn service_name(&self) -> &'static str {
+        match self {
+            Endpoint::Listener { service, .. } => service.name(),
+            Endpoint::Signals(_) | Endpoint::Waker => "",
+            // Redis is no client of the chat's, but its links are the chat's all the same.
+            Endpoint::Bus(_) => ServiceId::Chat.name(),
+            Endpoint::Echo(_) | Endpoint::Download(_) | Endpoint::Admin(_) | Endpoint::Chat(_) => {
+                self.service_id().map_or("", ServiceId::name)
+            }
+        }
+    }
+
     /// What the admin service lists of this endpoint. Asks the kernel for a connection's peer
     /// address: a system call per row, paid only while someone reads the list.
     pub fn describe(&self) -> Description {
-        let describe = |service, kind, state: &dyn fmt::Display, peer, buffered| Description {
-            service,
+        let describe = |kind, state: &dyn fmt::Display, peer, buffered| Description {
+            service: self.service_name(),
             kind,
             state: state.to_string(),
             peer,
             buffered,
         };
         match self {
-            Endpoint::Listener { listener, service } => {
-                describe(service.name(), "listener", &listener.state(), None, 0)
+            Endpoint::Listener { listener, .. } => describe("listener", &listener.state(), None, 0),
+            Endpoint::Echo(c) => describe("connection", &c.state(), c.peer(), c.owed()),
+            Endpoint::Download(c) if c.is_turned_away() => {
+                describe("turned-away", c.state(), c.peer(), c.buffered())
             }
-            Endpoint::Echo(c) => describe("echo", "connection", &c.state(), c.peer(), c.owed()),
-            Endpoint::Download(c) => {
-                let kind = if c.is_turned_away() {
-                    "turned-away"
-                } else {
-                    "connection"
-                };
-                describe("files", kind, c.state(), c.peer(), c.buffered())
-            }
-            Endpoint::Admin(c) => {
-                describe("admin", "connection", c.state(), c.peer(), c.buffered())
-            }
+            Endpoint::Download(c) => describe("connection", c.state(), c.peer(), c.buffered()),
+            Endpoint::Admin(c) => describe("connection", c.state(), c.peer(), c.buffered()),
             Endpoint::Chat(relay) => {
                 let state = if relay.queued() == 0 {
                     "READY"
                 } else {
                     "QUEUEING"
                 };
-                describe("chat", "relay", &state, None, relay.queued())
+                describe("relay", &state, None, relay.queued())
             }
             Endpoint::Bus(link) => {
                 let kind = match link.kind() {
                     chat::bus::link::Kind::Commands => "redis-commands",
                     chat::bus::link::Kind::Subscriber => "redis-subscriber",
                 };
-                describe(
-                    "chat",
-                    kind,
-                    link.state(),
-                    Some(link.peer()),
-                    link.buffered(),
-                )
+                describe(kind, link.state(), Some(link.peer()), link.buffered())
             }
-            Endpoint::Signals(_) => describe("", "signals", &"WAITING", None, 0),
-            Endpoint::Waker => describe("", "waker", &"WAITING", None, 0),
+            Endpoint::Signals(_) => describe("signals", &"WAITING", None, 0),
+            Endpoint::Waker => describe("waker", &"WAITING", None, 0),
         }
     }
 

@@ -1,5 +1,6 @@
 //! A minimal blocking HTTP/1.1 client for the admin service's tests: one request, its whole
-//! response (`Content-Length` or chunked), every read bounded by [`IO_TIMEOUT`](super::IO_TIMEOUT).
+//! response (`Content-Length`, chunked, or up to a close the head announced), every read bounded
+//! by [`IO_TIMEOUT`](super::IO_TIMEOUT).
 //!
 //! Deliberately small and strict: it parses exactly the framing the server claims to send, so a
 //! framing mistake fails a test instead of being papered over by a forgiving client.
@@ -119,16 +120,22 @@ impl Client {
                 }
                 response.body.extend_from_slice(&piece[..size]);
             }
-        } else {
-            let length: usize = response
-                .header("content-length")
-                .expect("Content-Length or chunked")
-                .parse()
-                .expect("a length");
+        } else if let Some(length) = response.header("content-length") {
+            let length: usize = length.parse().expect("a length");
             response.body = vec![0; length];
             self.reader
                 .read_exact(&mut response.body)
                 .expect("the body");
+        } else {
+            // No length and no chunks: the close ends the body, which the head must say.
+            assert_eq!(
+                response.header("connection"),
+                Some("close"),
+                "a body with no length or chunks ends only at a close"
+            );
+            self.reader
+                .read_to_end(&mut response.body)
+                .expect("the body, up to the close");
         }
         response
     }

@@ -36,6 +36,8 @@ pub struct Request {
     /// Whether the client wants the connection kept open after the response (HTTP/1.1 unless it
     /// says `Connection: close`; HTTP/1.0 only with `Connection: keep-alive`).
     pub keep_alive: bool,
+    /// HTTP/1.1 (rather than 1.0): only then may a response use chunked transfer coding.
+    pub http11: bool,
 }
 
 /// What [`parse`] made of the bytes so far.
@@ -145,6 +147,7 @@ pub fn parse(input: &[u8]) -> Parsed {
         path: path.to_string(),
         query: query.to_string(),
         keep_alive,
+        http11: version == 1,
     };
     Parsed::Complete(request, length)
 }
@@ -185,6 +188,9 @@ pub enum Framing {
     Length(usize),
     /// A body produced piece by piece: chunked transfer coding, each piece framed by [`chunk`].
     Chunked,
+    /// A body produced piece by piece that ends when the server closes the connection: for a
+    /// client that will not keep it open anyway, or an HTTP/1.0 client, which knows no chunks.
+    UntilClose,
 }
 
 /// A response head: status line, headers, blank line.
@@ -198,6 +204,7 @@ pub fn head(status: Status, content_type: &str, framing: Framing, keep_alive: bo
     let _ = match framing {
         Framing::Length(length) => write!(head, "Content-Length: {length}\r\n"),
         Framing::Chunked => write!(head, "Transfer-Encoding: chunked\r\n"),
+        Framing::UntilClose => Ok(()),
     };
     if status == Status::MethodNotAllowed {
         head.push_str("Allow: GET, HEAD\r\n");

@@ -4,9 +4,10 @@
 //! `_total`, units are part of names (`_bytes`, `_seconds`). Where several figures are one thing
 //! seen by a dimension, the dimension is a label: close reasons (`reason="idle"`), services
 //! (`service="echo"`), how download bodies were sent (`method="sendfile"`), why chat datagrams
-//! were dropped (`reason="rate"`), why chat bus connections closed (`reason="slow"`). The three
-//! histograms come from [`stats`](crate::stats): `readyloop_loop_pass_seconds`,
-//! `readyloop_events_per_poll` and `readyloop_connection_lifetime_seconds{service=...}`.
+//! were dropped (`reason="rate"`), why chat bus connections closed (`reason="slow"`), which
+//! system call the loop made (`call="recvfrom"`). The three histograms come from
+//! [`stats`](crate::stats): `readyloop_loop_pass_seconds`, `readyloop_events_per_poll` and
+//! `readyloop_connection_lifetime_seconds{service=...}`.
 //!
 //! # Why the `prometheus-client` crate, and only its encoder
 //!
@@ -31,6 +32,7 @@ use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::registry::Registry;
 
 use crate::stats::{CloseReason, HistogramSnapshot, Metric, ServiceId, ServiceMetric, Snapshot};
+use crate::sys::counted::Call;
 use crate::sys::process::Process;
 use Members::{By, One};
 
@@ -292,14 +294,14 @@ const SERVICE_FAMILIES: [ServiceFamily; 5] = [
     ServiceFamily {
         metric: ServiceMetric::Accepted,
         name: "readyloop_connections_accepted",
-        help: "Client connections accepted and registered, by service.",
+        help: "Connections accepted and registered, by service (admin included).",
         kind: Kind::Counter,
         services: CONNECTED,
     },
     ServiceFamily {
         metric: ServiceMetric::Open,
         name: "readyloop_connections_open",
-        help: "Client connections open now, by service.",
+        help: "Connections open now, by service (admin included).",
         kind: Kind::Gauge,
         services: CONNECTED,
     },
@@ -345,7 +347,7 @@ impl Collector for Scrape {
                 encode(family.kind, value, samples.encode_family(&labels)?)?;
             }
         }
-        let help = "Client connections closed, by reason.";
+        let help = "Echo and download connections closed, by reason.";
         let mut samples = describe(
             &mut out,
             "readyloop_connections_closed",
@@ -355,6 +357,15 @@ impl Collector for Scrape {
         for reason in CloseReason::ALL {
             let value = snapshot.get(reason.metric());
             let labels = [("reason", reason.name())];
+            encode(Kind::Counter, value, samples.encode_family(&labels)?)?;
+        }
+        let help = "System calls the loop made, by call as Linux names it: reads, writes, \
+                    polls and the rest that serving clients costs (file opens and the like not \
+                    included).";
+        let mut samples = describe(&mut out, "readyloop_syscalls", help, Kind::Counter)?;
+        for call in Call::ALL {
+            let value = snapshot.get(call.metric());
+            let labels = [("call", call.name())];
             encode(Kind::Counter, value, samples.encode_family(&labels)?)?;
         }
         for family in FAMILIES {

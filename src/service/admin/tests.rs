@@ -8,66 +8,34 @@
 //! [`MAX_HEAD`] takes several reads.
 
 use std::io;
-use std::ops::ControlFlow;
 use std::time::{Duration, Instant};
 
-use mio::{Interest, Token};
+use mio::Interest;
 
 use super::http::{MAX_HEAD, MAX_HEADERS, Status};
 use super::{Connection, Content, DEFAULT_ROW_LIMIT, PAGE, State, Supply, TEXT, WRITE_TIMEOUT};
-use crate::access::Notes;
-use crate::buffer::Watermarks;
-use crate::service::fake::{Fake, Input};
-use crate::service::{Context, FAIR_SHARE, Handler, KEEP, Next, Settings, resume};
+use crate::service::fake::{self, Fake, Input, close};
+use crate::service::{Handler, KEEP, Next, resume};
 use crate::stats::Moved;
-use crate::stats::{CloseReason, Metric, ServiceId, ServiceMetric, Stats};
+use crate::stats::{CloseReason, Metric, ServiceId, ServiceMetric};
 
-/// The loop's side of one connection: configuration, counters and the shared scratch buffer.
-struct Harness {
-    settings: Settings,
-    stats: Stats,
-    scratch: Vec<u8>,
-    now: Instant,
-}
+/// The loop's side of an admin connection: admin needs nothing besides what every kind gets.
+type Harness = fake::Harness<Admin>;
+
+/// The kind under test.
+struct Admin;
 
 impl Harness {
+    /// With a 4 KiB scratch buffer, so a head near [`MAX_HEAD`] takes several reads.
     fn new() -> Self {
-        Harness {
-            settings: Settings {
-                marks: Watermarks { high: 16, low: 8 },
-                idle_timeout: Duration::from_secs(60),
-                linger: Duration::from_secs(2),
-                request_grace: Duration::from_millis(50),
-                admin_timeout: Duration::from_secs(10),
-                access_log: false,
-            },
-            stats: Stats::default(),
-            scratch: vec![0; 4096],
-            now: Instant::now(),
-        }
-    }
-
-    fn ctx(&mut self) -> Context<'_> {
-        Context {
-            now: self.now,
-            token: Token(0),
-            settings: &self.settings,
-            stats: &self.stats,
-            scratch: &mut self.scratch,
-            budget: FAIR_SHARE,
-            short_read_drains: true,
-            access: None,
-            bus: None,
-        }
+        let mut h = fake::Harness::of(Admin);
+        h.scratch = vec![0; 4096];
+        h
     }
 
     fn connection(&mut self, fake: Fake) -> Connection<Fake> {
         Connection::new(fake, self.now, &self.settings)
     }
-}
-
-fn close(reason: CloseReason) -> Next {
-    ControlFlow::Break(reason)
 }
 
 /// The loop's part for a connection that gave its turn back: supply what it wants, then resume
@@ -928,17 +896,27 @@ fn writing_an_empty_piece_frames_nothing_and_asks_for_the_next() {
     assert_eq!(c.state().to_string(), "WRITING");
 }
 
+/// A connection that will close does not need chunks: the close ends the body. HTTP/1.0, which
+/// knows no chunks (RFC 9112 §6.1), always gets it so, even when it asks to keep the connection.
 #[test]
-fn writing_the_last_piece_to_a_closing_request_ends_the_body_then_lingers() {
-    let mut h = Harness::new();
-    let (mut c, _) = exchange(&mut h, b"GET /connections HTTP/1.0\r\n\r\n");
-    let last = Supply::Piece {
-        bytes: b"[]\n".to_vec(),
-        next: None,
-    };
-    assert_eq!(serve(&mut c, &mut h, last), KEEP);
-    assert!(received(&c).ends_with("Connection: close\r\n\r\n3\r\n[]\n\r\n0\r\n\r\n"));
-    assert_eq!(c.state().to_string(), "LINGERING");
+fn writing_the_last_piece_to_a_closing_request_ends_the_body_with_the_close() {
+    for request in [
+        &b"GET /connections HTTP/1.0\r\n\r\n"[..],
+        b"GET /connections HTTP/1.0\r\nConnection: keep-alive\r\n\r\n",
+        b"GET /connections HTTP/1.1\r\nConnection: close\r\n\r\n",
+    ] {
+        let mut h = Harness::new();
+        let (mut c, _) = exchange(&mut h, request);
+        let last = Supply::Piece {
+            bytes: b"[]\n".to_vec(),
+            next: None,
+        };
+        assert_eq!(serve(&mut c, &mut h, last), KEEP);
+        let sent = received(&c);
+        assert!(!sent.contains("Transfer-Encoding"), "{sent}");
+        assert!(sent.ends_with("Connection: close\r\n\r\n[]\n"), "{sent}");
+        assert_eq!(c.state().to_string(), "LINGERING");
+    }
 }
 
 /// The loop resumes a connection readable first: in WRITING that reads nothing, so the request
@@ -1071,11 +1049,6 @@ fn logged(c: &Connection<Fake>) -> Option<(Option<String>, Option<Status>, Moved
     }
 }
 
-/// The notes the loop keeps on an admin client while the access log is on.
-fn notes() -> Notes {
-    Notes::new("admin", "127.0.0.1:5000".parse().unwrap())
-}
-
 fn moved(bytes_in: usize, bytes_out: usize) -> Moved {
     Moved {
         bytes_in: bytes_in as u64,
@@ -1094,22 +1067,18 @@ fn with_the_access_log_off_a_response_keeps_nothing_for_it() {
 #[test]
 fn with_the_access_log_on_a_response_keeps_its_request_status_and_bytes_until_it_is_out() {
     let mut h = Harness::new();
-    let mut notes = notes();
+    h.log_access("admin");
     let head = b"GET /nope?x=1 HTTP/1.1\r\n\r\n";
     let mut fake = Fake::with_input(&[head]);
     fake.window = 10;
     let mut c = h.connection(fake);
-    let mut ctx = h.ctx();
-    ctx.access = Some(&mut notes);
-    assert_eq!(c.on_readable(&mut ctx), KEEP);
+    assert_eq!(c.on_readable(&mut h.ctx()), KEEP);
     let asked = Some("GET /nope?x=1".to_string());
     let expected = (asked, Some(Status::NotFound), moved(head.len(), 10));
     assert_eq!(logged(&c), Some(expected));
 
     c.stream.window = usize::MAX;
-    let mut ctx = h.ctx();
-    ctx.access = Some(&mut notes);
-    assert_eq!(c.on_writable(&mut ctx), KEEP);
+    assert_eq!(c.on_writable(&mut h.ctx()), KEEP);
     assert_eq!(received(&c), not_found());
     assert_eq!(
         c.state().to_string(),
@@ -1121,12 +1090,10 @@ fn with_the_access_log_on_a_response_keeps_its_request_status_and_bytes_until_it
 #[test]
 fn with_the_access_log_on_a_supplied_status_is_the_one_logged() {
     let mut h = Harness::new();
-    let mut notes = notes();
+    h.log_access("admin");
     let head = b"HEAD /healthz HTTP/1.1\r\n\r\n";
     let mut c = h.connection(Fake::with_input(&[head]));
-    let mut ctx = h.ctx();
-    ctx.access = Some(&mut notes);
-    assert_eq!(c.on_readable(&mut ctx), KEEP);
+    assert_eq!(c.on_readable(&mut h.ctx()), KEEP);
     let asked = Some("HEAD /healthz".to_string());
     assert_eq!(
         logged(&c),
@@ -1146,14 +1113,12 @@ fn with_the_access_log_on_a_supplied_status_is_the_one_logged() {
 #[test]
 fn with_the_access_log_on_a_refused_head_is_kept_with_its_status_and_nothing_asked() {
     let mut h = Harness::new();
-    let mut notes = notes();
+    h.log_access("admin");
     let head = b"POST / HTTP/1.1\r\n\r\n";
     let mut fake = Fake::with_input(&[head]);
     fake.window = 0;
     let mut c = h.connection(fake);
-    let mut ctx = h.ctx();
-    ctx.access = Some(&mut notes);
-    assert_eq!(c.on_readable(&mut ctx), KEEP);
+    assert_eq!(c.on_readable(&mut h.ctx()), KEEP);
     let expected = (None, Some(Status::MethodNotAllowed), moved(head.len(), 0));
     assert_eq!(logged(&c), Some(expected));
 }

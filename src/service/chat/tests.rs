@@ -10,14 +10,15 @@
 use std::collections::VecDeque;
 use std::io;
 use std::net::SocketAddr;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use mio::{Interest, Token};
+use mio::Interest;
 
 use super::{DATAGRAM_COST, Relay, Socket};
 use crate::config::Config;
-use crate::service::{Context, FAIR_SHARE, Handler, KEEP, Settings};
-use crate::stats::{Metric, Stats};
+use crate::service::fake;
+use crate::service::{FAIR_SHARE, Handler, KEEP};
+use crate::stats::Metric;
 
 const ALICE: u16 = 1001;
 const BOB: u16 = 1002;
@@ -83,17 +84,16 @@ impl Socket for Fake {
     }
 }
 
-/// The loop's side of the relay: configuration, counters, the clock and the scratch buffer.
-struct Harness {
+/// The loop's side of the relay, with the configuration the relay is built from.
+type Harness = fake::Harness<Chat>;
+
+/// What the relay needs besides: its limits come from the configuration.
+struct Chat {
     config: Config,
-    settings: Settings,
-    stats: Stats,
-    /// As large as the loop's: any UDP payload fits.
-    scratch: Vec<u8>,
-    now: Instant,
 }
 
 impl Harness {
+    /// With a scratch buffer as large as the loop's: any UDP payload fits.
     fn new() -> Self {
         let config = Config {
             chat_idle: IDLE,
@@ -102,27 +102,9 @@ impl Harness {
             chat_rate: 0,
             ..Config::default()
         };
-        Harness {
-            settings: Settings::from_config(&config),
-            config,
-            stats: Stats::default(),
-            scratch: vec![0; 64 * 1024],
-            now: Instant::now(),
-        }
-    }
-
-    fn ctx(&mut self) -> Context<'_> {
-        Context {
-            now: self.now,
-            token: Token(0),
-            settings: &self.settings,
-            stats: &self.stats,
-            scratch: &mut self.scratch,
-            budget: FAIR_SHARE,
-            short_read_drains: true,
-            access: None,
-            bus: None,
-        }
+        let mut h = fake::Harness::of(Chat { config });
+        h.scratch = vec![0; 64 * 1024];
+        h
     }
 
     /// A relay on a socket that takes everything.
@@ -131,7 +113,7 @@ impl Harness {
             window: usize::MAX,
             ..Fake::default()
         };
-        Relay::new(fake, &self.config, self.now)
+        Relay::new(fake, &self.kind.config, self.now)
     }
 
     /// `lines` arrive, each from its member, and the relay is told it is readable.

@@ -9,21 +9,19 @@
 
 use std::fs;
 use std::io;
-use std::ops::ControlFlow;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use mio::{Interest, Token};
+use mio::Interest;
 use tempfile::TempDir;
 
 use super::files::Files;
 use super::request::MAX_LINE;
 use super::{Answer, Connection, State, TURN_AWAY_DEADLINE};
-use crate::access::{self, Notes};
-use crate::buffer::Watermarks;
+use crate::access;
 use crate::config::Config;
-use crate::service::fake::{Fake, Input};
-use crate::service::{Context, FAIR_SHARE, Handler, KEEP, Next, Settings, resume};
+use crate::service::fake::{self, Fake, Input, close};
+use crate::service::{Handler, KEEP, resume};
 use crate::stats::{CloseReason, Metric, Stats};
 
 const A_TXT: &[u8] = b"hello, world";
@@ -34,17 +32,14 @@ fn big() -> Vec<u8> {
     (0..200u8).collect()
 }
 
-/// The loop's side of one connection: the served root, configuration, counters and scratch.
-struct Harness {
+/// The loop's side of a download connection, with the served root its clients get.
+type Harness = fake::Harness<Root>;
+
+/// The served root: the temporary directory, opened as the server opens it.
+struct Root {
     /// Kept to remove the directory when the test ends.
-    root: TempDir,
+    dir: TempDir,
     files: Arc<Files>,
-    settings: Settings,
-    stats: Arc<Stats>,
-    scratch: Vec<u8>,
-    now: Instant,
-    /// The event being handled reported the peer's FIN (so a short read proves nothing).
-    hangup: bool,
 }
 
 impl Harness {
@@ -54,53 +49,28 @@ impl Harness {
 
     /// A harness whose served root is opened with `adjust` applied to its configuration.
     fn with(adjust: impl FnOnce(&mut Config)) -> Self {
-        let root = tempfile::tempdir().expect("a temporary directory");
-        fs::write(root.path().join("a.txt"), A_TXT).expect("a.txt");
-        fs::write(root.path().join("big.bin"), big()).expect("big.bin");
-        fs::write(root.path().join(".hidden"), b"secret").expect(".hidden");
-        fs::create_dir(root.path().join("dir")).expect("dir");
+        let dir = tempfile::tempdir().expect("a temporary directory");
+        fs::write(dir.path().join("a.txt"), A_TXT).expect("a.txt");
+        fs::write(dir.path().join("big.bin"), big()).expect("big.bin");
+        fs::write(dir.path().join(".hidden"), b"secret").expect(".hidden");
+        fs::create_dir(dir.path().join("dir")).expect("dir");
         let mut config = Config {
-            root: root.path().to_path_buf(),
+            root: dir.path().to_path_buf(),
             ..Config::default()
         };
         adjust(&mut config);
         let stats = Arc::new(Stats::default());
         let files = Files::open(&config, Arc::clone(&stats)).expect("the served root opens");
+        let files = Arc::new(files);
         Harness {
-            root,
-            files: Arc::new(files),
-            settings: Settings {
-                marks: Watermarks { high: 16, low: 8 },
-                idle_timeout: Duration::from_secs(10),
-                linger: Duration::from_secs(2),
-                request_grace: Duration::from_millis(50),
-                admin_timeout: Duration::from_secs(10),
-                access_log: false,
-            },
             stats,
-            scratch: vec![0; 64],
-            now: Instant::now(),
-            hangup: false,
-        }
-    }
-
-    fn ctx(&mut self) -> Context<'_> {
-        Context {
-            now: self.now,
-            token: Token(0),
-            settings: &self.settings,
-            stats: &self.stats,
-            scratch: &mut self.scratch,
-            budget: FAIR_SHARE,
-            short_read_drains: !self.hangup,
-            access: None,
-            bus: None,
+            ..fake::Harness::of(Root { dir, files })
         }
     }
 
     /// A client of the served root.
     fn connection(&mut self, fake: Fake) -> Connection<Fake> {
-        let answer = Answer::Files(Arc::clone(&self.files));
+        let answer = Answer::Files(Arc::clone(&self.kind.files));
         Connection::new(fake, self.now, &self.settings, answer)
     }
 
@@ -114,14 +84,10 @@ impl Harness {
     fn truncate(&self, name: &str, len: u64) {
         fs::OpenOptions::new()
             .write(true)
-            .open(self.root.path().join(name))
+            .open(self.kind.dir.path().join(name))
             .and_then(|file| file.set_len(len))
             .expect("the file can be shortened");
     }
-}
-
-fn close(reason: CloseReason) -> Next {
-    ControlFlow::Break(reason)
 }
 
 /// The close a connection in LINGERING will be counted as.
@@ -839,11 +805,10 @@ fn noted(
     make: fn(&mut Harness, Fake) -> Connection<Fake>,
     request: &[u8],
 ) -> (Option<String>, Option<access::Answer>) {
-    let mut notes = Notes::new("files", "127.0.0.1:5000".parse().unwrap());
+    h.log_access("files");
     let mut c = make(h, Fake::with_input(&[request]));
-    let mut ctx = h.ctx();
-    ctx.access = Some(&mut notes);
-    assert_eq!(c.on_readable(&mut ctx), KEEP);
+    assert_eq!(c.on_readable(&mut h.ctx()), KEEP);
+    let notes = h.notes.take().expect("the notes log_access made");
     (notes.asked.map(String::from), notes.answer)
 }
 

@@ -4,66 +4,29 @@
 //! test below its state's banner. Water marks are tiny (high 16, low 8) so a few bytes reach them.
 
 use std::io;
-use std::ops::ControlFlow;
 use std::time::{Duration, Instant};
 
-use mio::{Interest, Token};
+use mio::Interest;
 
 use super::{Connection, State};
-use crate::buffer::Watermarks;
-use crate::service::fake::{Fake, Input};
-use crate::service::{Context, FAIR_SHARE, Handler, KEEP, Settings};
-use crate::stats::{CloseReason, Metric, Stats};
+use crate::service::fake::{self, Fake, Input, close};
+use crate::service::{Handler, KEEP};
+use crate::stats::{CloseReason, Metric};
 
-/// The loop's side of one connection: configuration, counters and the shared scratch buffer.
-struct Harness {
-    settings: Settings,
-    stats: Stats,
-    scratch: Vec<u8>,
-    now: Instant,
-    /// The event being handled reported the peer's FIN (so a short read proves nothing).
-    hangup: bool,
-}
+/// The loop's side of an echo connection: echo needs nothing besides what every kind gets.
+type Harness = fake::Harness<Echo>;
+
+/// The kind under test.
+struct Echo;
 
 impl Harness {
     fn new() -> Self {
-        Harness {
-            settings: Settings {
-                marks: Watermarks { high: 16, low: 8 },
-                idle_timeout: Duration::from_secs(10),
-                linger: Duration::from_secs(1),
-                request_grace: Duration::from_millis(50),
-                admin_timeout: Duration::from_secs(10),
-                access_log: false,
-            },
-            stats: Stats::default(),
-            scratch: vec![0; 64],
-            now: Instant::now(),
-            hangup: false,
-        }
-    }
-
-    fn ctx(&mut self) -> Context<'_> {
-        Context {
-            now: self.now,
-            token: Token(0),
-            settings: &self.settings,
-            stats: &self.stats,
-            scratch: &mut self.scratch,
-            budget: FAIR_SHARE,
-            short_read_drains: !self.hangup,
-            access: None,
-            bus: None,
-        }
+        fake::Harness::of(Echo)
     }
 
     fn connection(&mut self, fake: Fake) -> Connection<Fake> {
         Connection::new(fake, self.now, &self.settings)
     }
-}
-
-fn close(reason: CloseReason) -> super::Next {
-    ControlFlow::Break(reason)
 }
 
 // ---- fixtures: one per state -------------------------------------------------------------------
