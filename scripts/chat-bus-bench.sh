@@ -8,13 +8,13 @@
 #
 #   alone     one server, no bus: the baseline;
 #   bus       the same server as a node of the bus, every member on it: what publishing costs;
-#   two       two nodes; the sender on the first, the members on the second (--members-at),
-#             so every member's copy crossed Redis: cross-node deliveries and latency.
+#   two       two nodes: the members on the second (--members-at), the sender talking to the
+#             first and hearing the room on the second, so every delivery crossed Redis, and
+#             the sender's window is paced by the bus: cross-node deliveries and latency.
 #
-# Latency is one-way, from the sender's send to a member's receive (the sender's own copy, one
-# delivery in eleven, is local in every set-up). It prints the median of the rounds for each
-# figure, and the machine. Needs redis-server and jq. All traffic goes to 127.0.0.1; every run
-# is bounded; the script stops what it started on exit. Not run in CI.
+# Latency is one-way, from the sender's send to a socket's receive. It prints the median of the
+# rounds for each figure, and the machine. Needs redis-server and jq. All traffic goes to
+# 127.0.0.1; every run is bounded; the script stops what it started on exit. Not run in CI.
 
 set -euo pipefail
 
@@ -63,8 +63,7 @@ serve() {
     "$bin" serve --bind 127.0.0.1 --echo-port 0 --files-port 0 --chat-port 0 --admin-port off \
         --chat-rate 0 -q "$@" >"$log" 2>&1 &
     pids+=($!)
-    local i
-    for i in $(seq 100); do
+    for _ in $(seq 100); do
         if grep -q '^readyloop listening' "$log"; then
             grep -o 'chat=[^ ]*' "$log" | cut -d= -f2
             return
@@ -78,8 +77,7 @@ serve() {
 
 # Runs ROUNDS rounds of `bench chat` with the given arguments; prints one JSON line per round.
 bench() {
-    local round
-    for round in $(seq "$rounds"); do
+    for _ in $(seq "$rounds"); do
         "$bin" bench chat "$@" --senders 1 --members 10 --size 64 --duration "${seconds}s" --json
     done
 }

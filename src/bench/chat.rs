@@ -17,6 +17,11 @@
 //! deliveries over `sent × room size`, shows anything lost; the relay's own refusals (`* slow
 //! down`, `* server full`) are counted as errors. Start the server with `--chat-rate 0` to
 //! measure the relay rather than its rate limit.
+//!
+//! Across relays that share a chat bus (`--members-at`), each socket has a [`Seat`]: members join
+//! the other relays; a sender talks to the target but hears the room at the first other relay,
+//! its own copy at the target turned off (`/echo off`). Every delivery, the sender's own
+//! included, has then crossed Redis, and the window is paced by the bus, not by the local relay.
 
 use std::collections::VecDeque;
 use std::fmt;
@@ -78,6 +83,16 @@ impl Roster {
     }
 }
 
+/// Where a socket sits in the run: the relay it talks to, and the relay it hears the room at.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub(crate) struct Seat {
+    /// The relay it joins and sends to; `None`: the run's target.
+    pub talk: Option<SocketAddr>,
+    /// Another relay where it joins the room too and hears it, its copies at `talk` turned off;
+    /// `None`: it hears the room where it talks.
+    pub hear: Option<SocketAddr>,
+}
+
 /// What a socket does in the room.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Role {
@@ -135,8 +150,11 @@ impl fmt::Display for State {
 #[derive(Debug)]
 pub(crate) struct Member {
     role: Role,
-    /// The relay this socket joins, if not the run's target (`--members-at`).
-    relay: Option<SocketAddr>,
+    /// Where it talks and hears (`--members-at`).
+    seat: Seat,
+    /// The relays whose `* you joined` is still awaited: bit 0 the one it talks to, bit 1 the
+    /// one it hears at.
+    awaiting: u8,
     size: usize,
     roster: std::sync::Arc<Roster>,
     /// The socket: there from IDLE's end until FINISHED (a UDP socket is the same throughout,
@@ -150,15 +168,11 @@ pub(crate) struct Member {
 }
 
 impl Member {
-    pub fn new(
-        role: Role,
-        size: usize,
-        roster: std::sync::Arc<Roster>,
-        relay: Option<SocketAddr>,
-    ) -> Member {
+    pub fn new(role: Role, size: usize, roster: std::sync::Arc<Roster>, seat: Seat) -> Member {
         Member {
             role,
-            relay,
+            seat,
+            awaiting: 0,
             size,
             roster,
             socket: None,
@@ -173,6 +187,7 @@ impl Member {
         match self.open(ctx) {
             Ok(()) => {
                 let now = ctx.now;
+                self.awaiting = if self.seat.hear.is_some() { 0b11 } else { 0b01 };
                 self.transition(
                     State::Joining {
                         first: now,
@@ -186,16 +201,24 @@ impl Member {
         }
     }
 
+    /// The relay this socket talks to.
+    fn talk_to(&self, ctx: &Ctx<'_>) -> SocketAddr {
+        self.seat.talk.unwrap_or(ctx.shared.target)
+    }
+
     /// Binds an ephemeral port of the relay's family, connects (so ICMP errors are reported
-    /// and other senders' datagrams are filtered out), and registers.
+    /// and other senders' datagrams are filtered out) unless it hears another relay too, and
+    /// registers.
     fn open(&mut self, ctx: &Ctx<'_>) -> io::Result<()> {
-        let target = self.relay.unwrap_or(ctx.shared.target);
+        let target = self.talk_to(ctx);
         let local: SocketAddr = match target {
             SocketAddr::V4(_) => (Ipv4Addr::UNSPECIFIED, 0).into(),
             SocketAddr::V6(_) => (Ipv6Addr::UNSPECIFIED, 0).into(),
         };
         let mut socket = UdpSocket::bind(local)?;
-        socket.connect(target)?;
+        if self.seat.hear.is_none() {
+            socket.connect(target)?;
+        }
         // A sender also waits for writable space; with edge triggering that costs nothing while
         // the socket never fills.
         let interest = match self.role {
@@ -207,11 +230,20 @@ impl Member {
         Ok(())
     }
 
-    /// Sends `/join ROOM` (again).
+    /// Sends `/join ROOM` (again), and with a seat across relays, `/echo off` where it talks
+    /// and `/join ROOM` where it hears.
     fn send_join(&mut self, ctx: &mut Ctx<'_>) {
         let join = format!("/join {}", self.roster.room);
-        if let Err(err) = self.send(join.as_bytes()) {
-            ctx.connect_failed(err);
+        let target = self.talk_to(ctx);
+        let mut sends = vec![(join.as_bytes(), target)];
+        if let Some(far) = self.seat.hear {
+            sends.push((b"/echo off".as_slice(), target));
+            sends.push((join.as_bytes(), far));
+        }
+        for (payload, to) in sends {
+            if let Err(err) = self.send(payload, to) {
+                ctx.connect_failed(err);
+            }
         }
     }
 
@@ -258,7 +290,8 @@ impl Member {
                 self.size,
             );
             let Some(socket) = &self.socket else { return };
-            match send(socket, &self.message) {
+            let to = self.seat.talk.unwrap_or(ctx.shared.target);
+            match send(socket, &self.message, self.seat.hear.map(|_| to)) {
                 Ok(()) => {
                     in_flight.push_back((self.next_seq, ctx.now));
                     self.next_seq += 1;
@@ -297,9 +330,14 @@ impl Member {
     /// → FINISHED: leaves the room (so repeated runs do not fill the relay with members that
     /// only expire after `--chat-idle`) and closes the socket.
     fn finish(&mut self, ctx: &mut Ctx<'_>) {
+        let target = self.talk_to(ctx);
         if let Some(mut socket) = self.socket.take() {
             // Best effort: a lost `/leave` only leaves a member to expire.
-            let _ = send(&socket, b"/leave");
+            let far = self.seat.hear;
+            let _ = send(&socket, b"/leave", far.map(|_| target));
+            if let Some(far) = far {
+                let _ = send(&socket, b"/leave", Some(far));
+            }
             let _ = ctx.registry.deregister(&mut socket);
         }
         self.transition(State::Finished, ctx);
@@ -309,8 +347,8 @@ impl Member {
     fn receive(&mut self, ctx: &mut Ctx<'_>) {
         loop {
             let Some(socket) = &self.socket else { return };
-            let n = match socket.recv(ctx.scratch) {
-                Ok(n) => n,
+            let (n, from) = match socket.recv_from(ctx.scratch) {
+                Ok(received) => received,
                 Err(e) if would_block(&e) => return,
                 Err(e) if interrupted(&e) => continue,
                 Err(e) => {
@@ -326,12 +364,12 @@ impl Member {
                 *last_heard = ctx.now;
             }
             let heard = Heard::parse(&ctx.scratch[..n], &self.roster.room);
-            self.on_heard(heard, n, ctx);
+            self.on_heard(heard, from, n, ctx);
         }
     }
 
-    /// Acts on one datagram.
-    fn on_heard(&mut self, heard: Heard, bytes: usize, ctx: &mut Ctx<'_>) {
+    /// Acts on one datagram, from the relay at `from`.
+    fn on_heard(&mut self, heard: Heard, from: SocketAddr, bytes: usize, ctx: &mut Ctx<'_>) {
         match heard {
             Heard::Message {
                 sender,
@@ -351,7 +389,13 @@ impl Member {
                 }
             }
             Heard::Joined => {
-                if matches!(self.state, State::Joining { .. }) {
+                let relay = if Some(from) == self.seat.hear {
+                    0b10
+                } else {
+                    0b01
+                };
+                self.awaiting &= !relay;
+                if matches!(self.state, State::Joining { .. }) && self.awaiting == 0 {
                     self.joined(ctx);
                 }
             }
@@ -367,10 +411,11 @@ impl Member {
         }
     }
 
-    /// Sends on the socket, if there is one.
-    fn send(&self, payload: &[u8]) -> io::Result<()> {
+    /// Sends on the socket, if there is one, to `to` (the socket is connected only when it has
+    /// one relay).
+    fn send(&self, payload: &[u8], to: SocketAddr) -> io::Result<()> {
         match &self.socket {
-            Some(socket) => send(socket, payload),
+            Some(socket) => send(socket, payload, self.seat.hear.map(|_| to)),
             None => Ok(()),
         }
     }
@@ -459,10 +504,15 @@ impl Client for Member {
     }
 }
 
-/// Sends one datagram, retrying `Interrupted`.
-fn send(socket: &UdpSocket, payload: &[u8]) -> io::Result<()> {
+/// Sends one datagram on a connected socket, or to `to` on one that is not, retrying
+/// `Interrupted`.
+fn send(socket: &UdpSocket, payload: &[u8], to: Option<SocketAddr>) -> io::Result<()> {
     loop {
-        match socket.send(payload) {
+        let sent = match to {
+            Some(to) => socket.send_to(payload, to),
+            None => socket.send(payload),
+        };
+        match sent {
             Ok(_) => return Ok(()),
             Err(e) if interrupted(&e) => {}
             Err(e) => return Err(e),
@@ -676,7 +726,7 @@ mod tests {
         role: Role,
         roster: &Arc<Roster>,
     ) -> (Member, SocketAddr) {
-        let mut member = Member::new(role, 64, Arc::clone(roster), None);
+        let mut member = Member::new(role, 64, Arc::clone(roster), Seat::default());
         member.start(&mut h.ctx(Instant::now()));
         assert_eq!(member.state.to_string(), "JOINING");
         let (text, from) = relay.recv();

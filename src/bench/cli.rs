@@ -105,8 +105,9 @@ pub struct ChatArgs {
     /// Bytes per message.
     #[arg(long, default_value_t = 64)]
     pub size: usize,
-    /// A relay the members join instead of ADDR, in turn if repeated; the senders stay on ADDR.
-    /// With relays sharing a chat bus, every member's copy then crosses Redis.
+    /// A relay the members join instead of ADDR, in turn if repeated. The senders still talk to
+    /// ADDR but hear the room at the first of these, their copies at ADDR turned off: with relays
+    /// sharing a chat bus, every delivery then crosses Redis, and paces the senders.
     #[arg(long, value_name = "ADDR", value_parser = parse_target)]
     pub members_at: Vec<SocketAddr>,
     /// Flags every scenario takes.

@@ -49,7 +49,7 @@ use std::time::{Duration, Instant};
 
 use log::{debug, warn};
 
-use self::chat::{Role, Roster};
+use self::chat::{Role, Roster, Seat};
 pub use self::cli::{
     BenchArgs, ChatArgs, ConnectArgs, DownloadArgs, EchoArgs, RunArgs, ScenarioArgs, command,
     parse_target,
@@ -397,13 +397,15 @@ pub fn run(load: &Load) -> Result<Report, BenchError> {
             let roster = Arc::new(Roster::new(room_name(), sockets));
             let members_at = members_at.clone();
             supervise(load, Some(sockets), move |id| {
-                let (role, relay) = if id < senders {
-                    (Role::Sender(id as u64), None)
+                let (role, seat) = if id < senders {
+                    let hear = members_at.first().copied();
+                    (Role::Sender(id as u64), Seat { talk: None, hear })
                 } else {
-                    let relay = members_at.get((id - senders) % members_at.len().max(1));
-                    (Role::Member, relay.copied())
+                    let talk = members_at.get((id - senders) % members_at.len().max(1));
+                    let talk = talk.copied();
+                    (Role::Member, Seat { talk, hear: None })
                 };
-                chat::Member::new(role, size, Arc::clone(&roster), relay)
+                chat::Member::new(role, size, Arc::clone(&roster), seat)
             })
         }
     }
