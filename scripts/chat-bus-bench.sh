@@ -4,7 +4,7 @@
 #
 # Builds the release binary, starts redis-server on a free port of 127.0.0.1 (nothing saved),
 # and runs `readyloop bench chat` (one sender, ten members, 64-byte messages, rate limit off)
-# in three set-ups, ROUNDS rounds of SECONDS each (default 3 of 5), in turn:
+# in three set-ups, ROUNDS rounds of SECONDS each (default 3 of 5), taking turns:
 #
 #   alone     one server, no bus: the baseline;
 #   bus       the same server as a node of the bus, every member on it: what publishing costs;
@@ -75,11 +75,9 @@ serve() {
     exit 1
 }
 
-# Runs ROUNDS rounds of `bench chat` with the given arguments; prints one JSON line per round.
+# One run of `bench chat` with the given arguments: one JSON line.
 bench() {
-    for _ in $(seq "$rounds"); do
-        "$bin" bench chat "$@" --senders 1 --members 10 --size 64 --duration "${seconds}s" --json
-    done
+    "$bin" bench chat "$@" --senders 1 --members 10 --size 64 --duration "${seconds}s" --json
 }
 
 # The median of the numbers on standard input.
@@ -114,9 +112,12 @@ node_a=$(serve --chat-bus "$bus")
 node_b=$(serve --chat-bus "$bus")
 sleep 0.5 # the links connect within milliseconds; the first publishes would otherwise be dropped
 
-bench "$alone" >"$work/alone.jsonl"
-bench "$node_a" >"$work/bus.jsonl"
-bench "$node_a" --members-at "$node_b" >"$work/two.jsonl"
+# The set-ups take turns, round by round, so a machine busy for a while slows them alike.
+for _ in $(seq "$rounds"); do
+    bench "$alone" >>"$work/alone.jsonl"
+    bench "$node_a" >>"$work/bus.jsonl"
+    bench "$node_a" --members-at "$node_b" >>"$work/two.jsonl"
+done
 
 echo "chat, 1 sender and 10 members, 64-byte messages, $rounds round(s) of ${seconds}s, medians"
 echo "machine: $(nproc) cores, $(uname -sr), redis $(redis-server --version | grep -o 'v=[^ ]*' | cut -c3-)"
