@@ -424,7 +424,7 @@ impl Link {
         self.backoff.reset();
         ctx.stats.add(Metric::ChatBusLinksUp, 1);
         ctx.stats.add(Metric::ChatBusConnects, 1);
-        info!("chat bus: {} link to redis {} is up", self.kind, self.redis);
+        info!("chat bus: {} link to {} is up", self.kind, self.redis);
         match self.kind {
             Kind::Commands => {
                 if let Some(bus) = ctx.bus.as_deref_mut() {
@@ -453,7 +453,7 @@ impl Link {
         // Logged once per outage: when the link goes down, or first fails to come up.
         if self.backoff.failures() == 0 {
             warn!(
-                "chat bus: {} link to redis {} is down: {fault}; chat goes on locally, retrying",
+                "chat bus: {} link to {} is down: {fault}; chat goes on locally, retrying",
                 self.kind, self.redis
             );
         } else {
