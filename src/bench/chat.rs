@@ -18,7 +18,7 @@
 //! down`, `* server full`) are counted as errors. Start the server with `--chat-rate 0` to
 //! measure the relay rather than its rate limit.
 //!
-//! Across relays that share a chat bus (`--members-at`), each socket has a [`Seat`]: members join
+//! Across relays that share a chat bus (`--members-at`), each socket has a `Seat`: members join
 //! the other relays; a sender talks to the target but hears the room at the first other relay,
 //! its own copy at the target turned off (`/echo off`). Every delivery, the sender's own
 //! included, has then crossed Redis, and the window is paced by the bus, not by the local relay.
