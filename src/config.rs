@@ -337,4 +337,28 @@ mod tests {
         config.max_conns = 0;
         assert!(config.validate().unwrap_err().contains("--max-conns"));
     }
+
+    #[test]
+    fn validate_rejects_a_chat_bus_without_a_chat_or_a_queue() {
+        let bus = ChatBus {
+            addr: "127.0.0.1:6379".parse().unwrap(),
+            db: 0,
+        };
+        let mut config = Config {
+            chat_bus: Some(bus),
+            chat_port: None,
+            ..Config::default()
+        };
+        assert!(
+            config
+                .validate()
+                .unwrap_err()
+                .contains("--chat-port is off")
+        );
+        config.chat_port = Some(0);
+        assert_eq!(config.validate(), Ok(()));
+        config.chat_bus_queue = 0;
+        assert!(config.validate().unwrap_err().contains("--chat-bus-queue"));
+        assert_eq!(bus.to_string(), "redis://127.0.0.1:6379/0");
+    }
 }

@@ -11,15 +11,21 @@
 
 mod common;
 
+use std::io::Write;
+use std::net::TcpListener;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::thread;
 use std::time::{Duration, Instant};
 
 use readyloop::Metric;
 use readyloop::bench::{Load, Scenario, run};
+use readyloop::config::ChatBus;
 use readyloop::service::chat::bus::backoff;
 
 use common::chat_peer::{ChatPeer, connect_rooms};
 use common::redis::Redis;
-use common::{AT_ONCE, TestServer, WAIT, http, wait_until};
+use common::{AT_ONCE, TestServer, WAIT, connect, http, join_within, round_trip, wait_until};
 
 /// A server whose chat is a node of the bus at `redis`, returned once both its links are up.
 fn node(redis: &Redis) -> TestServer {
@@ -272,4 +278,40 @@ fn bench_chat_measures_deliveries_across_nodes() {
             s.get(Metric::ChatMembers) == 0
         });
     }
+}
+
+/// Something that is not Redis answers on the bus's port: every connection is a counted close
+/// and a longer wait, and meanwhile the server serves echo and its own chat members as ever.
+#[test]
+fn a_peer_that_is_not_redis_costs_counted_closes_never_the_server() {
+    let impostor = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = impostor.local_addr().unwrap();
+    impostor.set_nonblocking(true).unwrap();
+    let stop = Arc::new(AtomicBool::new(false));
+    let answering = thread::spawn({
+        let stop = Arc::clone(&stop);
+        move || {
+            while !stop.load(Ordering::Relaxed) {
+                match impostor.accept() {
+                    Ok((mut conn, _)) => {
+                        let _ = conn.write_all(b"HTTP/1.1 400 Bad Request\r\n\r\n");
+                    }
+                    Err(_) => thread::sleep(Duration::from_millis(5)),
+                }
+            }
+        }
+    });
+    let server = TestServer::start(|config| {
+        config.chat_bus = Some(ChatBus { addr, db: 0 });
+    });
+    server.wait_for(WAIT, "three protocol failures", |s| {
+        s.get(Metric::ChatBusClosedProtocol) >= 3
+    });
+    assert_eq!(server.get(Metric::ChatBusLinksUp), 0);
+    round_trip(&mut connect(server.echo), b"still serving\n");
+    let alice = ChatPeer::named(server.chat, "alice");
+    alice.send("local chat");
+    alice.lines_until(|line| line == "alice: local chat");
+    stop.store(true, Ordering::Relaxed);
+    join_within(answering, WAIT, "the impostor's thread");
 }
