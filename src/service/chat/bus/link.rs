@@ -105,14 +105,21 @@ enum State {
     BackingOff { until: Instant },
 }
 
-impl fmt::Display for State {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
+impl State {
+    /// The state's name, as `docs/DESIGN.md`'s diagram spells it.
+    fn name(&self) -> &'static str {
+        match self {
             State::Connecting { .. } => "CONNECTING",
             State::Handshake { .. } => "HANDSHAKE",
             State::Ready { .. } => "READY",
             State::BackingOff { .. } => "BACKING-OFF",
-        })
+        }
+    }
+}
+
+impl fmt::Display for State {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
     }
 }
 
@@ -378,7 +385,7 @@ impl Link {
         match TcpStream::connect(self.redis.addr) {
             Ok(stream) => {
                 let until = ctx.now + CONNECT_TIMEOUT;
-                self.transition(State::Connecting { stream, until }, ctx);
+                self.transition(ctx, |_| State::Connecting { stream, until });
             }
             Err(e) => self.fail(Fault::Gone(format!("connect: {e}")), ctx),
         }
@@ -386,41 +393,42 @@ impl Link {
 
     /// CONNECTING → HANDSHAKE: the connection is up; the opening commands go out.
     fn start_handshake(&mut self, ctx: &mut Context<'_>) {
-        let State::Connecting { stream, .. } =
-            mem::replace(&mut self.state, State::BackingOff { until: ctx.now })
-        else {
-            return;
-        };
-        // Nagle would hold each small command back until the last one is acknowledged.
-        if let Err(e) = stream.set_nodelay(true) {
-            debug!("{} chat bus {}: TCP_NODELAY: {e}", Id(ctx.token), self.kind);
-        }
-        let mut wire = Wire::new(stream, ctx.now);
-        let name = self.name.as_bytes();
-        let setname = format!("CLIENT SETNAME {}", self.name);
-        wire.send(
-            &[b"CLIENT", b"SETNAME", name],
-            Pending::Hello(setname),
-            ctx.now,
-        );
+        let (now, until) = (ctx.now, ctx.now + REPLY_TIMEOUT);
+        let mut hello: Vec<(Vec<&[u8]>, Pending)> = Vec::new();
+        let setname = Pending::Hello(format!("CLIENT SETNAME {}", self.name));
+        hello.push((vec![b"CLIENT", b"SETNAME", self.name.as_bytes()], setname));
+        let db = self.redis.db.to_string();
         if self.kind == Kind::Commands {
-            let db = self.redis.db.to_string();
             let select = Pending::Hello(format!("SELECT {db}"));
-            wire.send(&[b"SELECT", db.as_bytes()], select, ctx.now);
+            hello.push((vec![b"SELECT", db.as_bytes()], select));
         }
-        let until = ctx.now + REPLY_TIMEOUT;
-        self.transition(State::Handshake { wire, until }, ctx);
+        let (token, kind) = (ctx.token, self.kind);
+        let opening = |old| match old {
+            State::Connecting { stream, .. } => {
+                // Nagle would hold each small command back until the last one is acknowledged.
+                if let Err(e) = stream.set_nodelay(true) {
+                    debug!("{} chat bus {kind}: TCP_NODELAY: {e}", Id(token));
+                }
+                let mut wire = Wire::new(stream, now);
+                for (args, pending) in hello {
+                    wire.send(&args, pending, now);
+                }
+                State::Handshake { wire, until }
+            }
+            // Only a connect ends in a handshake.
+            other => other,
+        };
+        transition(&mut self.state, self.kind, ctx, opening);
         self.flush(ctx);
     }
 
     /// HANDSHAKE → READY: the chat's traffic may flow.
     fn become_ready(&mut self, ctx: &mut Context<'_>) {
-        let State::Handshake { wire, .. } =
-            mem::replace(&mut self.state, State::BackingOff { until: ctx.now })
-        else {
-            return;
-        };
-        self.transition(State::Ready { wire }, ctx);
+        self.transition(ctx, |old| match old {
+            State::Handshake { wire, .. } => State::Ready { wire },
+            // Only a handshake ends in READY.
+            other => other,
+        });
         self.backoff.reset();
         ctx.stats.add(Metric::ChatBusLinksUp, 1);
         ctx.stats.add(Metric::ChatBusConnects, 1);
@@ -465,17 +473,14 @@ impl Link {
             );
         }
         let until = ctx.now + self.backoff.next_wait();
-        let old = mem::replace(&mut self.state, State::BackingOff { until });
-        trace!(
-            "{} chat bus {} {old} -> {}",
-            Id(ctx.token),
-            self.kind,
-            self.state
-        );
-        let lost = match old {
-            State::Handshake { wire, .. } | State::Ready { wire } => wire.in_flight,
-            State::Connecting { .. } | State::BackingOff { .. } => VecDeque::new(),
-        };
+        let mut lost = VecDeque::new();
+        // Dropping the old state closes its socket, which takes it out of the poll set.
+        self.transition(ctx, |old| {
+            if let State::Handshake { wire, .. } | State::Ready { wire } = old {
+                lost = wire.in_flight;
+            }
+            State::BackingOff { until }
+        });
         for (_, pending) in lost {
             if let Pending::Chat(expect) = pending {
                 abandon(expect, ctx);
@@ -489,16 +494,10 @@ impl Link {
         self.take_work(ctx);
     }
 
-    /// The one place the state changes, but for [`Link::fail`], which must take the wire's
-    /// queue out of the old state as it goes.
-    fn transition(&mut self, next: State, ctx: &Context<'_>) {
-        trace!(
-            "{} chat bus {} {} -> {next}",
-            Id(ctx.token),
-            self.kind,
-            self.state
-        );
-        self.state = next;
+    /// The one place the state changes: `next` makes the new state of the old one, whose socket
+    /// it may take over, and the change is traced.
+    fn transition(&mut self, ctx: &Context<'_>, next: impl FnOnce(State) -> State) {
+        transition(&mut self.state, self.kind, ctx, next);
     }
 
     /// Takes what the relay left: commands (sent when READY, given up otherwise) or
@@ -717,6 +716,15 @@ impl Handler for Link {
         }
         KEEP
     }
+}
+
+/// [`Link::transition`], for a caller that must borrow other fields of the link meanwhile.
+fn transition(state: &mut State, kind: Kind, ctx: &Context<'_>, next: impl FnOnce(State) -> State) {
+    let before = state.name();
+    // The placeholder is never seen: `next` replaces it before anything else runs.
+    let old = mem::replace(state, State::BackingOff { until: ctx.now });
+    *state = next(old);
+    trace!("{} chat bus {kind} {before} -> {state}", Id(ctx.token));
 }
 
 /// A command is lost with its connection or its queue: a publish is counted as dropped, a
