@@ -386,6 +386,9 @@ fn connecting_timeout_gives_up_as_slow() {
     assert_eq!(h.get(Metric::ChatBusClosedSlow), 1);
 }
 
+// Resumed while connecting (the relay left commands), a link gives them up as it does while
+// backing off (`backing_off_gives_up_the_commands_the_relay_left`): only READY sends them.
+
 #[test]
 fn connecting_readable_waits_for_writable() {
     let mut redis = FakeRedis::new();
