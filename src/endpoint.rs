@@ -178,7 +178,7 @@ impl EndpointTable {
     /// The descriptors the process holds, `files` of them open for downloads.
     ///
     /// Listing `/proc/self/fd` costs the kernel about a microsecond per descriptor, so it is done
-    /// only while the table is small ([`LIST_FDS_BELOW`] endpoints), or the first time. A large
+    /// only while the table is small (`LIST_FDS_BELOW` endpoints), or the first time. A large
     /// table is counted instead: each endpoint holds exactly one descriptor (see
     /// [`sys::CLOSING_DEREGISTERS`]), files are counted apart, and the rest were measured at the
     /// last listing and do not change while the server runs.
