@@ -463,11 +463,12 @@ fn warn(step: &Step, sweep: Option<Sweep>) {
     }
     if step.load.mode.rate().is_some() && !report.behind.on_time() {
         eprintln!(
-            "readyloop bench: fell behind the timetable{at}: {} {} started late, {} never \
-             started; their latency includes the wait (raise --max-inflight or -c, or lower \
-             --rate)",
+            "readyloop bench: fell behind the timetable{at}: {} {} started 1 ms or more late \
+             (up to {}), {} never started; their latency includes the wait. What held them back: \
+             --max-inflight, reconnects, or a busy machine",
             report.behind.late,
             noun(report.scenario),
+            table::human_duration(report.behind.max_lag),
             report.behind.unstarted
         );
     }

@@ -12,20 +12,27 @@
 //! - [`download`]: `-c` clients downloading `NAME` over and over, each verified against its size;
 //! - [`chat`]: `--senders` and `--members` in one room on the UDP relay.
 //!
-//! Beneath them, `driver.rs` is the per-thread loop and the `Client` trait every scenario
-//! implements, `tcp.rs` the states and the connect/read/write moves the TCP scenarios share, and
-//! `cli.rs` the command line. [`report`] holds the tallies, the histogram summary, the table and
-//! the JSON.
+//! Each runs in a closed loop (a fixed number of operations in flight, the next when one
+//! finishes) or, with `--rate`, an open loop (operations on a fixed timetable whether or not
+//! earlier replies came back, latency counted from when each was due). The closed loop's
+//! latency understates what clients arriving at a steady rate see when the server stalls, since
+//! it stops asking while it waits (coordinated omission); the open loop measures that wait
+//! exactly. `pace.rs` explains both and keeps the timetable.
+//!
+//! Beneath them, `driver.rs` is the per-thread loop (warm-up, measuring, drain) and the
+//! `Client` trait every scenario implements, `wakeup.rs` the exact wake-ups an open loop needs,
+//! `tcp.rs` the states and the connect/read/write moves the TCP scenarios share, and `cli.rs`
+//! the command line, sweeps included. [`report`] holds the tallies and the [`Report`];
+//! [`distribution`] the latency histogram and its `.hgrm` text; `table.rs` the tables, [`json`]
+//! the JSON documents, `chart.rs` the SVG charts.
 //!
 //! [`run`] starts the threads and supervises them: it prints the progress line, stops the run
 //! early when the target is plainly unreachable, and merges the threads' tallies into a
-//! [`Report`] ([`report`]). Every run is bounded: by `--duration` (at most an hour) plus a short
-//! drain, with every operation bounded by a 5 s timeout. Errors are counted by kind and reported,
-//! never hidden; a run that reaches nothing fails with [`BenchError::Unreachable`].
-//!
-//! What it leaves out: open-loop (fixed-rate) load, so its latencies are those of a closed loop,
-//! which understate what a client arriving at a fixed rate would see when the server stalls
-//! (coordinated omission). Compare runs with the same `-c`, and read throughput with latency.
+//! [`Report`]. Every run is bounded: by `--warmup` plus `--duration` (each at most an hour) plus
+//! a short drain, with every operation bounded by a 5 s timeout. Errors are counted by kind and
+//! reported, never hidden; a run that reaches nothing fails with [`BenchError::Unreachable`].
+//! The report says what the generator itself cost and how far an open loop fell behind, so that
+//! a generator that set the pace instead of the server says so.
 
 mod chart;
 pub mod chat;
@@ -63,7 +70,7 @@ pub use self::cli::{
 pub use self::distribution::Distribution;
 use self::driver::{Client, DRAIN, OPERATION_TIMEOUT, Shared, drive};
 use self::pace::Pace;
-pub use self::pace::{DEFAULT_MAX_INFLIGHT, Mode};
+pub use self::pace::{DEFAULT_MAX_INFLIGHT, LATE, Mode};
 pub use self::report::{Latency, Report};
 use self::report::{Tally, noun};
 use crate::service::download::request::Request;
