@@ -126,9 +126,10 @@ impl Pipeline {
 /// not yet sent.
 #[derive(Debug)]
 pub(crate) struct Exchange {
-    /// When each message whose echo is not complete started (was queued, or in an open loop was
-    /// due), oldest first; never longer than the pipeline or `--max-inflight`.
-    in_flight: VecDeque<Instant>,
+    /// For each message whose echo is not complete, oldest first: when its latency counts from
+    /// (when it was queued, or in an open loop when it was due) and when it was queued. Never
+    /// longer than the pipeline or `--max-inflight`.
+    in_flight: VecDeque<(Instant, Instant)>,
     /// Queued bytes the socket has not taken yet, from `written` on.
     output: Vec<u8>,
     written: usize,
@@ -146,13 +147,13 @@ impl Session for Exchange {
         "EXCHANGING"
     }
 
-    /// The oldest message in flight times out. In an open loop it counts from when the message
-    /// was due, so a server that takes no message for the whole timeout is caught even when the
-    /// generator sent it late.
+    /// The oldest message in flight times out, counted from when it was queued: the timeout
+    /// is the server's, whereas an open loop that fell seconds behind its timetable owes the
+    /// wait to its own backlog (and counts it in the latency).
     fn deadline(&self) -> Option<Instant> {
         self.in_flight
             .front()
-            .map(|started| *started + OPERATION_TIMEOUT)
+            .map(|(_, queued)| *queued + OPERATION_TIMEOUT)
     }
 }
 
@@ -175,7 +176,7 @@ impl Exchange {
             };
             let mut data = &ctx.scratch[..n];
             while !data.is_empty() {
-                let Some(&started) = self.in_flight.front() else {
+                let Some(&(started, _)) = self.in_flight.front() else {
                     return Err(Failure::Protocol(PROTOCOL)); // bytes that were never sent
                 };
                 let take = data.len().min(size - self.echo_pos);
@@ -215,7 +216,7 @@ impl Exchange {
                     pace.started(ctx);
                     write_message(id, self.next_seq, size, &mut self.output);
                     self.next_seq += 1;
-                    self.in_flight.push_back(started);
+                    self.in_flight.push_back((started, ctx.now));
                 }
                 Start::At(due) => {
                     ctx.wake_at(due);
@@ -562,6 +563,24 @@ mod tests {
             (9..=most).contains(&unstarted),
             "{unstarted} of at most {most}"
         );
+    }
+
+    /// An open loop minutes behind its timetable still gives the server the whole timeout from
+    /// when a message was queued: the backlog is the generator's, not a server timeout.
+    #[test]
+    fn the_timeout_counts_from_when_a_message_was_queued_not_when_it_was_due() {
+        let due = Instant::now();
+        let queued = due + Duration::from_secs(120);
+        let exchange = Exchange {
+            in_flight: VecDeque::from([(due, queued)]),
+            output: Vec::new(),
+            written: 0,
+            next_seq: 1,
+            echo_seq: 0,
+            echo_pos: 0,
+            writable: false,
+        };
+        assert_eq!(exchange.deadline(), Some(queued + OPERATION_TIMEOUT));
     }
 
     /// The server takes 30 ms per echo; one message in flight at most, one due every 10 ms. The
