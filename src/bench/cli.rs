@@ -504,7 +504,19 @@ fn write_files(
     }
     if let (Some(path), Some((first, report))) = (&run.svg, measured.first()) {
         let svg = match sweep {
-            None => chart::spectrum(&first.to_string(), report),
+            None => {
+                let mode = match first.mode.rate() {
+                    Some(rate) => format!("open loop at {rate:.1}/s"),
+                    None => "closed loop".to_string(),
+                };
+                let title = format!(
+                    "{} {}, -c {}, {mode}: latency by percentile",
+                    first.scenario.name(),
+                    first.target,
+                    first.connections
+                );
+                chart::spectrum(&title, report)
+            }
             Some(sweep) => {
                 let title = format!(
                     "{} {}: latency against throughput, {}",
