@@ -4,9 +4,10 @@
 //!
 //! ```text
 //!   IDLE → CONNECTING → EXCHANGING ─┐        one connection per cycle
-//!     ↑         ↓            ↓      │
-//!     │     BACKING-OFF ←────┘      │        an error: count it, wait, connect again
-//!     └─────────────────────────────┘        done: close, connect again (FINISHED when stopped)
+//!    │↑         ↓            ↓      │
+//!    ↓│     BACKING-OFF ←────┘      │        an error: count it, wait, connect again
+//!  SCHEDULED ←──────────────────────┘        done: close, connect again (FINISHED when stopped;
+//!                                            open loop: SCHEDULED until the next is due)
 //! ```
 //!
 //! The states around EXCHANGING are every TCP client's and live in `tcp.rs`; this file holds
