@@ -678,7 +678,13 @@ impl ProgressLine {
         }
         self.due += PROGRESS_EVERY;
         let (operations, errors) = shared.totals();
-        let secs = now.duration_since(self.epoch).as_secs_f64();
+        // The threads start counting afresh when the warm-up ends.
+        let (phase, since) = if now < shared.measure_from {
+            ("warm-up ", self.epoch)
+        } else {
+            ("", shared.measure_from)
+        };
+        let secs = now.saturating_duration_since(since).as_secs_f64();
         let rate = if secs > 0.0 {
             operations as f64 / secs
         } else {
@@ -688,7 +694,7 @@ impl ProgressLine {
         // A progress line that cannot be drawn is not worth failing the run for.
         let _ = write!(
             stderr,
-            "\r\x1b[2K{secs:6.1} s  {operations:>12} {}  {rate:>12.1}/s  {errors} errors",
+            "\r\x1b[2K{phase}{secs:6.1} s  {operations:>12} {}  {rate:>12.1}/s  {errors} errors",
             self.noun
         );
         let _ = stderr.flush();
