@@ -871,6 +871,40 @@ mod tests {
         );
     }
 
+    /// 100 a second, alone: the first message goes when the room is complete, the next is
+    /// asked for 10 ms later, and each carries the instant it was due, not when it went.
+    #[test]
+    fn an_open_loop_sender_sends_when_due_and_stamps_each_message_with_its_due_instant() {
+        let relay = Relay::new();
+        let mut h = Harness::new(relay.addr(), None);
+        let role = Role::Sender {
+            index: 0,
+            pace: Pace::new(
+                crate::bench::pace::Mode::Open {
+                    rate: 100.0,
+                    max_inflight: 4,
+                },
+                WINDOW,
+                0,
+                1,
+            ),
+        };
+        let (mut sender, _) = joined(&mut h, &relay, role, &roster(1));
+        assert_eq!(sender.state.to_string(), "TALKING");
+        assert!(relay.recv().0.starts_with("0:0:"), "the first, at once");
+        assert_eq!(h.tally.sent, 1, "only the first was due");
+        let due = h.wake.expect("a wake-up for the second");
+        // Woken 5 ms late: the message still says when it was due.
+        sender.on_timer(&mut h.ctx(due + Duration::from_millis(5)));
+        let (second, _) = relay.recv();
+        let stamp = h.ctx(due).clock_ns(due);
+        assert!(
+            second.starts_with(&format!("0:1:{stamp}:")),
+            "{second} should carry {stamp}"
+        );
+        assert_eq!(h.tally.behind.late, 1);
+    }
+
     #[test]
     fn a_sender_drains_once_its_requests_are_spent_and_answered() {
         let relay = Relay::new();
