@@ -40,7 +40,7 @@ use std::process::{Child, Command, Stdio};
 use std::thread;
 use std::time::{Duration, Instant, SystemTime};
 
-use readyloop::bench::{Load, Report, Scenario, run};
+use readyloop::bench::{Load, Mode, Report, Scenario, run};
 use readyloop::sys::counted::Call;
 use support::tokio_peer::{TokioPeer, start_tokio_peer};
 use support::{Running, loopback_config, machine, median, start_readyloop, thread_cpu, write_file};
@@ -209,7 +209,9 @@ impl Options {
             connections,
             threads: self.threads().min(connections),
             duration: self.window,
+            warmup: Duration::ZERO,
             requests: None,
+            mode: Mode::Closed,
             pin: self.pin,
             progress: false,
         }

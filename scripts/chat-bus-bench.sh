@@ -89,10 +89,10 @@ median() {
 row() {
     local name=$1 file=$2
     local rate p50 p99 ratio
-    rate=$(jq '.per_second' "$file" | median)
-    p50=$(jq '.latency_ns.p50 / 1000' "$file" | median)
-    p99=$(jq '.latency_ns.p99 / 1000' "$file" | median)
-    ratio=$(jq '.delivery_ratio * 100' "$file" | median)
+    rate=$(jq '.results.per_second' "$file" | median)
+    p50=$(jq '.results.latency_ns.p50 / 1000' "$file" | median)
+    p99=$(jq '.results.latency_ns.p99 / 1000' "$file" | median)
+    ratio=$(jq '.results.delivery_ratio * 100' "$file" | median)
     printf '%-6s %14.0f %12.1f %12.1f %11.2f%%\n' "$name" "$rate" "$p50" "$p99" "$ratio"
 }
 

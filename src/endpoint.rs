@@ -23,6 +23,7 @@
 //! paid for by every idle connection; without the flag the vector stays empty. See
 //! [`access`].
 
+use std::cell::Cell;
 use std::io;
 use std::time::{Duration, Instant};
 
@@ -33,8 +34,8 @@ use slab::Slab;
 use crate::access::{self, Close, Notes};
 use crate::service::{Endpoint, Next, Role};
 use crate::stats::{CloseReason, Metric, Moved, ServiceMetric, Stats};
-use crate::sys;
 use crate::sys::counted::{self, Call};
+use crate::sys::{self, process};
 use crate::timers::Timers;
 use crate::token::{self, Id, KEY_MASK};
 
@@ -83,6 +84,9 @@ pub struct EndpointTable {
     epoch: Instant,
     /// The time of the current pass, in milliseconds since `epoch` ([`EndpointTable::start_pass`]).
     pass_ms: u64,
+    /// Descriptors the process holds beside the endpoints' and the files being sent (standard
+    /// streams, the poll, the served root, ...), as last measured ([`EndpointTable::open_fds`]).
+    other_fds: Cell<Option<u64>>,
     timers: Timers,
     /// Generation given to the next insert, counted over the whole table. Wraps; a token could
     /// only be confused after 2^32 inserts within one batch of events.
@@ -102,6 +106,7 @@ impl EndpointTable {
             slab: Slab::with_capacity(capacity),
             epoch: Instant::now(),
             pass_ms: 0,
+            other_fds: Cell::new(None),
             timers: Timers::default(),
             next_generation: 0,
             counts: [0; Role::COUNTED.len()],
@@ -168,6 +173,25 @@ impl EndpointTable {
     /// perhaps with the slot already reused).
     pub fn get_mut(&mut self, token: Token) -> Option<&mut Endpoint> {
         self.slot_mut(token).map(|slot| &mut slot.endpoint)
+    }
+
+    /// The descriptors the process holds, `files` of them open for downloads.
+    ///
+    /// Listing `/proc/self/fd` costs the kernel about a microsecond per descriptor, so it is done
+    /// only while the table is small (`LIST_FDS_BELOW` endpoints), or the first time. A large
+    /// table is counted instead: each endpoint holds exactly one descriptor (see
+    /// [`sys::CLOSING_DEREGISTERS`]), files are counted apart, and the rest were measured at the
+    /// last listing and do not change while the server runs.
+    pub fn open_fds(&self, files: u64) -> Option<u64> {
+        let ours = self.slab.len() as u64 + files;
+        match self.other_fds.get() {
+            Some(other) if self.slab.len() >= LIST_FDS_BELOW => Some(other + ours),
+            _ => {
+                let listed = process::count_open_fds()?;
+                self.other_fds.set(Some(listed.saturating_sub(ours)));
+                Some(listed)
+            }
+        }
     }
 
     /// Takes the time of the pass that begins, for [`EndpointTable::get_mut_active`]: one clock
@@ -362,6 +386,10 @@ impl EndpointTable {
         at.saturating_duration_since(self.epoch).as_millis() as u64
     }
 }
+
+/// Endpoints below which `open_fds` lists `/proc/self/fd` (a millisecond at most) rather than
+/// counting from the table.
+const LIST_FDS_BELOW: usize = 1000;
 
 /// Where `role` is counted in [`EndpointTable::counts`], if it is.
 fn counted(role: Role) -> Option<usize> {

@@ -165,6 +165,132 @@ pub fn pin_to_core(core: usize) -> io::Result<()> {
     Ok(())
 }
 
+/// CPU time the calling thread has used so far, user and system together; `None` if the system
+/// would not say. `readyloop bench` reads it per generator thread to report its own cost.
+pub fn thread_cpu_time() -> Option<Duration> {
+    let mut now = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `now` is a valid timespec for clock_gettime to fill in.
+    let result = unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut now) };
+    let secs = u64::try_from(now.tv_sec).ok()?;
+    let nanos = u32::try_from(now.tv_nsec).ok()?;
+    (result == 0).then(|| Duration::new(secs, nanos))
+}
+
+/// A one-shot timer that is a readiness source: registered with a `Poll` like a socket, it
+/// becomes readable when it expires. `poll` itself waits in whole milliseconds (mio rounds a
+/// timeout up), far too coarse for an open-loop generator sending every few microseconds; a
+/// Linux `timerfd` expires within the kernel's timer slack, about 50 µs.
+///
+/// Elsewhere [`Timer::new`] fails with `Unsupported`, and the caller falls back on the poll
+/// timeout.
+#[derive(Debug)]
+pub struct Timer {
+    fd: std::os::fd::OwnedFd,
+}
+
+impl Timer {
+    /// A disarmed, non-blocking timer on the monotonic clock (the clock of `Instant`).
+    ///
+    /// # Errors
+    /// As `timerfd_create(2)`; `Unsupported` off Linux.
+    pub fn new() -> io::Result<Timer> {
+        #[cfg(target_os = "linux")]
+        {
+            use std::os::fd::FromRawFd;
+            // SAFETY: plain system call; the descriptor it returns is owned by nothing else.
+            let fd = unsafe {
+                libc::timerfd_create(
+                    libc::CLOCK_MONOTONIC,
+                    libc::TFD_NONBLOCK | libc::TFD_CLOEXEC,
+                )
+            };
+            if fd < 0 {
+                return Err(io::Error::last_os_error());
+            }
+            // SAFETY: `fd` was just created and is owned by nothing else.
+            Ok(Timer {
+                fd: unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) },
+            })
+        }
+        #[cfg(not(target_os = "linux"))]
+        Err(io::ErrorKind::Unsupported.into())
+    }
+
+    /// Arms the timer to expire once, `after` from now (at once for zero), replacing any
+    /// earlier setting and forgetting an expiry not yet read.
+    ///
+    /// # Errors
+    /// As `timerfd_settime(2)`.
+    pub fn set(&self, after: Duration) -> io::Result<()> {
+        #[cfg(target_os = "linux")]
+        {
+            // A zero `it_value` would disarm the timer; a nanosecond expires at once.
+            let after = after.max(Duration::from_nanos(1));
+            let value = libc::itimerspec {
+                it_interval: libc::timespec {
+                    tv_sec: 0,
+                    tv_nsec: 0,
+                },
+                it_value: libc::timespec {
+                    tv_sec: libc::time_t::try_from(after.as_secs()).unwrap_or(libc::time_t::MAX),
+                    // Below 10⁹: fits any c_long.
+                    tv_nsec: after.subsec_nanos() as libc::c_long,
+                },
+            };
+            // SAFETY: the descriptor is open and `value` is a valid itimerspec; the old
+            // setting is not asked for (null).
+            let result = unsafe {
+                libc::timerfd_settime(self.fd.as_raw_fd(), 0, &value, std::ptr::null_mut())
+            };
+            if result != 0 {
+                return Err(io::Error::last_os_error());
+            }
+            Ok(())
+        }
+        #[cfg(not(target_os = "linux"))]
+        {
+            let _ = after;
+            Err(io::ErrorKind::Unsupported.into())
+        }
+    }
+
+    /// Reads the expiry count, so that the next expiry is a new readiness edge. One read
+    /// drains it: the count is a single 8-byte value, and reading resets it.
+    pub fn clear(&self) {
+        let mut count = [0u8; 8];
+        // SAFETY: the descriptor is open and `count` is 8 writable bytes. Its result is not
+        // needed: nothing to read (EAGAIN) means there was no expiry to clear.
+        let _ = unsafe { libc::read(self.fd.as_raw_fd(), count.as_mut_ptr().cast(), count.len()) };
+    }
+}
+
+impl mio::event::Source for Timer {
+    fn register(
+        &mut self,
+        registry: &mio::Registry,
+        token: mio::Token,
+        interests: mio::Interest,
+    ) -> io::Result<()> {
+        mio::unix::SourceFd(&self.fd.as_raw_fd()).register(registry, token, interests)
+    }
+
+    fn reregister(
+        &mut self,
+        registry: &mio::Registry,
+        token: mio::Token,
+        interests: mio::Interest,
+    ) -> io::Result<()> {
+        mio::unix::SourceFd(&self.fd.as_raw_fd()).reregister(registry, token, interests)
+    }
+
+    fn deregister(&mut self, registry: &mio::Registry) -> io::Result<()> {
+        mio::unix::SourceFd(&self.fd.as_raw_fd()).deregister(registry)
+    }
+}
+
 /// What [`open_beneath`] found at a name.
 #[derive(Debug)]
 pub enum Opened {

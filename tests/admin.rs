@@ -455,3 +455,33 @@ fn stats_json_carries_totals_services_and_a_history() {
     assert_eq!(json["history"]["interval_seconds"], 1);
     assert!(json["history"]["samples"].is_array());
 }
+
+/// Past a thousand endpoints the server counts its descriptors from its table instead of listing
+/// `/proc/self/fd` (a microsecond of kernel time apiece): the figure must still be the real one.
+/// The server runs in its own process, so no other test's descriptors are in its table; one
+/// kept-alive admin connection does every request, so the same descriptors are open each time.
+#[test]
+fn open_fds_stays_exact_when_counted_from_the_table() {
+    let (server, addresses) = Running::serve(&["-q"]);
+    let (echo, admin) = (addresses["echo"], addresses["admin"]);
+    let mut scraper = Client::new(admin);
+    let mut ask = |path: &str| {
+        scraper.send(&format!("GET {path} HTTP/1.1\r\nHost: t\r\n\r\n"));
+        scraper.response("GET")
+    };
+    let real = || {
+        std::fs::read_dir(format!("/proc/{}/fd", server.pid()))
+            .unwrap()
+            .count() as f64
+    };
+    // Few endpoints: listed, with the descriptor the listing itself holds.
+    let fds = samples(ask("/metrics").text())["process_open_fds"];
+    assert_eq!(fds, real() + 1.0);
+
+    let clients: Vec<TcpStream> = (0..1500).map(|_| connect(echo)).collect();
+    wait_until(WAIT, "every client accepted", || {
+        ask("/stats.json").json()["totals"]["open"] == clients.len()
+    });
+    let counted = samples(ask("/metrics").text())["process_open_fds"];
+    assert_eq!(counted, real() + 1.0, "counted from the table");
+}

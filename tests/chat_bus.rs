@@ -19,7 +19,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use readyloop::Metric;
-use readyloop::bench::{Load, Scenario, run};
+use readyloop::bench::{Load, Mode, Scenario, run};
 use readyloop::config::ChatBus;
 use readyloop::service::chat::bus::backoff;
 
@@ -261,7 +261,9 @@ fn bench_chat_measures_deliveries_across_nodes() {
         connections: 0,
         threads: 1,
         duration: Duration::from_millis(600),
+        warmup: Duration::ZERO,
         requests: None,
+        mode: Mode::Closed,
         pin: false,
         progress: false,
     };

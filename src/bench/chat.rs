@@ -11,9 +11,12 @@
 //!
 //! Each message carries its sender's number, a sequence number and its send time in nanoseconds
 //! since the run's start (`3:1234:56789012:....`); every thread reads the same process clock, so
-//! the receiver's clock minus that time is the one-way latency through the relay. A sender keeps
-//! [`WINDOW`] messages in flight, paced by its own copies coming back (as `benches/chat.rs`
-//! does), so the measurement is closed-loop and no kernel buffer overflows. The delivery ratio,
+//! the receiver's clock minus that time is the one-way latency through the relay. In a closed
+//! loop a sender keeps [`WINDOW`] messages in flight, paced by its own copies coming back (as
+//! `benches/chat.rs` does), so no kernel buffer overflows. In an open loop (`--rate`, messages
+//! sent per second by all senders together) a sender sends each message when its timetable says,
+//! up to `--max-inflight` whose copies are not back, and the time a message carries is when it
+//! was due, so a sender held back counts its wait in the latency. The delivery ratio,
 //! deliveries over `sent × room size`, shows anything lost; the relay's own refusals (`* slow
 //! down`, `* server full`) are counted as errors. Start the server with `--chat-rate 0` to
 //! measure the relay rather than its rate limit.
@@ -36,6 +39,7 @@ use mio::event::Event;
 use mio::net::UdpSocket;
 
 use super::driver::{Client, Ctx, OPERATION_TIMEOUT};
+use super::pace::{Pace, Start};
 use super::report::{CHAT_REFUSED, PROTOCOL, RATE_LIMITED};
 use crate::sys::{interrupted, would_block};
 
@@ -94,10 +98,10 @@ pub(crate) struct Seat {
 }
 
 /// What a socket does in the room.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub(crate) enum Role {
-    /// Sends messages numbered by this sender's index.
-    Sender(u64),
+    /// Sends messages numbered by this sender's index, when `pace` allows.
+    Sender { index: u64, pace: Pace },
     /// Only receives.
     Member,
 }
@@ -222,7 +226,7 @@ impl Member {
         // A sender also waits for writable space; with edge triggering that costs nothing while
         // the socket never fills.
         let interest = match self.role {
-            Role::Sender(_) => Interest::READABLE | Interest::WRITABLE,
+            Role::Sender { .. } => Interest::READABLE | Interest::WRITABLE,
             Role::Member => Interest::READABLE,
         };
         ctx.registry.register(&mut socket, ctx.token, interest)?;
@@ -252,7 +256,7 @@ impl Member {
         ctx.reached();
         self.roster.joined.fetch_add(1, Ordering::Relaxed);
         match self.role {
-            Role::Sender(_) => {
+            Role::Sender { .. } => {
                 self.transition(State::Waiting, ctx);
                 self.start_talking(ctx);
             }
@@ -273,26 +277,41 @@ impl Member {
         }
     }
 
-    /// TALKING: fills the window; → DRAINING once `--requests` is spent and the window is empty.
+    /// TALKING: sends what the pace allows (fills the window, or catches up with the
+    /// timetable); → DRAINING once `--requests` is spent and the window is empty.
     fn talk(&mut self, ctx: &mut Ctx<'_>) {
-        let Role::Sender(index) = self.role else {
+        let Role::Sender { index, pace } = &mut self.role else {
             return;
         };
         let State::Talking { in_flight } = &mut self.state else {
             return;
         };
-        while in_flight.len() < WINDOW && ctx.take_ticket() {
+        loop {
+            let due = match pace.next(in_flight.len(), ctx) {
+                Start::Now(due) => due,
+                Start::At(at) => {
+                    ctx.wake_at(at);
+                    break;
+                }
+                // Own copies coming back open the window.
+                Start::Full => break,
+            };
+            if !ctx.take_ticket() {
+                break;
+            }
+            // The message carries when it was due: its latency counts from there.
             build_message(
                 &mut self.message,
-                index,
+                *index,
                 self.next_seq,
-                ctx.clock_ns(),
+                ctx.clock_ns(due),
                 self.size,
             );
             let Some(socket) = &self.socket else { return };
             let to = self.seat.talk.unwrap_or(ctx.shared.target);
             match send(socket, &self.message, self.seat.hear.map(|_| to)) {
                 Ok(()) => {
+                    pace.started(ctx);
                     in_flight.push_back((self.next_seq, ctx.now));
                     self.next_seq += 1;
                     ctx.tally.sent += 1;
@@ -376,9 +395,14 @@ impl Member {
                 seq,
                 sent_ns,
             } => {
-                let latency = Duration::from_nanos(ctx.clock_ns().saturating_sub(sent_ns));
-                ctx.tally.complete(latency, bytes as u64, ctx.now);
-                if self.role == Role::Sender(sender) {
+                // A time too large for the clock is no message of this run: counted as sent now.
+                let sent = ctx
+                    .shared
+                    .epoch
+                    .checked_add(Duration::from_nanos(sent_ns))
+                    .unwrap_or(ctx.now);
+                ctx.complete(sent, bytes as u64);
+                if matches!(self.role, Role::Sender { index, .. } if index == sender) {
                     if let State::Talking { in_flight } = &mut self.state {
                         // Copies come back in order: anything older than `seq` was lost.
                         while in_flight.front().is_some_and(|(s, _)| *s <= seq) {
@@ -484,7 +508,27 @@ impl Client for Member {
         }
     }
 
+    fn on_timer(&mut self, ctx: &mut Ctx<'_>) {
+        match self.state {
+            // The timetable's next message is due.
+            State::Talking { .. } => self.talk(ctx),
+            // Asked for while talking, which has since ended.
+            State::Idle
+            | State::Joining { .. }
+            | State::Waiting
+            | State::Listening
+            | State::Draining { .. }
+            | State::Finished => {}
+        }
+    }
+
     fn on_stop(&mut self, ctx: &mut Ctx<'_>) {
+        if let Role::Sender { pace, .. } = &self.role {
+            if !matches!(self.state, State::Draining { .. } | State::Finished) {
+                // What the timetable had due and this sender never sent.
+                pace.stopped(ctx);
+            }
+        }
         match self.state {
             // Not in the room: nothing in flight to collect.
             State::Idle | State::Joining { .. } => self.finish(ctx),
@@ -749,6 +793,14 @@ mod tests {
         (member, from)
     }
 
+    /// Sender 0 of 1, closed loop.
+    fn sender() -> Role {
+        Role::Sender {
+            index: 0,
+            pace: Pace::new(crate::bench::pace::Mode::Closed, WINDOW, 0, 1),
+        }
+    }
+
     fn roster(sockets: usize) -> Arc<Roster> {
         Arc::new(Roster::new(ROOM.into(), sockets))
     }
@@ -817,7 +869,7 @@ mod tests {
         let relay = Relay::new();
         let mut h = Harness::new(relay.addr(), None);
         let roster = roster(2);
-        let (mut sender, _) = joined(&mut h, &relay, Role::Sender(0), &roster);
+        let (mut sender, _) = joined(&mut h, &relay, sender(), &roster);
         assert_eq!(sender.state.to_string(), "WAITING");
         sender.on_tick(&mut h.ctx(Instant::now()));
         assert_eq!(
@@ -840,7 +892,7 @@ mod tests {
 
     /// A sender in TALKING with a full window, its messages read by the relay.
     fn talking(h: &mut Harness, relay: &Relay) -> (Member, SocketAddr, Vec<String>) {
-        let (sender, from) = joined(h, relay, Role::Sender(0), &roster(1));
+        let (sender, from) = joined(h, relay, sender(), &roster(1));
         assert_eq!(sender.state.to_string(), "TALKING");
         let sent = (0..WINDOW).map(|_| relay.recv().0).collect();
         (sender, from, sent)
@@ -877,11 +929,45 @@ mod tests {
         );
     }
 
+    /// 100 a second, alone: the first message goes when the room is complete, the next is
+    /// asked for 10 ms later, and each carries the instant it was due, not when it went.
+    #[test]
+    fn an_open_loop_sender_sends_when_due_and_stamps_each_message_with_its_due_instant() {
+        let relay = Relay::new();
+        let mut h = Harness::new(relay.addr(), None);
+        let role = Role::Sender {
+            index: 0,
+            pace: Pace::new(
+                crate::bench::pace::Mode::Open {
+                    rate: 100.0,
+                    max_inflight: 4,
+                },
+                WINDOW,
+                0,
+                1,
+            ),
+        };
+        let (mut sender, _) = joined(&mut h, &relay, role, &roster(1));
+        assert_eq!(sender.state.to_string(), "TALKING");
+        assert!(relay.recv().0.starts_with("0:0:"), "the first, at once");
+        assert_eq!(h.tally.sent, 1, "only the first was due");
+        let due = h.wake.expect("a wake-up for the second");
+        // Woken 5 ms late: the message still says when it was due.
+        sender.on_timer(&mut h.ctx(due + Duration::from_millis(5)));
+        let (second, _) = relay.recv();
+        let stamp = h.ctx(due).clock_ns(due);
+        assert!(
+            second.starts_with(&format!("0:1:{stamp}:")),
+            "{second} should carry {stamp}"
+        );
+        assert_eq!(h.tally.behind.late, 1);
+    }
+
     #[test]
     fn a_sender_drains_once_its_requests_are_spent_and_answered() {
         let relay = Relay::new();
         let mut h = Harness::new(relay.addr(), Some(2));
-        let (mut sender, from) = joined(&mut h, &relay, Role::Sender(0), &roster(1));
+        let (mut sender, from) = joined(&mut h, &relay, sender(), &roster(1));
         for _ in 0..2 {
             let (text, _) = relay.recv();
             relay.send(&format!("{from}: {text}\n"), from);

@@ -23,6 +23,7 @@ use crate::endpoint::Entry;
 use crate::service::Endpoint;
 use crate::service::admin::http::Status;
 use crate::service::admin::{CHUNK_BYTES, Content, JSON, Supply, TEXT, history, metrics};
+use crate::stats::Metric;
 use crate::sys::counted;
 use crate::sys::process::Process;
 use crate::token::{self, Id};
@@ -54,6 +55,9 @@ impl EventLoop {
         self.stats_line.start(now);
         if let Some(history) = &mut self.history {
             history.start(now, SystemTime::now(), &self.shared.stats);
+            // Measure the descriptors beside the table's while it is small, so that no scrape
+            // ever has to list 10 000 of them.
+            let _ = self.table.open_fds(0);
         }
     }
 
@@ -106,7 +110,13 @@ impl EventLoop {
             Content::Metrics => {
                 let mut body = String::new();
                 // Rendering into a String cannot fail.
-                let _ = metrics::render(self.shared.stats.snapshot(), Process::read(), &mut body);
+                let snapshot = self.shared.stats.snapshot();
+                let files = snapshot.get(Metric::OpenFiles);
+                let process = Process {
+                    open_fds: self.table.open_fds(files),
+                    ..Process::read_without_fds()
+                };
+                let _ = metrics::render(snapshot, process, &mut body);
                 Supply::Whole {
                     status: Status::Ok,
                     content_type: metrics::CONTENT_TYPE,
