@@ -58,6 +58,10 @@ const DOWNLOAD_NAME: &str = "big.bin";
 /// Chat loads, as `benches/chat.rs`: one sender, a small room and a large one, in members
 /// besides the sender.
 const CHAT_MEMBERS: [usize; 2] = [10, 100];
+/// The open-loop chat rate, as a share of the slower server's closed-loop message rate.
+const OPEN_LOAD: f64 = 0.8;
+/// Messages the open loop's sender may have in flight: enough never to hold the timetable back.
+const CHAT_OPEN_INFLIGHT: usize = 1024;
 /// Chat message size in bytes (the generator's smallest is 32: its header must fit).
 const CHAT_SIZE: usize = 64;
 /// Idle connections held open for the memory measurement.
@@ -584,9 +588,10 @@ fn download(
     print_calls(&samples[0], Per::Megabyte, "MB");
 }
 
-/// The chat relay, readyloop only: the tokio peer has no chat service.
+/// The chat relay against the tokio peer's, which receives one datagram and sends it to every
+/// member before it receives the next.
 fn chat(options: &Options, servers: &Servers, members: usize, results: &mut Results) {
-    let load = Load {
+    let load = |target| Load {
         threads: 1,
         ..options.load(
             Scenario::Chat {
@@ -595,41 +600,41 @@ fn chat(options: &Options, servers: &Servers, members: usize, results: &mut Resu
                 size: CHAT_SIZE,
                 members_at: Vec::new(),
             },
-            servers.readyloop.addresses.chat.expect("chat is on"),
+            target,
             1,
         )
     };
-    let samples = alternate(options, &[(&load, &|| servers.readyloop_spent())]);
+    let ours = load(servers.readyloop.addresses.chat.expect("chat is on"));
+    let theirs = load(servers.tokio.chat);
+    let samples = alternate(
+        options,
+        &[
+            (&ours, &|| servers.readyloop_spent()),
+            (&theirs, &|| servers.tokio_spent()),
+        ],
+    );
     let table = Table::new(
         &format!("chat {members}"),
         format!(
-            "chat relay, 1 sender, {members} other members, {CHAT_SIZE}-byte messages, rate limit off (readyloop only)"
+            "chat relay, 1 sender, {members} other members, {CHAT_SIZE}-byte messages, rate limit off"
         ),
     );
-    results.add(table.sampled(
-        "deliveries/s",
-        "dgram/s",
-        Better::Higher,
-        |s| s.per_second,
-        &samples[0],
-        None,
-    ));
-    results.add(table.sampled(
+    results.add(
+        table.pair(&samples, "deliveries/s", "dgram/s", Better::Higher, |s| {
+            s.per_second
+        }),
+    );
+    results.add(table.pair(&samples, "p99", "us", Better::Lower, |s| s.p99_us));
+    results.add(table.pair(
+        &samples,
         "server CPU / delivery",
         "ns",
         Better::Lower,
         |s| s.cpu_ns,
-        &samples[0],
-        None,
     ));
-    results.add(table.sampled(
-        "delivered",
-        "%",
-        Better::Higher,
-        |s| s.delivery_ratio * 100.0,
-        &samples[0],
-        None,
-    ));
+    results.add(table.pair(&samples, "delivered", "%", Better::Higher, |s| {
+        s.delivery_ratio * 100.0
+    }));
     results.add(table.sampled(
         "system calls / delivery",
         "calls",
@@ -638,7 +643,45 @@ fn chat(options: &Options, servers: &Servers, members: usize, results: &mut Resu
         &samples[0],
         None,
     ));
-    results.print_last(4);
+    // The closed loop's latency is mostly its own window waiting in line. An open loop at one
+    // rate for both, below what the slower one reached, compares the time a message spends in
+    // each relay under the same offered load.
+    let messages_per_second =
+        |samples: &[Sample]| median_of(samples, |s| s.per_second) / (members as f64 + 1.0);
+    let rate = (OPEN_LOAD * messages_per_second(&samples[0]).min(messages_per_second(&samples[1])))
+        .round();
+    let open = |load: Load| Load {
+        mode: Mode::Open {
+            rate,
+            max_inflight: CHAT_OPEN_INFLIGHT,
+        },
+        ..load
+    };
+    let (ours, theirs) = (open(ours), open(theirs));
+    let open_samples = alternate(
+        options,
+        &[
+            (&ours, &|| servers.readyloop_spent()),
+            (&theirs, &|| servers.tokio_spent()),
+        ],
+    );
+    results.add(
+        table.pair(&open_samples, "open loop: p99", "us", Better::Lower, |s| {
+            s.p99_us
+        }),
+    );
+    results.add(table.pair(
+        &open_samples,
+        "open loop: delivered",
+        "%",
+        Better::Higher,
+        |s| s.delivery_ratio * 100.0,
+    ));
+    results.print_last(7);
+    println!(
+        "  open loop: {rate} messages/s sent ({:.0}% of the slower server's closed-loop rate)",
+        OPEN_LOAD * 100.0
+    );
     print_calls(&samples[0], Per::Operation, "delivery");
 }
 
@@ -1053,13 +1096,22 @@ impl Results {
             &|b| b <= 512.0,
         );
         for members in CHAT_MEMBERS {
-            if let Some(row) = self.find(&format!("chat {members}"), "server CPU / delivery") {
-                println!(
-                    "  {:<54} {:>10}  (no target: readyloop alone)",
-                    format!("chat {members}: server CPU per delivery, ns"),
-                    number(row.readyloop)
-                );
-            }
+            let scenario = format!("chat {members}");
+            check(
+                format!("chat {members}: p99 <= 1.1x (closed loop)"),
+                ratio(&scenario, "p99"),
+                &|r| r <= 1.1,
+            );
+            check(
+                format!("chat {members}: p99 <= 1.1x (open loop, same rate)"),
+                ratio(&scenario, "open loop: p99"),
+                &|r| r <= 1.1,
+            );
+            check(
+                format!("chat {members}: deliveries/s no lower (>= 1.00x)"),
+                ratio(&scenario, "deliveries/s"),
+                &|r| r >= 1.0,
+            );
         }
     }
 
@@ -1090,7 +1142,17 @@ impl Results {
         let bars = |better: Better| -> Vec<(String, f64)> {
             self.rows
                 .iter()
-                .filter(|r| r.better == better && r.metric != "p99" && r.metric != USER_METRIC)
+                .filter(|r| {
+                    r.better == better
+                        && ![
+                            "p99",
+                            "delivered",
+                            "open loop: p99",
+                            "open loop: delivered",
+                            USER_METRIC,
+                        ]
+                        .contains(&r.metric.as_str())
+                })
                 .filter_map(|r| Some((format!("{}: {}", r.scenario, r.metric), r.ratio()?)))
                 // The y axis counts upwards: reversed, the first row is drawn at the top.
                 .rev()
