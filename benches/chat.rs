@@ -119,21 +119,27 @@ fn floor(members: usize, fan: Fan) -> io::Result<f64> {
         .collect::<io::Result<_>>()?;
     // The line the relay sends: `<ip:port>: <text>\n`.
     let line = format!("{}: benchmark message\n", sender.local_addr()?);
-    let received = Arc::new(AtomicU64::new(0));
+    // `u64::MAX` until the draining thread is ready: what it drains before is not counted.
+    let received = Arc::new(AtomicU64::new(u64::MAX));
     let stop = Arc::new(AtomicBool::new(false));
     let draining = {
         let (received, stop) = (Arc::clone(&received), Arc::clone(&stop));
         thread::spawn(move || drain(sockets, &received, &stop))
     };
     let targets: Vec<libc::sockaddr_in> = addresses.iter().map(sockaddr).collect();
+    while received.load(Ordering::Relaxed) == u64::MAX {
+        thread::yield_now();
+    }
     let mut spent = Duration::ZERO;
+    // Pacing stops for good if the drain stalls: a lost datagram never arrives.
+    let mut paced = true;
     for message in 0..FLOOR_MESSAGES {
         let ahead = (WINDOW as u64) * members as u64;
         let deadline = Instant::now() + Duration::from_secs(1);
-        while message * members as u64 > received.load(Ordering::Relaxed) + ahead {
+        while paced && message * members as u64 > received.load(Ordering::Relaxed) + ahead {
             if Instant::now() > deadline {
-                // Lost datagrams never arrive: go on rather than wait for them.
-                break;
+                eprintln!("floor: datagrams lost; the rest of this measurement is not paced");
+                paced = false;
             }
             thread::yield_now();
         }
@@ -314,6 +320,9 @@ fn count_until(sockets: Vec<UdpSocket>, stop: &AtomicBool, progress: Option<&Ato
     let mut buf = [0u8; 2048];
     for socket in &sockets {
         while socket.recv(&mut buf).is_ok() {}
+    }
+    if let Some(progress) = progress {
+        progress.store(0, Ordering::Relaxed);
     }
     let mut events = Events::with_capacity(1024);
     let mut count = 0;
