@@ -192,8 +192,8 @@ async fn chat_relay(socket: UdpSocket) {
             continue;
         };
         let text = text.trim_end_matches(['\r', '\n']);
-        if !members.contains_key(&from) {
-            members.insert(from, LOBBY.to_string());
+        if let std::collections::hash_map::Entry::Vacant(entry) = members.entry(from) {
+            entry.insert(LOBBY.to_string());
             rooms.entry(LOBBY.to_string()).or_default().push(from);
         }
         let leave = |rooms: &mut HashMap<String, Vec<SocketAddr>>, room: &str| {
