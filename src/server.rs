@@ -285,6 +285,10 @@ fn bind_listener(
     };
     let reuse_port = event_loop.config().reuse_port;
     let socket = sys::tcp_listener(addr, reuse_port).map_err(bind_error)?;
+    if let Err(e) = service.tune_listener(&socket) {
+        // Only speed depends on it: the service works with the kernel's defaults.
+        warn!("{name}: cannot set the listener's socket options: {e}");
+    }
     let bound = socket.local_addr().map_err(bind_error)?;
     let listener = Listener::new(socket, name);
     event_loop

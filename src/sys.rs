@@ -139,6 +139,28 @@ fn share_port(socket: &Socket, reuse_port: bool) -> io::Result<()> {
     Ok(())
 }
 
+/// Limits the bytes a socket accepted from `listener` may hold *unsent* to `bytes`
+/// (`TCP_NOTSENT_LOWAT`): past that, writes stop early and the socket reports writable again only
+/// once less than half of it is left. Bytes sent and awaiting their ACK do not count, so the
+/// limit holds back nothing the network could take now; it only keeps the queue behind it short.
+///
+/// Linux copies a listener's TCP options to every socket it accepts, so one call at start-up
+/// covers every connection, at no cost per connection. Elsewhere it does nothing.
+///
+/// # Errors
+/// As `setsockopt(2)`.
+pub fn limit_unsent(listener: &impl AsFd, bytes: u32) -> io::Result<()> {
+    #[cfg(any(target_os = "linux", target_os = "android"))]
+    {
+        SockRef::from(listener).set_tcp_notsent_lowat(bytes)
+    }
+    #[cfg(not(any(target_os = "linux", target_os = "android")))]
+    {
+        let _ = (listener, bytes);
+        Ok(())
+    }
+}
+
 /// Pins the calling thread to one CPU core, so that a benchmark's server and load generator do
 /// not take turns on the same core. Off Linux it does nothing.
 ///
@@ -470,5 +492,38 @@ mod linux {
         }
         *offset = off as u64;
         Ok(sent as usize)
+    }
+}
+
+#[cfg(all(test, target_os = "linux"))]
+mod tests {
+    use std::net::TcpStream;
+
+    use super::*;
+
+    /// The limit is set once on the listener: it must reach the sockets the listener accepts.
+    #[test]
+    fn an_accepted_socket_inherits_the_listeners_unsent_limit() {
+        let mut listener = tcp_listener("127.0.0.1:0".parse().unwrap(), false).unwrap();
+        limit_unsent(&listener, 48 * 1024).unwrap();
+        let _client = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let accepted = accept_within(&mut listener);
+        assert_eq!(
+            SockRef::from(&accepted).tcp_notsent_lowat().unwrap(),
+            48 * 1024
+        );
+    }
+
+    /// Waits (at most five seconds) for the listener to report the connection, then takes it.
+    fn accept_within(listener: &mut TcpListener) -> mio::net::TcpStream {
+        let mut poll = mio::Poll::new().unwrap();
+        poll.registry()
+            .register(listener, mio::Token(0), mio::Interest::READABLE)
+            .unwrap();
+        let mut events = mio::Events::with_capacity(1);
+        poll.poll(&mut events, Some(Duration::from_secs(5)))
+            .unwrap();
+        assert!(!events.is_empty(), "no connection within five seconds");
+        listener.accept().unwrap().0
     }
 }

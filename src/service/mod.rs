@@ -21,6 +21,7 @@ use std::fs::File;
 use std::io::{self, Read, Write};
 use std::net::SocketAddr;
 use std::ops::ControlFlow;
+use std::os::fd::AsFd;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -37,7 +38,7 @@ use crate::config::Config;
 use crate::listener::Listener;
 use crate::stats::{CloseReason, ServiceId, Stats};
 use crate::sys::counted::TcpStream;
-use crate::sys::{interrupted, peer_gone, would_block};
+use crate::sys::{self, interrupted, peer_gone, would_block};
 use crate::token::Id;
 
 /// What a handler tells the loop: `Continue(())` keeps the endpoint, `Break(reason)` closes it.
@@ -103,6 +104,19 @@ impl Service {
             Service::Echo => "echo",
             Service::Download(_) => "files",
             Service::Admin => "admin",
+        }
+    }
+
+    /// Sets the options every socket this service's listener accepts inherits: a download holds
+    /// at most [`download::UNSENT_LIMIT`] unsent. Echo answers what it reads, and admin replies
+    /// are small: they keep the kernel's defaults.
+    ///
+    /// # Errors
+    /// As `setsockopt(2)`.
+    pub fn tune_listener(&self, listener: &impl AsFd) -> io::Result<()> {
+        match self {
+            Service::Download(_) => sys::limit_unsent(listener, download::UNSENT_LIMIT),
+            Service::Echo | Service::Admin => Ok(()),
         }
     }
 
