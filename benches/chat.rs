@@ -7,13 +7,20 @@
 //! measurement is closed-loop and nothing is lost to overrun buffers. Every message is delivered
 //! N + 1 times (the sender gets its copy); the table gives deliveries per second, the server
 //! thread's CPU time per delivery, and the share of expected deliveries that arrived.
+//!
+//! Beside each row stands the floor: a minimal program that sends the same relayed line to the
+//! same number of loopback sockets, one `sendto` per member, and again with one `sendmmsg` per
+//! message ([`floor`]). Its CPU time per datagram is what the kernel charges the sender for
+//! sending and delivering it on loopback, with nothing of a relay around it; readyloop's cost
+//! divided by it (`x floor`) is what the relay adds.
 
 mod support;
 
 use std::io;
 use std::net::{SocketAddr, UdpSocket};
+use std::os::fd::AsRawFd;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -42,12 +49,22 @@ fn main() {
     println!("chat relay, 1 sender, {rounds} round(s) of {window:?}, medians");
     println!("{}", machine());
     println!(
-        "{:>8} | {:>15} | {:>22} | {:>9}",
-        "members", "deliveries/s", "server CPU / delivery", "delivered"
+        "{:>8} | {:>15} | {:>22} | {:>9} | {:>14} | {:>14} | {:>8}",
+        "members",
+        "deliveries/s",
+        "server CPU / delivery",
+        "delivered",
+        "floor sendto",
+        "floor sendmmsg",
+        "x floor"
     );
     for members in MEMBERS {
         let (mut rates, mut costs, mut ratios) = (Vec::new(), Vec::new(), Vec::new());
+        let (mut floors, mut floors_mmsg) = (Vec::new(), Vec::new());
         for round in 0..rounds {
+            // The floor in the same round, so both see the same machine.
+            floors.push(floor(members + 1, Fan::Sendto).expect("the sendto floor"));
+            floors_mmsg.push(floor(members + 1, Fan::Sendmmsg).expect("the sendmmsg floor"));
             let room = format!("bench-{members}-{round}");
             let (rate, cost, ratio) = measure(
                 server.addresses.chat.expect("chat is on"),
@@ -61,13 +78,156 @@ fn main() {
             costs.push(cost);
             ratios.push(ratio);
         }
+        let (cost, floor) = (median(&mut costs), median(&mut floors));
         println!(
-            "{members:>8} | {:>15.0} | {:>19.0} ns | {:>8.2}%",
+            "{members:>8} | {:>15.0} | {:>19.0} ns | {:>8.2}% | {:>11.0} ns | {:>11.0} ns | {:>7.2}x",
             median(&mut rates),
-            median(&mut costs),
-            median(&mut ratios) * 100.0
+            cost,
+            median(&mut ratios) * 100.0,
+            floor,
+            median(&mut floors_mmsg),
+            cost / floor
         );
     }
+}
+
+/// How the floor program hands a message's copies to the kernel.
+#[derive(Debug, Clone, Copy)]
+enum Fan {
+    /// One `sendto` per member, as the relay sends.
+    Sendto,
+    /// One `sendmmsg` per message, every member's copy in it.
+    Sendmmsg,
+}
+
+/// Messages the floor program sends to every member, per measurement.
+const FLOOR_MESSAGES: u64 = 4_000;
+
+/// The floor: CPU nanoseconds per datagram of a sender that only fans one line out to `members`
+/// loopback sockets, [`FLOOR_MESSAGES`] times. Another thread drains the sockets, as the
+/// generator's members do, and the sender stays within [`WINDOW`] messages of it so no socket
+/// overflows (a dropped datagram costs less and would flatter the floor). Only the sending is
+/// timed, on the sender's own CPU clock: waiting for the drain costs nothing counted.
+fn floor(members: usize, fan: Fan) -> io::Result<f64> {
+    let sender = UdpSocket::bind("127.0.0.1:0")?;
+    let sockets: Vec<UdpSocket> = (0..members)
+        .map(|_| UdpSocket::bind("127.0.0.1:0"))
+        .collect::<io::Result<_>>()?;
+    let addresses: Vec<SocketAddr> = sockets
+        .iter()
+        .map(UdpSocket::local_addr)
+        .collect::<io::Result<_>>()?;
+    // The line the relay sends: `<ip:port>: <text>\n`.
+    let line = format!("{}: benchmark message\n", sender.local_addr()?);
+    // `u64::MAX` until the draining thread is ready: what it drains before is not counted.
+    let received = Arc::new(AtomicU64::new(u64::MAX));
+    let stop = Arc::new(AtomicBool::new(false));
+    let draining = {
+        let (received, stop) = (Arc::clone(&received), Arc::clone(&stop));
+        thread::spawn(move || drain(sockets, &received, &stop))
+    };
+    let targets: Vec<libc::sockaddr_in> = addresses.iter().map(sockaddr).collect();
+    while received.load(Ordering::Relaxed) == u64::MAX {
+        thread::yield_now();
+    }
+    let mut spent = Duration::ZERO;
+    // Pacing stops for good if the drain stalls: a lost datagram never arrives.
+    let mut paced = true;
+    for message in 0..FLOOR_MESSAGES {
+        let ahead = (WINDOW as u64) * members as u64;
+        let deadline = Instant::now() + Duration::from_secs(1);
+        while paced && message * members as u64 > received.load(Ordering::Relaxed) + ahead {
+            if Instant::now() > deadline {
+                eprintln!("floor: datagrams lost; the rest of this measurement is not paced");
+                paced = false;
+            }
+            thread::yield_now();
+        }
+        let before = own_cpu();
+        match fan {
+            Fan::Sendto => {
+                for to in &addresses {
+                    sender.send_to(line.as_bytes(), to)?;
+                }
+            }
+            Fan::Sendmmsg => send_all(&sender, line.as_bytes(), &targets)?,
+        }
+        spent += own_cpu().saturating_sub(before);
+    }
+    stop.store(true, Ordering::Relaxed);
+    let _ = draining.join();
+    Ok(spent.as_nanos() as f64 / (FLOOR_MESSAGES * members as u64) as f64)
+}
+
+/// One `sendmmsg` carrying `line` to every target (in several calls if the kernel takes fewer).
+fn send_all(socket: &UdpSocket, line: &[u8], targets: &[libc::sockaddr_in]) -> io::Result<()> {
+    let mut iov = libc::iovec {
+        iov_base: line.as_ptr() as *mut libc::c_void,
+        iov_len: line.len(),
+    };
+    let mut headers: Vec<libc::mmsghdr> = targets
+        .iter()
+        .map(|to| {
+            // SAFETY: an all-zero msghdr is a valid empty one; the fields set below complete it.
+            let mut header: libc::mmsghdr = unsafe { std::mem::zeroed() };
+            header.msg_hdr.msg_name = to as *const libc::sockaddr_in as *mut libc::c_void;
+            header.msg_hdr.msg_namelen = std::mem::size_of::<libc::sockaddr_in>() as u32;
+            header.msg_hdr.msg_iov = &mut iov;
+            header.msg_hdr.msg_iovlen = 1;
+            header
+        })
+        .collect();
+    let mut done = 0;
+    while done < headers.len() {
+        let left = &mut headers[done..];
+        // SAFETY: every header points at `iov` and at one of `targets`, which outlive the call;
+        // the kernel reads them and writes only `msg_len`.
+        let sent = unsafe {
+            libc::sendmmsg(
+                socket.as_raw_fd(),
+                left.as_mut_ptr(),
+                left.len() as libc::c_uint,
+                0,
+            )
+        };
+        if sent < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        done += sent as usize;
+    }
+    Ok(())
+}
+
+/// An IPv4 address as the kernel takes it.
+fn sockaddr(address: &SocketAddr) -> libc::sockaddr_in {
+    let SocketAddr::V4(v4) = address else {
+        unreachable!("the floor binds 127.0.0.1 only");
+    };
+    libc::sockaddr_in {
+        sin_family: libc::AF_INET as libc::sa_family_t,
+        sin_port: v4.port().to_be(),
+        sin_addr: libc::in_addr {
+            s_addr: u32::from(*v4.ip()).to_be(),
+        },
+        sin_zero: [0; 8],
+    }
+}
+
+/// This thread's CPU time so far.
+fn own_cpu() -> Duration {
+    let mut now = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes the one struct passed, which lives across the call.
+    unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut now) };
+    Duration::new(now.tv_sec as u64, now.tv_nsec as u32)
+}
+
+/// Receives on `sockets` until `stop`, adding each datagram to `received`.
+fn drain(sockets: Vec<UdpSocket>, received: &AtomicU64, stop: &AtomicBool) {
+    let count = count_until(sockets, stop, Some(received));
+    received.store(count, Ordering::Relaxed);
 }
 
 /// One measurement: returns deliveries per second, server CPU nanoseconds per delivery, and the
@@ -87,7 +247,7 @@ fn measure(
     let stop = Arc::new(AtomicBool::new(false));
     let counting = {
         let stop = Arc::clone(&stop);
-        thread::spawn(move || count_until(listeners, &stop))
+        thread::spawn(move || count_until(listeners, &stop, None))
     };
 
     sender.set_read_timeout(Some(Duration::from_secs(1)))?;
@@ -140,8 +300,9 @@ fn member(server: SocketAddr, room: &str) -> io::Result<UdpSocket> {
     Ok(socket)
 }
 
-/// Counts datagrams arriving on `sockets` until `stop`, with one mio loop.
-fn count_until(sockets: Vec<UdpSocket>, stop: &AtomicBool) -> u64 {
+/// Counts datagrams arriving on `sockets` until `stop`, with one mio loop; publishes the count
+/// so far in `progress` as it goes.
+fn count_until(sockets: Vec<UdpSocket>, stop: &AtomicBool, progress: Option<&AtomicU64>) -> u64 {
     let mut poll = Poll::new().expect("a poll");
     let mut sockets: Vec<mio::net::UdpSocket> = sockets
         .into_iter()
@@ -159,6 +320,9 @@ fn count_until(sockets: Vec<UdpSocket>, stop: &AtomicBool) -> u64 {
     let mut buf = [0u8; 2048];
     for socket in &sockets {
         while socket.recv(&mut buf).is_ok() {}
+    }
+    if let Some(progress) = progress {
+        progress.store(0, Ordering::Relaxed);
     }
     let mut events = Events::with_capacity(1024);
     let mut count = 0;
@@ -179,6 +343,9 @@ fn count_until(sockets: Vec<UdpSocket>, stop: &AtomicBool) -> u64 {
             while socket.recv(&mut buf).is_ok() {
                 count += 1;
             }
+        }
+        if let Some(progress) = progress {
+            progress.store(count, Ordering::Relaxed);
         }
     }
 }

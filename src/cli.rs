@@ -47,7 +47,8 @@ pub enum Command {
     /// Run the server (the default).
     Serve(Box<ServeArgs>),
     /// Generate load against a running server and report throughput and latency.
-    Bench(crate::bench::BenchArgs),
+    // Boxed like `Serve`: a scenario's flags are a few hundred bytes.
+    Bench(Box<crate::bench::BenchArgs>),
 }
 
 impl Cli {
@@ -86,6 +87,10 @@ pub struct ServeArgs {
     /// Address the services listen on: an IP address or a host name (`localhost`).
     #[arg(long, env = "READYLOOP_BIND", default_value_t = DEFAULT_BIND.to_string())]
     pub bind: String,
+    /// Bind every port with SO_REUSEPORT, so several readyloop processes can share them (one per
+    /// core); the kernel spreads TCP connections and UDP source addresses across them.
+    #[arg(long, env = "READYLOOP_REUSE_PORT", value_parser = BoolishValueParser::new())]
+    pub reuse_port: bool,
     /// TCP echo port (0: any free port; off: no echo service).
     #[arg(long, env = "READYLOOP_ECHO_PORT", default_value_t = Port::On(DEFAULT_ECHO_PORT))]
     pub echo_port: Port,
@@ -171,6 +176,16 @@ pub struct ServeArgs {
     /// New chat addresses must echo a cookie (`/verify`) before they join.
     #[arg(long, env = "READYLOOP_CHAT_VERIFY", value_parser = BoolishValueParser::new())]
     pub chat_verify: bool,
+    /// Share chat rooms with other readyloop processes through this Redis:
+    /// `redis://HOST[:PORT][/DB]` (off by default: this process is the whole chat).
+    #[arg(long, env = "READYLOOP_CHAT_BUS", value_name = "URL")]
+    pub chat_bus: Option<String>,
+    /// Put before every Redis key and channel of the chat bus.
+    #[arg(long, env = "READYLOOP_CHAT_BUS_PREFIX", default_value = DEFAULT_CHAT_BUS_PREFIX)]
+    pub chat_bus_prefix: String,
+    /// Commands waiting for Redis before the oldest are dropped.
+    #[arg(long, env = "READYLOOP_CHAT_BUS_QUEUE", default_value_t = DEFAULT_CHAT_BUS_QUEUE)]
+    pub chat_bus_queue: usize,
     /// Pin the loop's thread to this CPU core (for benchmarks: keep it apart from the load).
     #[arg(long, env = "READYLOOP_PIN")]
     pub pin: Option<usize>,
@@ -187,10 +202,12 @@ impl ServeArgs {
     /// The configuration these flags describe, with `--bind` resolved to one address.
     ///
     /// # Errors
-    /// A sentence naming `--bind` when its host name does not resolve.
+    /// A sentence naming `--bind` when its host name does not resolve, or `--chat-bus` when its
+    /// URL is not one or its host does not resolve.
     pub fn into_config(self) -> Result<Config, String> {
         Ok(Config {
             bind: resolve_bind("--bind", &self.bind)?,
+            reuse_port: self.reuse_port,
             echo_port: self.echo_port.into(),
             files_port: self.files_port.into(),
             chat_port: self.chat_port.into(),
@@ -219,6 +236,9 @@ impl ServeArgs {
             chat_burst: self.chat_burst,
             chat_queue: self.chat_queue,
             chat_verify: self.chat_verify,
+            chat_bus: self.chat_bus.as_deref().map(parse_chat_bus).transpose()?,
+            chat_bus_prefix: self.chat_bus_prefix,
+            chat_bus_queue: self.chat_bus_queue,
             pin: self.pin,
             stats_interval: self.stats_interval,
             access_log: self.access_log,
@@ -292,6 +312,43 @@ fn resolve_bind(flag: &str, host: &str) -> Result<IpAddr, String> {
     Ok(chosen)
 }
 
+/// Turns `--chat-bus redis://HOST[:PORT][/DB]` into the address and database to use. The host is
+/// resolved here, once, like `--bind`'s: the loop must never wait for a name lookup.
+fn parse_chat_bus(url: &str) -> Result<ChatBus, String> {
+    let wrong = |why: &str| format!("--chat-bus {url}: {why}; expected redis://HOST[:PORT][/DB]");
+    let rest = url
+        .strip_prefix("redis://")
+        .ok_or_else(|| wrong("not a redis:// URL"))?;
+    if rest.contains('@') {
+        return Err(wrong(
+            "passwords are not supported (keep Redis on loopback or a private network)",
+        ));
+    }
+    let (authority, db) = match rest.split_once('/') {
+        Some((authority, "")) => (authority, 0),
+        Some((authority, db)) => (authority, db.parse().map_err(|_| wrong("DB is a number"))?),
+        None => (rest, 0),
+    };
+    // `[::1]:6380`, `[::1]`, `host:6380`, `host`: the port is what follows the last `:` outside
+    // brackets.
+    let (host, port) = match authority.rsplit_once(':') {
+        Some((host, port)) if !port.contains(']') => {
+            (host, port.parse().map_err(|_| wrong("PORT is a number"))?)
+        }
+        _ => (authority, DEFAULT_REDIS_PORT),
+    };
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    if host.is_empty() {
+        return Err(wrong("no HOST"));
+    }
+    let addr = (host, port)
+        .to_socket_addrs()
+        .map_err(|e| wrong(&format!("cannot resolve {host}: {e}")))?
+        .next()
+        .ok_or_else(|| wrong(&format!("{host} has no address")))?;
+    Ok(ChatBus { addr, db })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -344,6 +401,45 @@ mod tests {
         assert_eq!(config.admin_port, Some(DEFAULT_ADMIN_PORT));
         let error = Cli::try_parse_from(["readyloop", "--admin-port", "of"]).unwrap_err();
         assert!(error.to_string().contains("not a port"), "{error}");
+    }
+
+    #[test]
+    fn the_chat_bus_is_a_redis_url_with_optional_port_and_database() {
+        let bus = |url: &str| parse_chat_bus(url).map(|bus| bus.to_string());
+        assert_eq!(
+            bus("redis://127.0.0.1:6380/2"),
+            Ok("redis://127.0.0.1:6380/2".into())
+        );
+        assert_eq!(
+            bus("redis://127.0.0.1"),
+            Ok("redis://127.0.0.1:6379/0".into())
+        );
+        assert_eq!(
+            bus("redis://127.0.0.1:7000/"),
+            Ok("redis://127.0.0.1:7000/0".into())
+        );
+        assert_eq!(
+            bus("redis://[::1]:7000/1"),
+            Ok("redis://[::1]:7000/1".into())
+        );
+        assert_eq!(bus("redis://[::1]"), Ok("redis://[::1]:6379/0".into()));
+        assert!(bus("redis://localhost/3").is_ok_and(|b| b.ends_with(":6379/3")));
+        for (url, why) in [
+            ("127.0.0.1:6379", "not a redis:// URL"),
+            ("redis://:secret@127.0.0.1", "passwords"),
+            ("redis://127.0.0.1:http", "PORT is a number"),
+            ("redis://127.0.0.1/zero", "DB is a number"),
+            ("redis://:6379", "no HOST"),
+            ("redis://no-such-host.invalid", "cannot resolve"),
+        ] {
+            let error = bus(url).unwrap_err();
+            assert!(error.starts_with(&format!("--chat-bus {url}: ")), "{error}");
+            assert!(error.contains(why), "{url}: {error}");
+        }
+        let cli = Cli::try_parse_from(["readyloop", "--chat-bus", "redis://127.0.0.1:1/4"]);
+        let config = cli.unwrap().serve.into_config().unwrap();
+        assert_eq!(config.chat_bus.map(|bus| bus.db), Some(4));
+        assert_eq!(config.chat_bus_prefix, DEFAULT_CHAT_BUS_PREFIX);
     }
 
     #[test]

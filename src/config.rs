@@ -6,7 +6,8 @@
 //! a struct of its own (`service::Settings`, `chat::members::Limits`, `download::files::Files`),
 //! so no handler depends on the whole configuration.
 
-use std::net::{IpAddr, Ipv4Addr};
+use std::fmt;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -72,6 +73,15 @@ pub const DEFAULT_CHAT_BURST: u32 = 40;
 /// Datagrams waiting for the UDP socket before the oldest are dropped: about a megabyte at the
 /// largest message size, a full room's worth of one burst.
 pub const DEFAULT_CHAT_QUEUE: usize = 1024;
+/// Redis's own port, taken when `--chat-bus` names none.
+pub const DEFAULT_REDIS_PORT: u16 = 6379;
+/// Put before every Redis key and channel of the chat bus, so that one Redis can serve other
+/// applications, or several separate federations (`readyloop-staging:`), side by side.
+pub const DEFAULT_CHAT_BUS_PREFIX: &str = "readyloop:";
+/// Commands waiting for Redis before the oldest are dropped: one per member and a few more, so
+/// that claiming every nickname again after a reconnect (one command each, up to
+/// `--chat-max-members`) fits.
+pub const DEFAULT_CHAT_BUS_QUEUE: usize = 4096;
 /// Seconds a closing connection keeps draining input after its FIN, so unread input does not
 /// make the kernel answer with RST and destroy output the peer has not read yet.
 pub const DEFAULT_LINGER: Duration = Duration::from_secs(2);
@@ -83,6 +93,9 @@ pub const DEFAULT_LINGER: Duration = Duration::from_secs(2);
 pub struct Config {
     /// Address the services listen on.
     pub bind: IpAddr,
+    /// Bind every listener and the chat socket with `SO_REUSEPORT`, so that several processes
+    /// share the ports and the kernel spreads clients across them.
+    pub reuse_port: bool,
     /// TCP echo port (0: any free port; `None`: the service is off).
     pub echo_port: Option<u16>,
     /// TCP file download port (0: any free port; `None`: off).
@@ -141,6 +154,13 @@ pub struct Config {
     pub chat_queue: usize,
     /// New chat addresses must echo a cookie (`/verify`) before they join.
     pub chat_verify: bool,
+    /// The Redis that carries chat rooms between processes (`--chat-bus`); `None`: this process
+    /// is the whole chat.
+    pub chat_bus: Option<ChatBus>,
+    /// Put before every key and channel of the chat bus.
+    pub chat_bus_prefix: String,
+    /// Commands waiting for Redis before the oldest are dropped.
+    pub chat_bus_queue: usize,
     /// Pin the loop's thread to this CPU core (for benchmarks: keep it apart from the load).
     pub pin: Option<usize>,
     /// Log a line of statistics this often (0: never).
@@ -154,6 +174,7 @@ impl Default for Config {
     fn default() -> Self {
         Config {
             bind: DEFAULT_BIND,
+            reuse_port: false,
             echo_port: Some(DEFAULT_ECHO_PORT),
             files_port: Some(DEFAULT_FILES_PORT),
             chat_port: Some(DEFAULT_CHAT_PORT),
@@ -182,6 +203,9 @@ impl Default for Config {
             chat_burst: DEFAULT_CHAT_BURST,
             chat_queue: DEFAULT_CHAT_QUEUE,
             chat_verify: false,
+            chat_bus: None,
+            chat_bus_prefix: DEFAULT_CHAT_BUS_PREFIX.to_string(),
+            chat_bus_queue: DEFAULT_CHAT_BUS_QUEUE,
             pin: None,
             stats_interval: Duration::ZERO,
             access_log: false,
@@ -231,7 +255,30 @@ impl Config {
         if self.idle_timeout.is_zero() {
             return Err("--idle-timeout must be longer than 0".into());
         }
+        if self.chat_bus.is_some() && self.chat_port.is_none() {
+            return Err("--chat-bus carries chat rooms, but --chat-port is off".into());
+        }
+        if self.chat_bus_queue == 0 {
+            return Err("--chat-bus-queue must be at least 1".into());
+        }
         Ok(())
+    }
+}
+
+/// Where the chat bus's Redis listens (`--chat-bus redis://HOST:PORT[/DB]`), its host already
+/// resolved: the loop never waits for a name lookup.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ChatBus {
+    /// Redis's address.
+    pub addr: SocketAddr,
+    /// The database that holds the nickname and presence keys (`SELECT`); pub/sub channels
+    /// are the same in every database.
+    pub db: u32,
+}
+
+impl fmt::Display for ChatBus {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "redis://{}/{}", self.addr, self.db)
     }
 }
 
@@ -289,5 +336,29 @@ mod tests {
         config.low_water = 1;
         config.max_conns = 0;
         assert!(config.validate().unwrap_err().contains("--max-conns"));
+    }
+
+    #[test]
+    fn validate_rejects_a_chat_bus_without_a_chat_or_a_queue() {
+        let bus = ChatBus {
+            addr: "127.0.0.1:6379".parse().unwrap(),
+            db: 0,
+        };
+        let mut config = Config {
+            chat_bus: Some(bus),
+            chat_port: None,
+            ..Config::default()
+        };
+        assert!(
+            config
+                .validate()
+                .unwrap_err()
+                .contains("--chat-port is off")
+        );
+        config.chat_port = Some(0);
+        assert_eq!(config.validate(), Ok(()));
+        config.chat_bus_queue = 0;
+        assert!(config.validate().unwrap_err().contains("--chat-bus-queue"));
+        assert_eq!(bus.to_string(), "redis://127.0.0.1:6379/0");
     }
 }

@@ -23,6 +23,7 @@
 //! paid for by every idle connection; without the flag the vector stays empty. See
 //! [`access`].
 
+use std::cell::Cell;
 use std::io;
 use std::time::{Duration, Instant};
 
@@ -33,7 +34,8 @@ use slab::Slab;
 use crate::access::{self, Close, Notes};
 use crate::service::{Endpoint, Next, Role};
 use crate::stats::{CloseReason, Metric, Moved, ServiceMetric, Stats};
-use crate::sys;
+use crate::sys::counted::{self, Call};
+use crate::sys::{self, process};
 use crate::timers::Timers;
 use crate::token::{self, Id, KEY_MASK};
 
@@ -80,6 +82,11 @@ pub struct EndpointTable {
     slab: Slab<Slot>,
     /// The origin of every slot's `opened_ms` and `active_ms`.
     epoch: Instant,
+    /// The time of the current pass, in milliseconds since `epoch` ([`EndpointTable::start_pass`]).
+    pass_ms: u64,
+    /// Descriptors the process holds beside the endpoints' and the files being sent (standard
+    /// streams, the poll, the served root, ...), as last measured ([`EndpointTable::open_fds`]).
+    other_fds: Cell<Option<u64>>,
     timers: Timers,
     /// Generation given to the next insert, counted over the whole table. Wraps; a token could
     /// only be confused after 2^32 inserts within one batch of events.
@@ -98,6 +105,8 @@ impl EndpointTable {
         EndpointTable {
             slab: Slab::with_capacity(capacity),
             epoch: Instant::now(),
+            pass_ms: 0,
+            other_fds: Cell::new(None),
             timers: Timers::default(),
             next_generation: 0,
             counts: [0; Role::COUNTED.len()],
@@ -127,7 +136,7 @@ impl EndpointTable {
 
         let registered = endpoint.interest();
         if let (Some(source), Some(interest)) = (endpoint.source(), registered) {
-            registry.register(source, token, interest)?;
+            epoll_ctl(|| registry.register(source, token, interest))?;
         }
         let armed = endpoint.deadline();
         if let Some(at) = armed {
@@ -166,15 +175,36 @@ impl EndpointTable {
         self.slot_mut(token).map(|slot| &mut slot.endpoint)
     }
 
+    /// The descriptors the process holds, `files` of them open for downloads.
+    ///
+    /// Listing `/proc/self/fd` costs the kernel about a microsecond per descriptor, so it is done
+    /// only while the table is small (`LIST_FDS_BELOW` endpoints), or the first time. A large
+    /// table is counted instead: each endpoint holds exactly one descriptor (see
+    /// [`sys::CLOSING_DEREGISTERS`]), files are counted apart, and the rest were measured at the
+    /// last listing and do not change while the server runs.
+    pub fn open_fds(&self, files: u64) -> Option<u64> {
+        let ours = self.slab.len() as u64 + files;
+        match self.other_fds.get() {
+            Some(other) if self.slab.len() >= LIST_FDS_BELOW => Some(other + ours),
+            _ => {
+                let listed = process::count_open_fds()?;
+                self.other_fds.set(Some(listed.saturating_sub(ours)));
+                Some(listed)
+            }
+        }
+    }
+
+    /// Takes the time of the pass that begins, for [`EndpointTable::get_mut_active`]: one clock
+    /// subtraction per pass rather than one per event.
+    pub fn start_pass(&mut self, now: Instant) {
+        self.pass_ms = self.millis(now);
+    }
+
     /// As [`EndpointTable::get_mut`], noting that the loop has something to do for the endpoint
-    /// at `now` (its idle time in the admin service's list starts again); with the endpoint come
-    /// its access-log notes, if it has any.
-    pub fn get_mut_active(
-        &mut self,
-        token: Token,
-        now: Instant,
-    ) -> Option<(&mut Endpoint, Option<&mut Notes>)> {
-        let active_ms = self.millis(now);
+    /// in this pass (its idle time in the admin service's list starts again); with the endpoint
+    /// come its access-log notes, if it has any.
+    pub fn get_mut_active(&mut self, token: Token) -> Option<(&mut Endpoint, Option<&mut Notes>)> {
+        let active_ms = self.pass_ms;
         let slot = live(&mut self.slab, token)?;
         slot.active_ms = active_ms;
         let notes = self
@@ -277,7 +307,7 @@ impl EndpointTable {
         ) {
             // Deregistering a socket we are about to close cannot fail in a way worth reporting:
             // closing the descriptor removes it from the poll set anyway.
-            let _ = registry.deregister(source);
+            let _ = epoll_ctl(|| registry.deregister(source));
         }
         let role = slot.endpoint.role();
         if let Some(i) = counted(role) {
@@ -357,6 +387,10 @@ impl EndpointTable {
     }
 }
 
+/// Endpoints below which `open_fds` lists `/proc/self/fd` (a millisecond at most) rather than
+/// counting from the table.
+const LIST_FDS_BELOW: usize = 1000;
+
 /// Where `role` is counted in [`EndpointTable::counts`], if it is.
 fn counted(role: Role) -> Option<usize> {
     Role::COUNTED.iter().position(|counted| *counted == role)
@@ -376,17 +410,27 @@ fn reregister(
     wanted: Option<Interest>,
 ) -> io::Result<()> {
     let Some(source) = slot.endpoint.source() else {
+        // The endpoint has no socket now: a chat bus link backing off dropped it, and closing a
+        // descriptor takes it out of the poll set. Its next socket is registered afresh.
+        slot.registered = None;
         return Ok(());
     };
     match (slot.registered, wanted) {
-        (None, Some(interest)) => registry.register(source, token, interest)?,
-        (Some(_), Some(interest)) => registry.reregister(source, token, interest)?,
-        (Some(_), None) => registry.deregister(source)?,
+        (None, Some(interest)) => epoll_ctl(|| registry.register(source, token, interest))?,
+        (Some(_), Some(interest)) => epoll_ctl(|| registry.reregister(source, token, interest))?,
+        (Some(_), None) => epoll_ctl(|| registry.deregister(source))?,
         (None, None) => {}
     }
     trace!("{} interest {:?} -> {wanted:?}", Id(token), slot.registered);
     slot.registered = wanted;
     Ok(())
+}
+
+/// Makes one change to the poll set, which is one `epoll_ctl` on Linux, and counts it: every
+/// change goes through here, this module being the only one that talks to the `Registry`.
+fn epoll_ctl(change: impl FnOnce() -> io::Result<()>) -> io::Result<()> {
+    counted::count(Call::EpollCtl);
+    change()
 }
 
 #[cfg(test)]
@@ -398,7 +442,7 @@ mod tests {
     use mio::Poll;
 
     fn listener_endpoint() -> Endpoint {
-        let socket = tcp_listener("127.0.0.1:0".parse().unwrap()).unwrap();
+        let socket = tcp_listener("127.0.0.1:0".parse().unwrap(), false).unwrap();
         Endpoint::Listener {
             listener: Listener::new(socket, "echo"),
             service: Service::Echo,

@@ -2,13 +2,13 @@
 //!
 //! One pass of [`EventLoop::run`]:
 //!
-//! 1. `poll` sleeps until a source is ready or the nearest deadline (idle timeout, accept back-off,
-//!    lingering close, stats line, the admin service's one-second sample, shutdown grace) falls
-//!    due;
+//! 1. `poll` sleeps until a source is ready or the nearest deadline falls due (idle timeout,
+//!    accept back-off, lingering close, stats line, admin sample, shutdown grace);
 //! 2. each event's token finds its endpoint in the [`EndpointTable`]; the endpoint's handler does
 //!    the I/O and returns a [`Next`]; the table applies it (re-registration, deadline, close);
 //!    then the connections that gave their turn back are resumed, admin connections first given
-//!    the content they asked for (see `view.rs`);
+//!    the content they asked for (see `view.rs`), and so are the endpoints another one left work
+//!    for: the chat relay and its Redis links (see `links.rs`);
 //! 3. due deadlines fire;
 //! 4. the periodic chores run (stats line, admin sample), and the shutdown phase advances.
 //!
@@ -32,14 +32,16 @@ use std::time::{Duration, Instant};
 
 use log::{info, trace};
 use mio::event::Event;
-use mio::{Events, Poll, Registry, Token};
+use mio::{Events, Poll, Token};
 
 use crate::access::Notes;
 use crate::config::Config;
 use crate::endpoint::EndpointTable;
 use crate::service::admin::history::History;
+use crate::service::chat::bus::Exchange;
 use crate::service::{Context, Endpoint, FAIR_SHARE, KEEP, Next, Settings};
 use crate::stats::{Metric, Moved, Snapshot, Stats, StatsLine};
+use crate::sys::counted::{self, Call};
 use crate::sys::interrupted;
 use crate::timers::poll_timeout;
 use crate::token::Id;
@@ -58,6 +60,8 @@ struct Shared {
     settings: Settings,
     stats: Arc<Stats>,
     scratch: Box<[u8]>,
+    /// What the chat relay and its Redis links leave one another; `None` without `--chat-bus`.
+    bus: Option<Exchange>,
 }
 
 impl Shared {
@@ -77,6 +81,7 @@ impl Shared {
             // Resumptions and timers have no fresh event to vouch for a short read.
             short_read_drains: false,
             access,
+            bus: self.bus.as_mut(),
         }
     }
 }
@@ -95,8 +100,6 @@ pub struct EventLoop {
     stats_line: StatsLine,
     /// One-second samples for the admin service's `/stats.json`; `None` while it is off.
     history: Option<History>,
-    /// When the loop started running, for the admin service's uptime.
-    started: Instant,
     /// Connections that spent their budget and must be called again without an event.
     yielded: Vec<Token>,
     /// Stop requests from [`Handle`](crate::Handle)s, counted so two quick requests still mean
@@ -122,38 +125,15 @@ impl EventLoop {
                 settings: Settings::from_config(&config),
                 stats,
                 scratch: vec![0; SCRATCH_BYTES].into_boxed_slice(),
+                bus: None,
             },
             phase: Phase::Running,
             stats_line: StatsLine::new(config.stats_interval),
             history: config.admin_port.map(|_| History::default()),
-            started: Instant::now(),
             yielded: Vec::new(),
             stop_requests,
             config,
         })
-    }
-
-    /// The configuration the loop runs with.
-    pub fn config(&self) -> &Config {
-        &self.config
-    }
-
-    /// The registry, for sources that register themselves (the waker).
-    pub fn registry(&self) -> &Registry {
-        self.poll.registry()
-    }
-
-    /// Adds an endpoint (a listener, the signal source, the waker) before the loop runs.
-    ///
-    /// # Errors
-    /// Registration failed.
-    pub fn insert(&mut self, endpoint: Endpoint) -> io::Result<Token> {
-        self.table.insert(
-            self.poll.registry(),
-            endpoint,
-            &self.shared.stats,
-            Instant::now(),
-        )
     }
 
     /// Runs until shutdown completes, then returns the final figures.
@@ -170,9 +150,7 @@ impl EventLoop {
             self.fire_due_deadlines(woke);
             self.periodic(woke);
             self.advance_phase(woke);
-            // One clock read both ends this pass and starts the next poll's timeout.
-            now = Instant::now();
-            self.shared.stats.observe_pass(now - woke);
+            now = self.end_pass(woke);
         }
         let summary = self.shared.stats.snapshot();
         info!("stopped: {summary}");
@@ -197,6 +175,7 @@ impl EventLoop {
     /// Waits for readiness or the timeout, and takes the batch of events.
     fn wait(&mut self, timeout: Option<Duration>) -> io::Result<()> {
         self.shared.stats.add(Metric::LoopIterations, 1);
+        counted::count(Call::EpollWait);
         let polled = match self.poll.poll(&mut self.events, timeout) {
             // A signal interrupted the wait: an empty batch. The signal itself comes as an event.
             Err(e) if interrupted(&e) => Ok(()),
@@ -209,6 +188,7 @@ impl EventLoop {
 
     /// Dispatches every event of the batch `wait` took.
     fn handle_events(&mut self, now: Instant) {
+        self.table.start_pass(now);
         // Handlers need `&mut self`; lend them the events by moving the batch out meanwhile.
         let events = mem::replace(&mut self.events, Events::with_capacity(0));
         for event in events.iter() {
@@ -230,7 +210,7 @@ impl EventLoop {
         now: Instant,
         handler: impl FnOnce(&mut Endpoint, &mut Context<'_>) -> Next,
     ) {
-        let Some((endpoint, notes)) = self.table.get_mut_active(token, now) else {
+        let Some((endpoint, notes)) = self.table.get_mut_active(token) else {
             return;
         };
         let before = Moved::counted(&self.shared.stats);
@@ -242,6 +222,7 @@ impl EventLoop {
         let moved = Moved::counted(&self.shared.stats).since(before);
         let (registry, stats) = (self.poll.registry(), &self.shared.stats);
         self.table.settle(registry, token, next, moved, stats);
+        self.wake_linked();
     }
 
     /// Hands one event to the endpoint its token names.
@@ -272,7 +253,11 @@ impl EventLoop {
                 let requests = self.stop_requests.swap(0, Ordering::AcqRel);
                 (0..requests).for_each(|_| self.request_stop(now));
             }
-            Endpoint::Echo(_) | Endpoint::Download(_) | Endpoint::Admin(_) | Endpoint::Chat(_) => {
+            Endpoint::Echo(_)
+            | Endpoint::Download(_)
+            | Endpoint::Admin(_)
+            | Endpoint::Chat(_)
+            | Endpoint::Bus(_) => {
                 self.call(token, now, |endpoint, ctx| endpoint.on_event(event, ctx));
             }
         }
@@ -297,6 +282,8 @@ impl EventLoop {
 }
 
 mod accept;
+mod links;
+mod setup;
 mod shutdown;
 #[cfg(test)]
 mod tests;

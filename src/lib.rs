@@ -12,7 +12,9 @@
 //! - [`service`]: what lives in the table, the contract between the loop and a handler, and
 //!   building the connection an accepted socket becomes; one module per protocol beneath it
 //!   ([`service::echo`], [`service::download`], [`service::chat`], and [`service::admin`], the
-//!   HTTP view of the running server: metrics, the connection list, health, a live page).
+//!   HTTP view of the running server: metrics, the connection list, health, a live page). With
+//!   `--chat-bus`, [`service::chat::bus`] makes the chat relays of several processes one chat,
+//!   through Redis pub/sub, with two more endpoints in the same loop.
 //! - [`listener`]: accepting connections and backing off when out of file descriptors.
 //! - [`buffer`]: the bounded output buffer and its water marks: why memory stays bounded.
 //! - [`timers`]: deadlines without threads, turned into the `poll` timeout.

@@ -19,9 +19,10 @@ use std::time::{Duration, Instant};
 
 use log::{debug, info, trace, warn};
 use mio::Interest;
-use mio::net::{TcpListener, TcpStream};
+use mio::net::TcpListener;
 
 use crate::stats::{Metric, Stats};
+use crate::sys::counted::{self, Call, TcpStream};
 use crate::sys::{interrupted, network_hiccup, out_of_resources, peer_gone, would_block};
 
 /// How long a listener stays disarmed after `accept` ran out of resources: short enough that
@@ -81,8 +82,10 @@ impl Accept for TcpListener {
     type Stream = TcpStream;
 
     fn accept(&mut self) -> io::Result<(TcpStream, SocketAddr)> {
+        counted::count(Call::Accept4);
         // The inherent method: mio's own accept, which sets the new socket non-blocking.
-        TcpListener::accept(self)
+        let (stream, peer) = TcpListener::accept(self)?;
+        Ok((TcpStream::new(stream), peer))
     }
 }
 

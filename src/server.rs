@@ -15,13 +15,14 @@ use std::time::Instant;
 
 use log::{info, warn};
 use mio::Waker;
-use mio::net::UdpSocket;
 use signal_hook::consts::{SIGINT, SIGTERM};
 use signal_hook_mio::v1_0::Signals;
 
 use crate::config::Config;
 use crate::event_loop::EventLoop;
 use crate::listener::Listener;
+use crate::service::chat::bus::link::{self, Link};
+use crate::service::chat::bus::{self, Exchange, Tokens};
 use crate::service::download::files::Files;
 use crate::service::{Endpoint, Service, chat};
 use crate::stats::{Snapshot, Stats};
@@ -282,7 +283,8 @@ fn bind_listener(
         addr,
         source,
     };
-    let socket = sys::tcp_listener(addr).map_err(bind_error)?;
+    let reuse_port = event_loop.config().reuse_port;
+    let socket = sys::tcp_listener(addr, reuse_port).map_err(bind_error)?;
     if let Err(e) = service.tune_listener(&socket) {
         // Only speed depends on it: the service works with the kernel's defaults.
         warn!("{name}: cannot set the listener's socket options: {e}");
@@ -295,18 +297,49 @@ fn bind_listener(
     Ok(Some(bound))
 }
 
-/// Binds the chat relay's UDP socket and puts it in the loop; returns the address actually bound.
+/// Binds the chat relay's UDP socket and puts it in the loop, with its two Redis links if
+/// `--chat-bus` is set; returns the address actually bound.
 fn bind_chat(event_loop: &mut EventLoop, addr: SocketAddr) -> Result<SocketAddr, StartError> {
     let bind_error = |source| StartError::Bind {
         service: "chat",
         addr,
         source,
     };
-    let socket = UdpSocket::bind(addr).map_err(bind_error)?;
+    let config = event_loop.config();
+    let socket = sys::udp_socket(addr, config.reuse_port).map_err(bind_error)?;
     let bound = socket.local_addr().map_err(bind_error)?;
-    let relay = chat::Relay::new(socket, event_loop.config(), Instant::now());
-    event_loop
+    let now = Instant::now();
+    let mut relay = chat::Relay::new(socket, config, now);
+    let settings = config
+        .chat_bus
+        .map(|redis| bus::Settings::from_config(config, redis, bus::node_id()));
+    if let Some(settings) = &settings {
+        relay.join_bus(settings.clone());
+    }
+    let relay = event_loop
         .insert(Endpoint::Chat(Box::new(relay)))
         .map_err(bind_error)?;
+    if let Some(settings) = settings {
+        let setup = |source| StartError::Setup {
+            what: "the chat bus",
+            source,
+        };
+        let mut link = |kind| {
+            let link = Link::new(kind, &settings, now);
+            event_loop.insert(Endpoint::Bus(Box::new(link)))
+        };
+        let commands = link(link::Kind::Commands).map_err(setup)?;
+        let subscriber = link(link::Kind::Subscriber).map_err(setup)?;
+        let tokens = Tokens {
+            relay,
+            commands,
+            subscriber,
+        };
+        event_loop.attach_bus(Exchange::new(tokens, settings.queue));
+        info!(
+            "chat bus {}: this process is node {}, keys and channels under {:?}",
+            settings.redis, settings.node, settings.prefix
+        );
+    }
     Ok(bound)
 }

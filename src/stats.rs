@@ -8,6 +8,11 @@
 //! The loop's thread is the only writer. Other threads (tests, a caller holding a
 //! [`Handle`](crate::Handle)) only read, so each counter is an atomic updated with a plain
 //! load-then-store: no locked instruction on the hot path, yet every read sees a whole value.
+//!
+//! The `syscalls_*` figures, the loop's system calls by kind, are the one exception to "counted
+//! where it happens": they are counted in cells of the loop's own thread, where no `Stats` is in
+//! reach, and added here once per pass ([`Stats::add_calls`]; [`counted`] says why). So they may
+//! lag the other figures by the pass under way.
 
 pub mod histogram;
 
@@ -17,6 +22,7 @@ use std::time::{Duration, Instant};
 
 use log::info;
 
+use crate::sys::counted::{self, Call};
 use histogram::{EVENTS_PER_POLL, LIFETIME_SECONDS, PASS_SECONDS};
 pub use histogram::{Histogram, HistogramSnapshot};
 
@@ -167,6 +173,27 @@ metrics! {
     ChatMembers => "chat_members",
     /// Chat rooms now.
     ChatRooms => "chat_rooms",
+    /// Chat bus connections to Redis ready now: 0, 1 or 2 (`--chat-bus`).
+    ChatBusLinksUp => "chat_bus_links_up",
+    /// Times a chat bus connection became ready.
+    ChatBusConnects => "chat_bus_connects",
+    /// Chat bus connections closed, or attempts failed, because Redis refused, reset or closed.
+    ChatBusClosedGone => "chat_bus_closed_gone",
+    /// Chat bus connections closed because a connect or an answer did not come in time.
+    ChatBusClosedSlow => "chat_bus_closed_slow",
+    /// Chat bus connections closed because Redis sent what is not the answer: not RESP, too
+    /// large, out of turn, or a refusal of an opening command.
+    ChatBusClosedProtocol => "chat_bus_closed_protocol",
+    /// Messages published for other nodes and taken by Redis.
+    ChatBusPublished => "chat_bus_published",
+    /// Messages from other nodes handled here.
+    ChatBusReceived => "chat_bus_received",
+    /// Commands for Redis dropped, oldest first, because the bus queue was full.
+    ChatBusDroppedQueue => "chat_bus_dropped_queue",
+    /// Messages not published because the bus was down.
+    ChatBusDroppedDown => "chat_bus_dropped_down",
+    /// Messages from the bus that were not valid envelopes.
+    ChatBusDroppedInvalid => "chat_bus_dropped_invalid",
     /// Times `accept` failed (out of descriptors, or unexpectedly) and the listener backed off.
     AcceptBackoffs => "accept_backoffs",
     /// Passes of the loop (one `poll` each).
@@ -175,6 +202,28 @@ metrics! {
     Events => "events",
     /// Events dropped because their token's endpoint had been closed.
     StaleEvents => "stale_events",
+    /// System calls made by the loop, by kind (see [`counted`]): `epoll_wait`, one per pass.
+    SyscallsEpollWait => "syscalls_epoll_wait",
+    /// `epoll_ctl`: registrations, re-registrations and deregistrations.
+    SyscallsEpollCtl => "syscalls_epoll_ctl",
+    /// `accept4`: connections accepted, and the attempts that found the queue empty.
+    SyscallsAccept4 => "syscalls_accept4",
+    /// `recvfrom`: reads from TCP clients and chat datagrams received, `WouldBlock` included.
+    SyscallsRecvfrom => "syscalls_recvfrom",
+    /// `sendto`: writes to TCP clients and chat datagrams sent, `WouldBlock` included.
+    SyscallsSendto => "syscalls_sendto",
+    /// `sendfile`: download bodies sent from the page cache.
+    SyscallsSendfile => "syscalls_sendfile",
+    /// `pread64`: download bodies read on the copy path.
+    SyscallsPread64 => "syscalls_pread64",
+    /// `shutdown`: FINs sent before a lingering close.
+    SyscallsShutdown => "syscalls_shutdown",
+    /// `setsockopt`: `TCP_NODELAY` on admin connections, `SO_LINGER` 0 before a reset.
+    SyscallsSetsockopt => "syscalls_setsockopt",
+    /// `getpeername`: peer addresses asked for the admin service's connection list.
+    SyscallsGetpeername => "syscalls_getpeername",
+    /// `close`: client sockets closed.
+    SyscallsClose => "syscalls_close",
 }
 
 /// The services a figure can be kept for, as the `service` label and `/stats.json` name them.
@@ -308,6 +357,14 @@ impl Stats {
     /// Counts one connection closed for `reason`.
     pub fn count_close(&self, reason: CloseReason) {
         self.add(reason.metric(), 1);
+    }
+
+    /// Adds the system calls the loop's thread counted since its last fold: the loop calls this
+    /// once per pass with [`counted::take`].
+    pub fn add_calls(&self, counts: counted::Counts) {
+        for (call, n) in Call::ALL.into_iter().zip(counts) {
+            self.add(call.metric(), n);
+        }
     }
 
     /// The current value of one metric.

@@ -5,8 +5,10 @@
 //! the served root or blocking on a FIFO, and zero-copy `sendfile`. Errors are classified once, in this file, and every
 //! read, write and accept loop asks the same questions: "is this the end of the drain?" (`would_block`),
 //! "should I simply try again?" (`interrupted`), "did the peer go away?" (`peer_gone`).
-//! [`process`] reads the process's own figures (memory, descriptors, CPU time) from `/proc`.
+//! [`process`] reads the process's own figures (memory, descriptors, CPU time) from `/proc`;
+//! [`counted`] counts the system calls the loop makes, by kind.
 
+pub mod counted;
 pub mod process;
 
 use std::fs::File;
@@ -16,7 +18,7 @@ use std::os::fd::{AsFd, AsRawFd};
 use std::path::Path;
 use std::time::Duration;
 
-use mio::net::TcpListener;
+use mio::net::{TcpListener, UdpSocket};
 use socket2::{Domain, Protocol, SockRef, Socket, Type};
 
 /// Length of the kernel's queue of completed connections not yet accepted.
@@ -97,17 +99,44 @@ pub fn reset_on_close(socket: &impl AsFd) -> io::Result<()> {
 /// Opens a non-blocking TCP listener.
 ///
 /// `SO_REUSEADDR` lets a restarted server bind while connections of the previous run sit in
-/// `TIME_WAIT`; it does not let two live servers share a port.
+/// `TIME_WAIT`; it does not let two live servers share a port. `reuse_port` (`--reuse-port`) adds
+/// `SO_REUSEPORT`, which does: every process that binds the port with it gets a listener of its
+/// own, and the kernel spreads new connections across them by a hash of the client's address,
+/// the way nginx runs one worker per core.
 ///
 /// # Errors
 /// Any error of `socket`, `bind` or `listen`, for the caller to name the service and port.
-pub fn tcp_listener(addr: SocketAddr) -> io::Result<TcpListener> {
+pub fn tcp_listener(addr: SocketAddr, reuse_port: bool) -> io::Result<TcpListener> {
     let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
     socket.set_reuse_address(true)?;
+    share_port(&socket, reuse_port)?;
     socket.set_nonblocking(true)?;
     socket.bind(&addr.into())?;
     socket.listen(LISTEN_BACKLOG)?;
     Ok(TcpListener::from_std(socket.into()))
+}
+
+/// Opens a non-blocking UDP socket, with `SO_REUSEPORT` when `reuse_port` is set: then the kernel
+/// gives each process bound to the port the datagrams of a fixed share of source addresses, so
+/// one chat member always reaches the same process.
+///
+/// # Errors
+/// Any error of `socket` or `bind`, for the caller to name the service and port.
+pub fn udp_socket(addr: SocketAddr, reuse_port: bool) -> io::Result<UdpSocket> {
+    let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
+    share_port(&socket, reuse_port)?;
+    socket.set_nonblocking(true)?;
+    socket.bind(&addr.into())?;
+    Ok(UdpSocket::from_std(socket.into()))
+}
+
+/// Sets `SO_REUSEPORT` when asked. Both sockets must set it, and belong to the same user, for
+/// the kernel to let the second bind a port the first holds.
+fn share_port(socket: &Socket, reuse_port: bool) -> io::Result<()> {
+    if reuse_port {
+        socket.set_reuse_port(true)?;
+    }
+    Ok(())
 }
 
 /// Limits the bytes a socket accepted from `listener` may hold *unsent* to `bytes`
@@ -156,6 +185,132 @@ pub fn pin_to_core(core: usize) -> io::Result<()> {
     #[cfg(not(target_os = "linux"))]
     let _ = core;
     Ok(())
+}
+
+/// CPU time the calling thread has used so far, user and system together; `None` if the system
+/// would not say. `readyloop bench` reads it per generator thread to report its own cost.
+pub fn thread_cpu_time() -> Option<Duration> {
+    let mut now = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `now` is a valid timespec for clock_gettime to fill in.
+    let result = unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut now) };
+    let secs = u64::try_from(now.tv_sec).ok()?;
+    let nanos = u32::try_from(now.tv_nsec).ok()?;
+    (result == 0).then(|| Duration::new(secs, nanos))
+}
+
+/// A one-shot timer that is a readiness source: registered with a `Poll` like a socket, it
+/// becomes readable when it expires. `poll` itself waits in whole milliseconds (mio rounds a
+/// timeout up), far too coarse for an open-loop generator sending every few microseconds; a
+/// Linux `timerfd` expires within the kernel's timer slack, about 50 µs.
+///
+/// Elsewhere [`Timer::new`] fails with `Unsupported`, and the caller falls back on the poll
+/// timeout.
+#[derive(Debug)]
+pub struct Timer {
+    fd: std::os::fd::OwnedFd,
+}
+
+impl Timer {
+    /// A disarmed, non-blocking timer on the monotonic clock (the clock of `Instant`).
+    ///
+    /// # Errors
+    /// As `timerfd_create(2)`; `Unsupported` off Linux.
+    pub fn new() -> io::Result<Timer> {
+        #[cfg(target_os = "linux")]
+        {
+            use std::os::fd::FromRawFd;
+            // SAFETY: plain system call; the descriptor it returns is owned by nothing else.
+            let fd = unsafe {
+                libc::timerfd_create(
+                    libc::CLOCK_MONOTONIC,
+                    libc::TFD_NONBLOCK | libc::TFD_CLOEXEC,
+                )
+            };
+            if fd < 0 {
+                return Err(io::Error::last_os_error());
+            }
+            // SAFETY: `fd` was just created and is owned by nothing else.
+            Ok(Timer {
+                fd: unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) },
+            })
+        }
+        #[cfg(not(target_os = "linux"))]
+        Err(io::ErrorKind::Unsupported.into())
+    }
+
+    /// Arms the timer to expire once, `after` from now (at once for zero), replacing any
+    /// earlier setting and forgetting an expiry not yet read.
+    ///
+    /// # Errors
+    /// As `timerfd_settime(2)`.
+    pub fn set(&self, after: Duration) -> io::Result<()> {
+        #[cfg(target_os = "linux")]
+        {
+            // A zero `it_value` would disarm the timer; a nanosecond expires at once.
+            let after = after.max(Duration::from_nanos(1));
+            let value = libc::itimerspec {
+                it_interval: libc::timespec {
+                    tv_sec: 0,
+                    tv_nsec: 0,
+                },
+                it_value: libc::timespec {
+                    tv_sec: libc::time_t::try_from(after.as_secs()).unwrap_or(libc::time_t::MAX),
+                    // Below 10⁹: fits any c_long.
+                    tv_nsec: after.subsec_nanos() as libc::c_long,
+                },
+            };
+            // SAFETY: the descriptor is open and `value` is a valid itimerspec; the old
+            // setting is not asked for (null).
+            let result = unsafe {
+                libc::timerfd_settime(self.fd.as_raw_fd(), 0, &value, std::ptr::null_mut())
+            };
+            if result != 0 {
+                return Err(io::Error::last_os_error());
+            }
+            Ok(())
+        }
+        #[cfg(not(target_os = "linux"))]
+        {
+            let _ = after;
+            Err(io::ErrorKind::Unsupported.into())
+        }
+    }
+
+    /// Reads the expiry count, so that the next expiry is a new readiness edge. One read
+    /// drains it: the count is a single 8-byte value, and reading resets it.
+    pub fn clear(&self) {
+        let mut count = [0u8; 8];
+        // SAFETY: the descriptor is open and `count` is 8 writable bytes. Its result is not
+        // needed: nothing to read (EAGAIN) means there was no expiry to clear.
+        let _ = unsafe { libc::read(self.fd.as_raw_fd(), count.as_mut_ptr().cast(), count.len()) };
+    }
+}
+
+impl mio::event::Source for Timer {
+    fn register(
+        &mut self,
+        registry: &mio::Registry,
+        token: mio::Token,
+        interests: mio::Interest,
+    ) -> io::Result<()> {
+        mio::unix::SourceFd(&self.fd.as_raw_fd()).register(registry, token, interests)
+    }
+
+    fn reregister(
+        &mut self,
+        registry: &mio::Registry,
+        token: mio::Token,
+        interests: mio::Interest,
+    ) -> io::Result<()> {
+        mio::unix::SourceFd(&self.fd.as_raw_fd()).reregister(registry, token, interests)
+    }
+
+    fn deregister(&mut self, registry: &mio::Registry) -> io::Result<()> {
+        mio::unix::SourceFd(&self.fd.as_raw_fd()).deregister(registry)
+    }
 }
 
 /// What [`open_beneath`] found at a name.
@@ -349,7 +504,7 @@ mod tests {
     /// The limit is set once on the listener: it must reach the sockets the listener accepts.
     #[test]
     fn an_accepted_socket_inherits_the_listeners_unsent_limit() {
-        let mut listener = tcp_listener("127.0.0.1:0".parse().unwrap()).unwrap();
+        let mut listener = tcp_listener("127.0.0.1:0".parse().unwrap(), false).unwrap();
         limit_unsent(&listener, 48 * 1024).unwrap();
         let _client = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
         let accepted = accept_within(&mut listener);

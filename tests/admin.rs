@@ -402,6 +402,8 @@ fn metrics_pass_promtool_and_move_by_exactly_what_clients_did() {
     );
     assert_eq!(moved(r#"readyloop_requests_total{service="files"}"#), 1.0);
     assert_eq!(moved("readyloop_downloads_completed_total"), 1.0);
+    // A 1 000-byte body fits the socket's buffer: one call sends it all.
+    assert_eq!(moved(r#"readyloop_syscalls_total{call="sendfile"}"#), 1.0);
     assert_eq!(
         moved(r#"readyloop_received_bytes_total{service="files"}"#),
         10.0
@@ -447,6 +449,39 @@ fn stats_json_carries_totals_services_and_a_history() {
     assert_eq!(json["totals"]["open"], 1);
     assert_eq!(json["services"]["echo"]["open"], 1);
     assert_eq!(json["services"]["echo"]["bytes_in"], 7);
+    // The echo's pass ended before this request's began, and with it the fold of its calls.
+    assert!(json["totals"]["syscalls_recvfrom"].as_u64() >= Some(1));
+    assert!(json["totals"]["syscalls_sendto"].as_u64() >= Some(1));
     assert_eq!(json["history"]["interval_seconds"], 1);
     assert!(json["history"]["samples"].is_array());
+}
+
+/// Past a thousand endpoints the server counts its descriptors from its table instead of listing
+/// `/proc/self/fd` (a microsecond of kernel time apiece): the figure must still be the real one.
+/// The server runs in its own process, so no other test's descriptors are in its table; one
+/// kept-alive admin connection does every request, so the same descriptors are open each time.
+#[test]
+fn open_fds_stays_exact_when_counted_from_the_table() {
+    let (server, addresses) = Running::serve(&["-q"]);
+    let (echo, admin) = (addresses["echo"], addresses["admin"]);
+    let mut scraper = Client::new(admin);
+    let mut ask = |path: &str| {
+        scraper.send(&format!("GET {path} HTTP/1.1\r\nHost: t\r\n\r\n"));
+        scraper.response("GET")
+    };
+    let real = || {
+        std::fs::read_dir(format!("/proc/{}/fd", server.pid()))
+            .unwrap()
+            .count() as f64
+    };
+    // Few endpoints: listed, with the descriptor the listing itself holds.
+    let fds = samples(ask("/metrics").text())["process_open_fds"];
+    assert_eq!(fds, real() + 1.0);
+
+    let clients: Vec<TcpStream> = (0..1500).map(|_| connect(echo)).collect();
+    wait_until(WAIT, "every client accepted", || {
+        ask("/stats.json").json()["totals"]["open"] == clients.len()
+    });
+    let counted = samples(ask("/metrics").text())["process_open_fds"];
+    assert_eq!(counted, real() + 1.0, "counted from the table");
 }

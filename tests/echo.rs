@@ -49,6 +49,89 @@ fn a_thousand_messages_on_one_connection_each_come_back_before_the_next() {
     );
 }
 
+/// Echo at the floor of a readiness loop: once a connection is open, each round trip costs the
+/// server one `recvfrom` and one `sendto` (a read shorter than asked proves the socket drained, so
+/// no read comes back with `WouldBlock`), and one `epoll_wait`, since the client waits for each
+/// echo before it sends again. Nothing else: no registration, no accept, no close. The loop adds
+/// its counts to the figures at the end of each pass, so the test waits for the last read to show.
+#[test]
+fn each_round_trip_costs_one_recvfrom_one_sendto_and_one_poll() {
+    const TRIPS: u64 = 200;
+    let server = TestServer::start(|_| {});
+    let mut client = connect(server.echo);
+    round_trip(&mut client, b"warm-up");
+    server.wait_for(WAIT, "the warm-up read to be counted", |s| {
+        s.get(Metric::SyscallsRecvfrom) >= 1
+    });
+    let before = server.stats();
+    let started = Instant::now();
+    for i in 0..TRIPS {
+        round_trip(&mut client, &payload(i, 64));
+    }
+    let took = started.elapsed();
+    let reads = before.get(Metric::SyscallsRecvfrom) + TRIPS;
+    server.wait_for(WAIT, "every read to be counted", |s| {
+        s.get(Metric::SyscallsRecvfrom) >= reads
+    });
+    let after = server.stats();
+    let moved = |metric| after.get(metric) - before.get(metric);
+
+    assert_eq!(moved(Metric::SyscallsRecvfrom), TRIPS, "{after}");
+    assert_eq!(moved(Metric::SyscallsSendto), TRIPS, "{after}");
+    for metric in [
+        Metric::SyscallsEpollCtl,
+        Metric::SyscallsAccept4,
+        Metric::SyscallsClose,
+        Metric::SyscallsShutdown,
+        Metric::SyscallsSetsockopt,
+    ] {
+        assert_eq!(moved(metric), 0, "{metric:?}: {after}");
+    }
+    // Timers wake the loop too: the admin service samples the figures once a second.
+    let timers = took.as_secs() + 2;
+    let polls = moved(Metric::SyscallsEpollWait);
+    assert!(
+        (TRIPS..=TRIPS + timers).contains(&polls),
+        "{polls} polls for {TRIPS} round trips in {took:?}"
+    );
+}
+
+/// A connection's whole life as system calls: `accept4` twice (the client, then the empty queue
+/// that ends the accept drain), one `epoll_ctl` to register it (on Linux closing the socket takes
+/// it out of the poll set, elsewhere one more removes it), `recvfrom` for its message and for its
+/// FIN, one `sendto` for the echo, and the `close`.
+#[test]
+fn a_connection_costs_two_accepts_a_registration_two_reads_a_write_and_a_close() {
+    let server = TestServer::start(|_| {});
+    let before = server.stats();
+    let mut client = connect(server.echo);
+    round_trip(&mut client, b"one message");
+    drop(client);
+    server.wait_for(WAIT, "the close to be counted", |s| {
+        s.get(Metric::ClosedPeer) == 1
+            && s.get(Metric::SyscallsClose) > before.get(Metric::SyscallsClose)
+    });
+    let after = server.stats();
+    let moved = |metric| after.get(metric) - before.get(metric);
+
+    let registrations = if readyloop::sys::CLOSING_DEREGISTERS {
+        1
+    } else {
+        2
+    };
+    for (metric, calls) in [
+        (Metric::SyscallsAccept4, 2),
+        (Metric::SyscallsEpollCtl, registrations),
+        (Metric::SyscallsRecvfrom, 2),
+        (Metric::SyscallsSendto, 1),
+        (Metric::SyscallsClose, 1),
+        (Metric::SyscallsShutdown, 0),
+        (Metric::SyscallsSetsockopt, 0),
+    ] {
+        assert_eq!(moved(metric), calls, "{metric:?}: {after}");
+    }
+}
+
 /// A writer thread sends 16 MiB and then half-closes; the reader, on this thread, hashes what
 /// comes back. Sending and receiving at once keeps both directions moving, as a real bulk client
 /// would; the digests prove every byte came back in order, and EOF proves nothing extra did.

@@ -14,7 +14,7 @@ use std::sync::mpsc;
 use std::thread;
 use std::time::Duration;
 
-use readyloop::{Addresses, Config, Server};
+use readyloop::{Addresses, Config, Handle, Server};
 
 pub mod nginx;
 pub mod tokio_peer;
@@ -25,6 +25,8 @@ pub struct Running {
     pub addresses: Addresses,
     /// The server thread's id, for `/proc/self/task/<tid>`.
     pub tid: i32,
+    /// The server's figures, its system calls by kind among them.
+    pub handle: Handle,
 }
 
 /// A configuration on loopback with every port chosen by the kernel.
@@ -43,6 +45,7 @@ pub fn loopback_config() -> Config {
 pub fn start_readyloop(config: Config) -> Running {
     let server = Server::bind(config).expect("readyloop binds");
     let addresses = server.addresses();
+    let handle = server.handle();
     let (tx, rx) = mpsc::channel();
     thread::spawn(move || {
         // SAFETY: gettid has no preconditions.
@@ -50,7 +53,11 @@ pub fn start_readyloop(config: Config) -> Running {
         server.run()
     });
     let tid = rx.recv().expect("the server thread starts");
-    Running { addresses, tid }
+    Running {
+        addresses,
+        tid,
+        handle,
+    }
 }
 
 /// CPU time (user and system) a thread of this process has used so far.

@@ -7,10 +7,18 @@
 //! a buffer per task, `read`, `write_all`). It leaves out what a benchmark does not exercise:
 //! `LIST`, the bare request form, request grace, lingering close, limits and stats.
 //!
+//! The chat relay ([`chat_relay`]) is the loop the issue compares against: receive one datagram,
+//! send its line to every member of the sender's room (awaiting each send), then receive the
+//! next. It speaks as much of readyloop's protocol as `readyloop bench chat` uses: a new address
+//! joins `lobby`, `/join ROOM` answers `* you joined ROOM (N others here)`, `/leave` leaves, any
+//! other command is ignored, and text goes to the room as `<ip:port>: <text>`, the sender
+//! included.
+//!
 //! Download bodies are copied with an explicit read/write loop through a 64 KiB buffer, in one of
 //! two ways (see [`Body`]): through `tokio::fs::File`, which is what the tokio documentation
 //! offers, or through a `std::fs::File` read inside the task, which costs only the copy.
 
+use std::collections::HashMap;
 use std::io::{self, Read, SeekFrom};
 use std::net::SocketAddr;
 use std::path::{Component, Path, PathBuf};
@@ -19,7 +27,7 @@ use std::thread;
 use std::time::Duration;
 
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncSeekExt, AsyncWriteExt, BufReader};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::{TcpListener, TcpStream, UdpSocket};
 
 /// Bytes per read of a download body: the buffer size of the copy loops in `benches/download.rs`.
 const COPY_BUFFER: usize = 64 * 1024;
@@ -54,6 +62,8 @@ pub struct TokioPeer {
     pub files: SocketAddr,
     /// The `GET` service reading through `std::fs` ([`Body::StdFs`]).
     pub files_std: SocketAddr,
+    /// The UDP chat relay.
+    pub chat: SocketAddr,
     /// The runtime thread's kernel id, for `/proc/self/task/<tid>`.
     pub tid: i32,
 }
@@ -119,11 +129,13 @@ async fn serve(root: Arc<PathBuf>, ready: mpsc::Sender<TokioPeer>) {
         files.expect("bind files"),
         files_std.expect("bind files"),
     );
+    let chat = UdpSocket::bind("127.0.0.1:0").await.expect("bind chat");
     let addr = |listener: &TcpListener| listener.local_addr().expect("a bound address");
     let _ = ready.send(TokioPeer {
         echo: addr(&echo),
         files: addr(&files),
         files_std: addr(&files_std),
+        chat: chat.local_addr().expect("a bound address"),
         // SAFETY: gettid has no preconditions; this is the runtime's only thread.
         tid: unsafe { libc::gettid() },
     });
@@ -144,6 +156,7 @@ async fn serve(root: Arc<PathBuf>, ready: mpsc::Sender<TokioPeer>) {
                 let _ = get_connection(stream, &root, Body::StdFs).await;
             }
         }),
+        chat_relay(chat),
     );
 }
 
@@ -160,6 +173,56 @@ where
             }
             // Out of descriptors, for example: the connection waits in the backlog.
             Err(e) => eprintln!("tokio peer: accept failed: {e}"),
+        }
+    }
+}
+
+/// The chat relay: one datagram at a time, its whole fan-out sent before the next is received.
+async fn chat_relay(socket: UdpSocket) {
+    const LOBBY: &str = "lobby";
+    let mut rooms: HashMap<String, Vec<SocketAddr>> = HashMap::new();
+    let mut members: HashMap<SocketAddr, String> = HashMap::new();
+    let mut buf = vec![0; 64 * 1024];
+    loop {
+        // Errors here are ICMP reports for earlier sends: that peer's concern only.
+        let Ok((n, from)) = socket.recv_from(&mut buf).await else {
+            continue;
+        };
+        let Ok(text) = std::str::from_utf8(&buf[..n]) else {
+            continue;
+        };
+        let text = text.trim_end_matches(['\r', '\n']);
+        if let std::collections::hash_map::Entry::Vacant(entry) = members.entry(from) {
+            entry.insert(LOBBY.to_string());
+            rooms.entry(LOBBY.to_string()).or_default().push(from);
+        }
+        let leave = |rooms: &mut HashMap<String, Vec<SocketAddr>>, room: &str| {
+            if let Some(list) = rooms.get_mut(room) {
+                list.retain(|m| *m != from);
+            }
+        };
+        if let Some(room) = text.strip_prefix("/join ") {
+            let room = room.trim();
+            let old = members.insert(from, room.to_string()).unwrap_or_default();
+            let reply = if old == room {
+                format!("* you are already in {room}\n")
+            } else {
+                leave(&mut rooms, &old);
+                let list = rooms.entry(room.to_string()).or_default();
+                list.push(from);
+                format!("* you joined {room} ({} others here)\n", list.len() - 1)
+            };
+            let _ = socket.send_to(reply.as_bytes(), from).await;
+        } else if text == "/leave" {
+            if let Some(old) = members.remove(&from) {
+                leave(&mut rooms, &old);
+            }
+        } else if !text.starts_with('/') && !text.trim().is_empty() {
+            let line = format!("{from}: {text}\n");
+            let room = &members[&from];
+            for &member in rooms.get(room).into_iter().flatten() {
+                let _ = socket.send_to(line.as_bytes(), member).await;
+            }
         }
     }
 }

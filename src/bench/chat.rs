@@ -11,12 +11,20 @@
 //!
 //! Each message carries its sender's number, a sequence number and its send time in nanoseconds
 //! since the run's start (`3:1234:56789012:....`); every thread reads the same process clock, so
-//! the receiver's clock minus that time is the one-way latency through the relay. A sender keeps
-//! [`WINDOW`] messages in flight, paced by its own copies coming back (as `benches/chat.rs`
-//! does), so the measurement is closed-loop and no kernel buffer overflows. The delivery ratio,
+//! the receiver's clock minus that time is the one-way latency through the relay. In a closed
+//! loop a sender keeps [`WINDOW`] messages in flight, paced by its own copies coming back (as
+//! `benches/chat.rs` does), so no kernel buffer overflows. In an open loop (`--rate`, messages
+//! sent per second by all senders together) a sender sends each message when its timetable says,
+//! up to `--max-inflight` whose copies are not back, and the time a message carries is when it
+//! was due, so a sender held back counts its wait in the latency. The delivery ratio,
 //! deliveries over `sent × room size`, shows anything lost; the relay's own refusals (`* slow
 //! down`, `* server full`) are counted as errors. Start the server with `--chat-rate 0` to
 //! measure the relay rather than its rate limit.
+//!
+//! Across relays that share a chat bus (`--members-at`), each socket has a `Seat`: members join
+//! the other relays; a sender talks to the target but hears the room at the first other relay,
+//! its own copy at the target turned off (`/echo off`). Every delivery, the sender's own
+//! included, has then crossed Redis, and the window is paced by the bus, not by the local relay.
 
 use std::collections::VecDeque;
 use std::fmt;
@@ -31,6 +39,7 @@ use mio::event::Event;
 use mio::net::UdpSocket;
 
 use super::driver::{Client, Ctx, OPERATION_TIMEOUT};
+use super::pace::{Pace, Start};
 use super::report::{CHAT_REFUSED, PROTOCOL, RATE_LIMITED};
 use crate::sys::{interrupted, would_block};
 
@@ -78,11 +87,21 @@ impl Roster {
     }
 }
 
+/// Where a socket sits in the run: the relay it talks to, and the relay it hears the room at.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub(crate) struct Seat {
+    /// The relay it joins and sends to; `None`: the run's target.
+    pub talk: Option<SocketAddr>,
+    /// Another relay where it joins the room too and hears it, its copies at `talk` turned off;
+    /// `None`: it hears the room where it talks.
+    pub hear: Option<SocketAddr>,
+}
+
 /// What a socket does in the room.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub(crate) enum Role {
-    /// Sends messages numbered by this sender's index.
-    Sender(u64),
+    /// Sends messages numbered by this sender's index, when `pace` allows.
+    Sender { index: u64, pace: Pace },
     /// Only receives.
     Member,
 }
@@ -135,6 +154,11 @@ impl fmt::Display for State {
 #[derive(Debug)]
 pub(crate) struct Member {
     role: Role,
+    /// Where it talks and hears (`--members-at`).
+    seat: Seat,
+    /// The relays whose `* you joined` is still awaited: bit 0 the one it talks to, bit 1 the
+    /// one it hears at.
+    awaiting: u8,
     size: usize,
     roster: std::sync::Arc<Roster>,
     /// The socket: there from IDLE's end until FINISHED (a UDP socket is the same throughout,
@@ -148,9 +172,11 @@ pub(crate) struct Member {
 }
 
 impl Member {
-    pub fn new(role: Role, size: usize, roster: std::sync::Arc<Roster>) -> Member {
+    pub fn new(role: Role, size: usize, roster: std::sync::Arc<Roster>, seat: Seat) -> Member {
         Member {
             role,
+            seat,
+            awaiting: 0,
             size,
             roster,
             socket: None,
@@ -165,6 +191,7 @@ impl Member {
         match self.open(ctx) {
             Ok(()) => {
                 let now = ctx.now;
+                self.awaiting = if self.seat.hear.is_some() { 0b11 } else { 0b01 };
                 self.transition(
                     State::Joining {
                         first: now,
@@ -178,20 +205,28 @@ impl Member {
         }
     }
 
-    /// Binds an ephemeral port of the target's family, connects (so ICMP errors are reported
-    /// and other senders' datagrams are filtered out), and registers.
+    /// The relay this socket talks to.
+    fn talk_to(&self, ctx: &Ctx<'_>) -> SocketAddr {
+        self.seat.talk.unwrap_or(ctx.shared.target)
+    }
+
+    /// Binds an ephemeral port of the relay's family, connects (so ICMP errors are reported
+    /// and other senders' datagrams are filtered out) unless it hears another relay too, and
+    /// registers.
     fn open(&mut self, ctx: &Ctx<'_>) -> io::Result<()> {
-        let target = ctx.shared.target;
+        let target = self.talk_to(ctx);
         let local: SocketAddr = match target {
             SocketAddr::V4(_) => (Ipv4Addr::UNSPECIFIED, 0).into(),
             SocketAddr::V6(_) => (Ipv6Addr::UNSPECIFIED, 0).into(),
         };
         let mut socket = UdpSocket::bind(local)?;
-        socket.connect(target)?;
+        if self.seat.hear.is_none() {
+            socket.connect(target)?;
+        }
         // A sender also waits for writable space; with edge triggering that costs nothing while
         // the socket never fills.
         let interest = match self.role {
-            Role::Sender(_) => Interest::READABLE | Interest::WRITABLE,
+            Role::Sender { .. } => Interest::READABLE | Interest::WRITABLE,
             Role::Member => Interest::READABLE,
         };
         ctx.registry.register(&mut socket, ctx.token, interest)?;
@@ -199,11 +234,20 @@ impl Member {
         Ok(())
     }
 
-    /// Sends `/join ROOM` (again).
+    /// Sends `/join ROOM` (again), and with a seat across relays, `/echo off` where it talks
+    /// and `/join ROOM` where it hears.
     fn send_join(&mut self, ctx: &mut Ctx<'_>) {
         let join = format!("/join {}", self.roster.room);
-        if let Err(err) = self.send(join.as_bytes()) {
-            ctx.connect_failed(err);
+        let target = self.talk_to(ctx);
+        let mut sends = vec![(join.as_bytes(), target)];
+        if let Some(far) = self.seat.hear {
+            sends.push((b"/echo off".as_slice(), target));
+            sends.push((join.as_bytes(), far));
+        }
+        for (payload, to) in sends {
+            if let Err(err) = self.send(payload, to) {
+                ctx.connect_failed(err);
+            }
         }
     }
 
@@ -212,7 +256,7 @@ impl Member {
         ctx.reached();
         self.roster.joined.fetch_add(1, Ordering::Relaxed);
         match self.role {
-            Role::Sender(_) => {
+            Role::Sender { .. } => {
                 self.transition(State::Waiting, ctx);
                 self.start_talking(ctx);
             }
@@ -233,25 +277,41 @@ impl Member {
         }
     }
 
-    /// TALKING: fills the window; → DRAINING once `--requests` is spent and the window is empty.
+    /// TALKING: sends what the pace allows (fills the window, or catches up with the
+    /// timetable); → DRAINING once `--requests` is spent and the window is empty.
     fn talk(&mut self, ctx: &mut Ctx<'_>) {
-        let Role::Sender(index) = self.role else {
+        let Role::Sender { index, pace } = &mut self.role else {
             return;
         };
         let State::Talking { in_flight } = &mut self.state else {
             return;
         };
-        while in_flight.len() < WINDOW && ctx.take_ticket() {
+        loop {
+            let due = match pace.next(in_flight.len(), ctx) {
+                Start::Now(due) => due,
+                Start::At(at) => {
+                    ctx.wake_at(at);
+                    break;
+                }
+                // Own copies coming back open the window.
+                Start::Full => break,
+            };
+            if !ctx.take_ticket() {
+                break;
+            }
+            // The message carries when it was due: its latency counts from there.
             build_message(
                 &mut self.message,
-                index,
+                *index,
                 self.next_seq,
-                ctx.clock_ns(),
+                ctx.clock_ns(due),
                 self.size,
             );
             let Some(socket) = &self.socket else { return };
-            match send(socket, &self.message) {
+            let to = self.seat.talk.unwrap_or(ctx.shared.target);
+            match send(socket, &self.message, self.seat.hear.map(|_| to)) {
                 Ok(()) => {
+                    pace.started(ctx);
                     in_flight.push_back((self.next_seq, ctx.now));
                     self.next_seq += 1;
                     ctx.tally.sent += 1;
@@ -289,9 +349,14 @@ impl Member {
     /// → FINISHED: leaves the room (so repeated runs do not fill the relay with members that
     /// only expire after `--chat-idle`) and closes the socket.
     fn finish(&mut self, ctx: &mut Ctx<'_>) {
+        let target = self.talk_to(ctx);
         if let Some(mut socket) = self.socket.take() {
             // Best effort: a lost `/leave` only leaves a member to expire.
-            let _ = send(&socket, b"/leave");
+            let far = self.seat.hear;
+            let _ = send(&socket, b"/leave", far.map(|_| target));
+            if let Some(far) = far {
+                let _ = send(&socket, b"/leave", Some(far));
+            }
             let _ = ctx.registry.deregister(&mut socket);
         }
         self.transition(State::Finished, ctx);
@@ -301,8 +366,8 @@ impl Member {
     fn receive(&mut self, ctx: &mut Ctx<'_>) {
         loop {
             let Some(socket) = &self.socket else { return };
-            let n = match socket.recv(ctx.scratch) {
-                Ok(n) => n,
+            let (n, from) = match socket.recv_from(ctx.scratch) {
+                Ok(received) => received,
                 Err(e) if would_block(&e) => return,
                 Err(e) if interrupted(&e) => continue,
                 Err(e) => {
@@ -318,21 +383,26 @@ impl Member {
                 *last_heard = ctx.now;
             }
             let heard = Heard::parse(&ctx.scratch[..n], &self.roster.room);
-            self.on_heard(heard, n, ctx);
+            self.on_heard(heard, from, n, ctx);
         }
     }
 
-    /// Acts on one datagram.
-    fn on_heard(&mut self, heard: Heard, bytes: usize, ctx: &mut Ctx<'_>) {
+    /// Acts on one datagram, from the relay at `from`.
+    fn on_heard(&mut self, heard: Heard, from: SocketAddr, bytes: usize, ctx: &mut Ctx<'_>) {
         match heard {
             Heard::Message {
                 sender,
                 seq,
                 sent_ns,
             } => {
-                let latency = Duration::from_nanos(ctx.clock_ns().saturating_sub(sent_ns));
-                ctx.tally.complete(latency, bytes as u64, ctx.now);
-                if self.role == Role::Sender(sender) {
+                // A time too large for the clock is no message of this run: counted as sent now.
+                let sent = ctx
+                    .shared
+                    .epoch
+                    .checked_add(Duration::from_nanos(sent_ns))
+                    .unwrap_or(ctx.now);
+                ctx.complete(sent, bytes as u64);
+                if matches!(self.role, Role::Sender { index, .. } if index == sender) {
                     if let State::Talking { in_flight } = &mut self.state {
                         // Copies come back in order: anything older than `seq` was lost.
                         while in_flight.front().is_some_and(|(s, _)| *s <= seq) {
@@ -343,7 +413,13 @@ impl Member {
                 }
             }
             Heard::Joined => {
-                if matches!(self.state, State::Joining { .. }) {
+                let relay = if Some(from) == self.seat.hear {
+                    0b10
+                } else {
+                    0b01
+                };
+                self.awaiting &= !relay;
+                if matches!(self.state, State::Joining { .. }) && self.awaiting == 0 {
                     self.joined(ctx);
                 }
             }
@@ -359,10 +435,11 @@ impl Member {
         }
     }
 
-    /// Sends on the socket, if there is one.
-    fn send(&self, payload: &[u8]) -> io::Result<()> {
+    /// Sends on the socket, if there is one, to `to` (the socket is connected only when it has
+    /// one relay).
+    fn send(&self, payload: &[u8], to: SocketAddr) -> io::Result<()> {
         match &self.socket {
-            Some(socket) => send(socket, payload),
+            Some(socket) => send(socket, payload, self.seat.hear.map(|_| to)),
             None => Ok(()),
         }
     }
@@ -431,7 +508,27 @@ impl Client for Member {
         }
     }
 
+    fn on_timer(&mut self, ctx: &mut Ctx<'_>) {
+        match self.state {
+            // The timetable's next message is due.
+            State::Talking { .. } => self.talk(ctx),
+            // Asked for while talking, which has since ended.
+            State::Idle
+            | State::Joining { .. }
+            | State::Waiting
+            | State::Listening
+            | State::Draining { .. }
+            | State::Finished => {}
+        }
+    }
+
     fn on_stop(&mut self, ctx: &mut Ctx<'_>) {
+        if let Role::Sender { pace, .. } = &self.role {
+            if !matches!(self.state, State::Draining { .. } | State::Finished) {
+                // What the timetable had due and this sender never sent.
+                pace.stopped(ctx);
+            }
+        }
         match self.state {
             // Not in the room: nothing in flight to collect.
             State::Idle | State::Joining { .. } => self.finish(ctx),
@@ -451,10 +548,15 @@ impl Client for Member {
     }
 }
 
-/// Sends one datagram, retrying `Interrupted`.
-fn send(socket: &UdpSocket, payload: &[u8]) -> io::Result<()> {
+/// Sends one datagram on a connected socket, or to `to` on one that is not, retrying
+/// `Interrupted`.
+fn send(socket: &UdpSocket, payload: &[u8], to: Option<SocketAddr>) -> io::Result<()> {
     loop {
-        match socket.send(payload) {
+        let sent = match to {
+            Some(to) => socket.send_to(payload, to),
+            None => socket.send(payload),
+        };
+        match sent {
             Ok(_) => return Ok(()),
             Err(e) if interrupted(&e) => {}
             Err(e) => return Err(e),
@@ -668,7 +770,7 @@ mod tests {
         role: Role,
         roster: &Arc<Roster>,
     ) -> (Member, SocketAddr) {
-        let mut member = Member::new(role, 64, Arc::clone(roster));
+        let mut member = Member::new(role, 64, Arc::clone(roster), Seat::default());
         member.start(&mut h.ctx(Instant::now()));
         assert_eq!(member.state.to_string(), "JOINING");
         let (text, from) = relay.recv();
@@ -689,6 +791,14 @@ mod tests {
             !matches!(m.state, State::Joining { .. })
         });
         (member, from)
+    }
+
+    /// Sender 0 of 1, closed loop.
+    fn sender() -> Role {
+        Role::Sender {
+            index: 0,
+            pace: Pace::new(crate::bench::pace::Mode::Closed, WINDOW, 0, 1),
+        }
     }
 
     fn roster(sockets: usize) -> Arc<Roster> {
@@ -759,7 +869,7 @@ mod tests {
         let relay = Relay::new();
         let mut h = Harness::new(relay.addr(), None);
         let roster = roster(2);
-        let (mut sender, _) = joined(&mut h, &relay, Role::Sender(0), &roster);
+        let (mut sender, _) = joined(&mut h, &relay, sender(), &roster);
         assert_eq!(sender.state.to_string(), "WAITING");
         sender.on_tick(&mut h.ctx(Instant::now()));
         assert_eq!(
@@ -782,7 +892,7 @@ mod tests {
 
     /// A sender in TALKING with a full window, its messages read by the relay.
     fn talking(h: &mut Harness, relay: &Relay) -> (Member, SocketAddr, Vec<String>) {
-        let (sender, from) = joined(h, relay, Role::Sender(0), &roster(1));
+        let (sender, from) = joined(h, relay, sender(), &roster(1));
         assert_eq!(sender.state.to_string(), "TALKING");
         let sent = (0..WINDOW).map(|_| relay.recv().0).collect();
         (sender, from, sent)
@@ -819,11 +929,45 @@ mod tests {
         );
     }
 
+    /// 100 a second, alone: the first message goes when the room is complete, the next is
+    /// asked for 10 ms later, and each carries the instant it was due, not when it went.
+    #[test]
+    fn an_open_loop_sender_sends_when_due_and_stamps_each_message_with_its_due_instant() {
+        let relay = Relay::new();
+        let mut h = Harness::new(relay.addr(), None);
+        let role = Role::Sender {
+            index: 0,
+            pace: Pace::new(
+                crate::bench::pace::Mode::Open {
+                    rate: 100.0,
+                    max_inflight: 4,
+                },
+                WINDOW,
+                0,
+                1,
+            ),
+        };
+        let (mut sender, _) = joined(&mut h, &relay, role, &roster(1));
+        assert_eq!(sender.state.to_string(), "TALKING");
+        assert!(relay.recv().0.starts_with("0:0:"), "the first, at once");
+        assert_eq!(h.tally.sent, 1, "only the first was due");
+        let due = h.wake.expect("a wake-up for the second");
+        // Woken 5 ms late: the message still says when it was due.
+        sender.on_timer(&mut h.ctx(due + Duration::from_millis(5)));
+        let (second, _) = relay.recv();
+        let stamp = h.ctx(due).clock_ns(due);
+        assert!(
+            second.starts_with(&format!("0:1:{stamp}:")),
+            "{second} should carry {stamp}"
+        );
+        assert_eq!(h.tally.behind.late, 1);
+    }
+
     #[test]
     fn a_sender_drains_once_its_requests_are_spent_and_answered() {
         let relay = Relay::new();
         let mut h = Harness::new(relay.addr(), Some(2));
-        let (mut sender, from) = joined(&mut h, &relay, Role::Sender(0), &roster(1));
+        let (mut sender, from) = joined(&mut h, &relay, sender(), &roster(1));
         for _ in 0..2 {
             let (text, _) = relay.recv();
             relay.send(&format!("{from}: {text}\n"), from);

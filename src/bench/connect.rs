@@ -1,12 +1,13 @@
 //! The `connect` scenario: connection churn. Each client connects, makes one echo round trip,
-//! closes, and starts over; an operation is one whole connection, timed from `connect` to the
-//! last echoed byte.
+//! closes, and starts over (in an open loop: when its next connection is due); an operation is
+//! one whole connection, timed from `connect` (or from when it was due) to the last echoed byte.
 //!
 //! ```text
 //!   IDLE → CONNECTING → EXCHANGING ─┐        one connection per cycle
-//!     ↑         ↓            ↓      │
-//!     │     BACKING-OFF ←────┘      │        an error: count it, wait, connect again
-//!     └─────────────────────────────┘        done: close, connect again (FINISHED when stopped)
+//!    │↑         ↓            ↓      │
+//!    ↓│     BACKING-OFF ←────┘      │        an error: count it, wait, connect again
+//!  SCHEDULED ←──────────────────────┘        done: close, connect again (FINISHED when stopped;
+//!                                            open loop: SCHEDULED until the next is due)
 //! ```
 //!
 //! The states around EXCHANGING are every TCP client's and live in `tcp.rs`; this file holds
@@ -23,24 +24,34 @@ use mio::net::TcpStream;
 
 use super::driver::{Ctx, OPERATION_TIMEOUT};
 use super::echo::{message_matches, write_message};
+use super::pace::Pace;
 use super::report::{CLOSED, MISMATCH};
-use super::tcp::{self, Failure, Outcome, Protocol, Session};
+use super::tcp::{self, Failure, Go, Outcome, Protocol, Session};
 
 /// Bytes of the one message each connection echoes: small, so connection handling dominates.
 pub const MESSAGE_BYTES: usize = 32;
 
-/// What makes a TCP client a churning one: its payload's owner, and how many connections it
-/// has made.
+/// What makes a TCP client a churning one: its payload's owner, how many connections it has
+/// made, and when it makes the next.
 #[derive(Debug)]
 pub(crate) struct Churn {
     id: u64,
     /// How many connections this client has made: the message number of the payload.
     cycles: u64,
+    /// One connection at a time, at once (closed loop) or when due (open loop).
+    pace: Pace,
+    /// When the connection being made counts from: its connect, or when it was due.
+    started: Instant,
 }
 
 impl Churn {
-    pub fn new(id: u64) -> Churn {
-        Churn { id, cycles: 0 }
+    pub fn new(id: u64, pace: Pace) -> Churn {
+        Churn {
+            id,
+            cycles: 0,
+            pace,
+            started: Instant::now(),
+        }
     }
 }
 
@@ -49,14 +60,21 @@ impl Protocol for Churn {
 
     type Session = Exchange;
 
-    /// A connection is the operation: each takes a ticket.
-    fn may_connect(&self, ctx: &Ctx<'_>) -> bool {
-        ctx.take_ticket()
+    /// A connection is the operation: each takes a ticket, and its place in the timetable.
+    fn may_connect(&mut self, ctx: &mut Ctx<'_>) -> Go {
+        match tcp::next_operation(&mut self.pace, ctx) {
+            Ok(started) => {
+                self.started = started;
+                Go::Now
+            }
+            Err(wait) => wait,
+        }
     }
 
     /// CONNECTING → EXCHANGING; the message goes out at once.
     fn open(&mut self, since: Instant, _ctx: &Ctx<'_>) -> Exchange {
         Exchange {
+            started: self.started,
             since,
             written: 0,
             received: 0,
@@ -94,9 +112,13 @@ impl Protocol for Churn {
         if exchange.received < MESSAGE_BYTES {
             return Ok(Outcome::Wait);
         }
-        ctx.complete(exchange.since, MESSAGE_BYTES as u64);
+        ctx.complete(exchange.started, MESSAGE_BYTES as u64);
         self.cycles += 1;
         Ok(Outcome::Done)
+    }
+
+    fn stopped(&mut self, ctx: &mut Ctx<'_>) {
+        self.pace.stopped(ctx);
     }
 }
 
@@ -104,7 +126,9 @@ impl Protocol for Churn {
 /// comes back.
 #[derive(Debug)]
 pub(crate) struct Exchange {
-    /// When this connection's connect started: the operation's start.
+    /// When the operation counts from: the connect, or in an open loop when it was due.
+    started: Instant,
+    /// When this connection's connect started: the timeout counts from it.
     since: Instant,
     /// Message bytes written so far.
     written: usize,
@@ -127,10 +151,12 @@ impl Session for Exchange {
 mod tests {
     use std::io::{Read, Write};
     use std::net::SocketAddr;
+    use std::time::Duration;
 
     use super::*;
     use crate::bench::driver::Client;
     use crate::bench::driver::harness::{Harness, serve_one};
+    use crate::bench::pace::Mode;
     use crate::bench::report::{TIMEOUT, Tally};
     use crate::bench::tcp::Connection;
 
@@ -162,7 +188,7 @@ mod tests {
     }
 
     fn started(h: &mut Harness) -> Connection<Churn> {
-        let mut client = Connection::new(Churn::new(3));
+        let mut client = Connection::new(Churn::new(3, Pace::single(Mode::Closed, 0, 1)));
         client.start(&mut h.ctx(Instant::now()));
         client
     }
@@ -196,6 +222,22 @@ mod tests {
         );
         h.run_until(&mut client, "FINISHED", is("FINISHED"));
         assert_eq!(h.tally.operations, 1);
+    }
+
+    #[test]
+    fn in_an_open_loop_the_next_connection_waits_for_its_due_instant() {
+        let mut h = Harness::new(echo_server(), None);
+        // One a second: the first is due when the timetable starts, the next a second later.
+        let mode = Mode::Open {
+            rate: 1.0,
+            max_inflight: 1,
+        };
+        let mut client = Connection::new(Churn::new(3, Pace::single(mode, 0, 1)));
+        let start = Instant::now();
+        h.call(&mut client, start, Connection::start);
+        h.run_until(&mut client, "SCHEDULED", is("SCHEDULED"));
+        assert_eq!(h.tally.operations, 1);
+        assert_eq!(h.wake, Some(start + Duration::from_secs(1)));
     }
 
     // ---- EXCHANGING ----

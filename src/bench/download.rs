@@ -1,11 +1,12 @@
 //! The `download` scenario: each client fetches `NAME` with `GET NAME\n` (see
-//! `docs/PROTOCOL.md`), over and over, one connection per download.
+//! `docs/PROTOCOL.md`), over and over (in an open loop: whenever its next download is due), one
+//! connection per download.
 //!
 //! ```text
 //!   IDLE → CONNECTING → REQUESTING → HEADER → BODY ─┐   EOF after exactly <size> bytes: one
-//!     ↑         ↓            ↓          ↓       ↓    │   download; connect again
-//!     │     BACKING-OFF ←────┴──────────┴───────┘    │   an error: count it, wait, connect again
-//!     └──────────────────────────────────────────────┘
+//!    │↑         ↓            ↓          ↓       ↓    │   download; connect again
+//!    ↓│     BACKING-OFF ←────┴──────────┴───────┘    │   an error: count it, wait, connect again
+//!  SCHEDULED ←───────────────────────────────────────┘   (open loop: wait until the next is due)
 //! ```
 //!
 //! The states around REQUESTING, HEADER and BODY are every TCP client's and live in `tcp.rs`;
@@ -23,22 +24,31 @@ use std::time::Instant;
 use mio::net::TcpStream;
 
 use super::driver::{Ctx, OPERATION_TIMEOUT};
+use super::pace::Pace;
 use super::report::{BUSY, NOT_FOUND, PROTOCOL, REJECTED, SHORT_READ};
-use super::tcp::{self, Failure, Outcome, Protocol, Session};
+use super::tcp::{self, Failure, Go, Outcome, Protocol, Session};
 
 /// Longest header line accepted, in bytes: `OK ` and 20 digits, or an `ERR` line with a reason.
 const MAX_HEADER: usize = 256;
 
-/// What makes a TCP client a downloading one: the request it sends.
+/// What makes a TCP client a downloading one: the request it sends, and when.
 #[derive(Debug)]
 pub(crate) struct Fetch {
     /// `GET NAME\n`, shared by every client of the run.
     request: Arc<[u8]>,
+    /// One download at a time, at once (closed loop) or when due (open loop).
+    pace: Pace,
+    /// When the download being made counts from: its connect, or when it was due.
+    started: Instant,
 }
 
 impl Fetch {
-    pub fn new(request: Arc<[u8]>) -> Fetch {
-        Fetch { request }
+    pub fn new(request: Arc<[u8]>, pace: Pace) -> Fetch {
+        Fetch {
+            request,
+            pace,
+            started: Instant::now(),
+        }
     }
 }
 
@@ -47,18 +57,29 @@ impl Protocol for Fetch {
 
     type Session = Transfer;
 
-    /// A download is the operation, one per connection: each connection takes a ticket.
-    fn may_connect(&self, ctx: &Ctx<'_>) -> bool {
-        ctx.take_ticket()
+    /// A download is the operation, one per connection: each connection takes a ticket, and
+    /// its place in the timetable.
+    fn may_connect(&mut self, ctx: &mut Ctx<'_>) -> Go {
+        match tcp::next_operation(&mut self.pace, ctx) {
+            Ok(started) => {
+                self.started = started;
+                Go::Now
+            }
+            Err(wait) => wait,
+        }
     }
 
     /// CONNECTING → REQUESTING; the request goes out at once.
-    fn open(&mut self, since: Instant, ctx: &Ctx<'_>) -> Transfer {
+    fn open(&mut self, _since: Instant, ctx: &Ctx<'_>) -> Transfer {
         Transfer::Requesting {
-            since,
+            since: self.started,
             progress: ctx.now,
             written: 0,
         }
+    }
+
+    fn stopped(&mut self, ctx: &mut Ctx<'_>) {
+        self.pace.stopped(ctx);
     }
 
     /// The I/O of the current state, until it must wait or moves on.
@@ -154,7 +175,7 @@ impl Protocol for Fetch {
 pub(crate) enum Transfer {
     /// Sending the request line.
     Requesting {
-        /// When this download's connect started: the operation's start.
+        /// When the download counts from: its connect, or in an open loop when it was due.
         since: Instant,
         /// When this state last moved a byte; the state times out [`OPERATION_TIMEOUT`] later.
         progress: Instant,
@@ -225,6 +246,7 @@ mod tests {
     use super::*;
     use crate::bench::driver::Client;
     use crate::bench::driver::harness::{Harness, serve_one};
+    use crate::bench::pace::Mode;
     use crate::bench::report::{TIMEOUT, Tally};
     use crate::bench::tcp::Connection;
 
@@ -248,10 +270,14 @@ mod tests {
         })
     }
 
+    fn fetch() -> Fetch {
+        Fetch::new(b"GET f\n"[..].into(), Pace::single(Mode::Closed, 0, 1))
+    }
+
     /// A client that has started its only download (one ticket) against `reply`.
     fn download(reply: &'static [&'static [u8]]) -> (Harness, Connection<Fetch>) {
         let mut h = Harness::new(server(reply), Some(1));
-        let mut client = Connection::new(Fetch::new(b"GET f\n"[..].into()));
+        let mut client = Connection::new(fetch());
         client.start(&mut h.ctx(Instant::now()));
         assert_eq!(client.state().name(), "CONNECTING");
         (h, client)
@@ -283,7 +309,7 @@ mod tests {
             let _ = stream.write_all(b"OK 5\nhello");
         });
         let mut h = Harness::new(addr, Some(1));
-        let mut client = Connection::new(Fetch::new(b"GET f\n"[..].into()));
+        let mut client = Connection::new(fetch());
         client.start(&mut h.ctx(Instant::now()));
         h.run_until(&mut client, "FINISHED", is("FINISHED"));
         assert_eq!((h.tally.operations, h.tally.bytes), (1, 5));

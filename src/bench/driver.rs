@@ -11,6 +11,13 @@
 //! server does: a generator has thousands of deadlines that move with every operation, the
 //! shortest of which (the 5 s operation timeout, the 50 ms back-off) need no better precision
 //! than 10 ms, and one pass over the clients every 10 ms costs less than keeping them sorted.
+//! The exception is an open loop's timetable, where a microsecond late is a microsecond of
+//! latency: a client waiting for its next due instant asks for a wake-up at it
+//! ([`Ctx::wake_at`]), and `wakeup.rs` delivers it on time ([`Client::on_timer`]).
+//!
+//! A thread warms up (`--warmup`: load that is not counted), then measures, then drains. When
+//! measuring starts it forgets what the warm-up counted and notes its own CPU time, so the
+//! report can say what the generator cost per operation and whether a thread was saturated.
 //!
 //! Like the server's handlers, clients never trust an event's flags: a token is reused when a
 //! client reconnects, so a late event for its previous socket may arrive, and it is harmless only
@@ -27,7 +34,8 @@ use mio::{Events, Poll, Registry, Token};
 
 use super::BenchError;
 use super::report::{RESET, Tally, classify};
-use crate::sys::interrupted;
+use super::wakeup::{TIMER, Wakeups};
+use crate::sys::{interrupted, thread_cpu_time};
 
 /// How often every client's deadlines are checked and the thread's figures published.
 pub(crate) const TICK: Duration = Duration::from_millis(10);
@@ -58,6 +66,9 @@ pub(crate) trait Client {
     fn on_event(&mut self, event: &Event, ctx: &mut Ctx<'_>);
     /// Called every [`TICK`]: check deadlines.
     fn on_tick(&mut self, ctx: &mut Ctx<'_>);
+    /// The instant the client asked for with [`Ctx::wake_at`] has come: an open loop's next
+    /// operation is due. A client that asked for none is never called.
+    fn on_timer(&mut self, ctx: &mut Ctx<'_>);
     /// The load stopped: start no new operation. Operations in flight are abandoned (TCP) or
     /// given until [`DRAIN`] to arrive (chat).
     fn on_stop(&mut self, ctx: &mut Ctx<'_>);
@@ -72,8 +83,11 @@ pub(crate) trait Client {
 pub(crate) struct Shared {
     /// The server under load.
     pub target: SocketAddr,
-    /// When the run started: the common clock chat timestamps count from.
+    /// When the run started: the common clock chat timestamps and an open loop's timetable
+    /// count from.
     pub epoch: Instant,
+    /// When the warm-up ends and measuring starts: the epoch when there is none.
+    pub measure_from: Instant,
     /// When load stops.
     pub deadline: Instant,
     /// Set by the supervisor to end the run early (the target is unreachable).
@@ -91,6 +105,7 @@ pub(crate) struct Shared {
 impl Shared {
     pub fn new(
         target: SocketAddr,
+        warmup: Duration,
         duration: Duration,
         requests: Option<u64>,
         threads: usize,
@@ -99,13 +114,20 @@ impl Shared {
         Shared {
             target,
             epoch,
-            deadline: epoch + duration,
+            measure_from: epoch + warmup,
+            deadline: epoch + warmup + duration,
             stop: AtomicBool::new(false),
             tickets: Tickets::new(requests),
             reached: AtomicU64::new(0),
             failures: AtomicU64::new(0),
             progress: (0..threads).map(|_| Progress::default()).collect(),
         }
+    }
+
+    /// Whether an operation that started (or was due) at `started` is counted: it belongs to
+    /// the interval it started in, so one begun during the warm-up is not.
+    pub fn counts(&self, started: Instant) -> bool {
+        started >= self.measure_from
     }
 
     /// Operations and errors of every thread so far.
@@ -185,6 +207,8 @@ pub(crate) struct Ctx<'a> {
     pub scratch: &'a mut [u8],
     /// The load has stopped: no new operation may start.
     pub stopping: bool,
+    /// The wake-up the client asked for in this call ([`Ctx::wake_at`]).
+    pub wake: Option<Instant>,
 }
 
 impl Ctx<'_> {
@@ -226,23 +250,39 @@ impl Ctx<'_> {
         }
     }
 
-    /// Counts one completed operation that started at `started` and brought `bytes` bytes.
+    /// Counts one completed operation that started at `started` (an open loop: was due then)
+    /// and brought `bytes` bytes, unless it started during the warm-up ([`Shared::counts`]).
     pub fn complete(&mut self, started: Instant, bytes: u64) {
-        self.tally
-            .complete(self.now.saturating_duration_since(started), bytes, self.now);
+        if self.shared.counts(started) {
+            self.tally
+                .complete(self.now.saturating_duration_since(started), bytes, self.now);
+        }
     }
 
-    /// Nanoseconds since the run's start: the chat timestamp.
-    pub fn clock_ns(&self) -> u64 {
-        u64::try_from(self.now.duration_since(self.shared.epoch).as_nanos()).unwrap_or(u64::MAX)
+    /// Asks for [`Client::on_timer`] at `at`: an open loop's next operation is due then. The
+    /// earliest request of a call counts, and one already pending that is earlier stands.
+    pub fn wake_at(&mut self, at: Instant) {
+        self.wake = Some(self.wake.map_or(at, |earlier| earlier.min(at)));
+    }
+
+    /// Nanoseconds from the run's start to `at`: the chat timestamp.
+    pub fn clock_ns(&self, at: Instant) -> u64 {
+        u64::try_from(at.saturating_duration_since(self.shared.epoch).as_nanos())
+            .unwrap_or(u64::MAX)
     }
 }
 
 /// Where the thread is in the run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Phase {
-    /// Generating load.
-    Running,
+    /// Generating load that is not counted, until `Shared::measure_from`.
+    WarmingUp,
+    /// Generating and measuring load, since `since`, when the thread had used `cpu` of CPU
+    /// time.
+    Running {
+        since: Instant,
+        cpu: Option<Duration>,
+    },
     /// Load has stopped; clients finish what is in flight until `until`.
     Draining { until: Instant },
     /// Done: the clients are closed and the tally handed over.
@@ -251,13 +291,49 @@ enum Phase {
 
 /// One thread's clients and its `Poll`.
 struct Driver<C> {
-    poll: Poll,
-    events: Events,
     clients: Vec<C>,
+    events: Events,
+    tools: Tools,
+    phase: Phase,
+}
+
+/// What the driver lends each call of a client: everything in a [`Ctx`] but the shared plan.
+struct Tools {
+    poll: Poll,
     tally: Tally,
     scratch: Box<[u8]>,
-    phase: Phase,
+    wakeups: Wakeups,
     thread: usize,
+}
+
+impl Tools {
+    /// Calls `f` on `client` (token `index`) with a context at `now`, and keeps the wake-up
+    /// it asked for.
+    fn call<C>(
+        &mut self,
+        client: &mut C,
+        index: usize,
+        now: Instant,
+        shared: &Shared,
+        stopping: bool,
+        f: impl FnOnce(&mut C, &mut Ctx<'_>),
+    ) {
+        let mut ctx = Ctx {
+            now,
+            token: Token(index),
+            thread: self.thread,
+            registry: self.poll.registry(),
+            shared,
+            tally: &mut self.tally,
+            scratch: &mut self.scratch,
+            stopping,
+            wake: None,
+        };
+        f(client, &mut ctx);
+        if let Some(at) = ctx.wake {
+            self.wakeups.arm(index, at);
+        }
+    }
 }
 
 /// Runs `clients` on the calling thread until the run ends, and gives back what they counted.
@@ -274,32 +350,41 @@ pub(crate) fn drive<C: Client>(
         source,
     })?;
     let mut driver = Driver {
-        poll,
         events: Events::with_capacity(EVENTS_PER_POLL),
+        tools: Tools {
+            poll,
+            tally: Tally::new(),
+            scratch: vec![0; SCRATCH_BYTES].into_boxed_slice(),
+            wakeups: Wakeups::new(clients.len()),
+            thread,
+        },
         clients,
-        tally: Tally::new(),
-        scratch: vec![0; SCRATCH_BYTES].into_boxed_slice(),
-        phase: Phase::Running,
-        thread,
+        phase: Phase::WarmingUp,
     };
     driver.run(shared)?;
-    Ok(driver.tally)
+    Ok(driver.tools.tally)
 }
 
 impl<C: Client> Driver<C> {
     fn run(&mut self, shared: &Shared) -> Result<(), BenchError> {
         let now = Instant::now();
+        if now >= shared.measure_from {
+            self.start_measuring(now);
+        }
         self.each_client(shared, now, Client::start);
         let mut next_tick = now + TICK;
         while self.phase != Phase::Stopped {
             let wake = match self.phase {
-                Phase::Running => next_tick.min(shared.deadline),
+                Phase::WarmingUp => next_tick.min(shared.measure_from),
+                Phase::Running { .. } => next_tick.min(shared.deadline),
                 Phase::Draining { until } => next_tick.min(until),
                 Phase::Stopped => now,
             };
+            let wake = self.tools.wakeups.next().map_or(wake, |at| at.min(wake));
             self.wait(wake)?;
             self.dispatch(shared);
             let now = Instant::now();
+            self.wake_due(shared, now);
             let ticked = now >= next_tick;
             if ticked {
                 self.each_client(shared, now, Client::on_tick);
@@ -307,6 +392,9 @@ impl<C: Client> Driver<C> {
                 next_tick = now + TICK;
             }
             self.advance_phase(shared, now, ticked);
+            self.tools
+                .wakeups
+                .set_timer(self.tools.poll.registry(), Instant::now());
         }
         self.each_client(shared, Instant::now(), Client::close);
         self.publish(shared);
@@ -316,7 +404,7 @@ impl<C: Client> Driver<C> {
     /// Polls until readiness or `wake`.
     fn wait(&mut self, wake: Instant) -> Result<(), BenchError> {
         let timeout = wake.saturating_duration_since(Instant::now());
-        match self.poll.poll(&mut self.events, Some(timeout)) {
+        match self.tools.poll.poll(&mut self.events, Some(timeout)) {
             Ok(()) => Ok(()),
             // A signal interrupted the wait: an empty batch.
             Err(e) if interrupted(&e) => Ok(()),
@@ -329,86 +417,130 @@ impl<C: Client> Driver<C> {
 
     /// Hands each event of the batch to the client its token names.
     fn dispatch(&mut self, shared: &Shared) {
-        let stopping = self.phase != Phase::Running;
+        let stopping = self.stopping();
         for event in self.events.iter() {
-            let Some(client) = self.clients.get_mut(event.token().0) else {
+            if event.token() == TIMER {
+                // The wake-ups it was set for are fired after the batch, with the others due.
+                self.tools.wakeups.timer_fired();
+                continue;
+            }
+            let index = event.token().0;
+            let Some(client) = self.clients.get_mut(index) else {
                 continue; // no client has this token: nothing registered it
             };
             trace!(
-                "bench {}/{} event: readable={} writable={} error={}",
-                self.thread,
-                event.token().0,
+                "bench {}/{index} event: readable={} writable={} error={}",
+                self.tools.thread,
                 event.is_readable(),
                 event.is_writable(),
                 event.is_error()
             );
-            let mut ctx = Ctx {
-                now: Instant::now(),
-                token: event.token(),
-                thread: self.thread,
-                registry: self.poll.registry(),
-                shared,
-                tally: &mut self.tally,
-                scratch: &mut self.scratch,
-                stopping,
+            self.tools
+                .call(client, index, Instant::now(), shared, stopping, |c, ctx| {
+                    c.on_event(event, ctx)
+                });
+        }
+    }
+
+    /// Wakes every client whose requested instant has come. A client woken asks again for a
+    /// later instant, so each is woken at most once per pass.
+    fn wake_due(&mut self, shared: &Shared, now: Instant) {
+        let stopping = self.stopping();
+        for _ in 0..self.clients.len() {
+            let Some(index) = self.tools.wakeups.pop_due(now) else {
+                return;
             };
-            client.on_event(event, &mut ctx);
+            if let Some(client) = self.clients.get_mut(index) {
+                self.tools
+                    .call(client, index, now, shared, stopping, Client::on_timer);
+            }
         }
     }
 
     /// Calls `f` on every client.
     fn each_client(&mut self, shared: &Shared, now: Instant, f: fn(&mut C, &mut Ctx<'_>)) {
-        let stopping = self.phase != Phase::Running;
-        for (i, client) in self.clients.iter_mut().enumerate() {
-            let mut ctx = Ctx {
-                now,
-                token: Token(i),
-                thread: self.thread,
-                registry: self.poll.registry(),
-                shared,
-                tally: &mut self.tally,
-                scratch: &mut self.scratch,
-                stopping,
-            };
-            f(client, &mut ctx);
+        let stopping = self.stopping();
+        for (index, client) in self.clients.iter_mut().enumerate() {
+            self.tools.call(client, index, now, shared, stopping, f);
         }
+    }
+
+    /// The load has stopped: no new operation may start.
+    fn stopping(&self) -> bool {
+        matches!(self.phase, Phase::Draining { .. } | Phase::Stopped)
     }
 
     /// Makes this thread's figures visible to the progress line.
     fn publish(&self, shared: &Shared) {
-        if let Some(progress) = shared.progress.get(self.thread) {
+        if let Some(progress) = shared.progress.get(self.tools.thread) {
+            let tally = &self.tools.tally;
             progress
                 .operations
-                .store(self.tally.operations, Ordering::Relaxed);
+                .store(tally.operations, Ordering::Relaxed);
             progress
                 .errors
-                .store(self.tally.error_count(), Ordering::Relaxed);
+                .store(tally.error_count(), Ordering::Relaxed);
         }
     }
 
-    /// Stops the load at the deadline or on request, and ends the thread once its clients are
-    /// done or the drain is over. Whether all clients are done is asked on a tick only: it is a
-    /// pass over every client.
+    /// WARMING-UP → RUNNING: what the warm-up counted is forgotten, and the thread's CPU time
+    /// noted.
+    fn start_measuring(&mut self, now: Instant) {
+        self.tools.tally.restart();
+        self.phase = Phase::Running {
+            since: now,
+            cpu: thread_cpu_time(),
+        };
+    }
+
+    /// The load stopped at `now` (the last operation, for a `--requests` run that ran out):
+    /// notes when, and what the thread's CPU cost while measuring.
+    fn stop_measuring(&mut self, ended: Instant) {
+        let tally = &mut self.tools.tally;
+        tally.load_ended = Some(ended);
+        if let Phase::Running { since, cpu } = self.phase {
+            let used = cpu
+                .zip(thread_cpu_time())
+                .map_or(Duration::ZERO, |(before, after)| {
+                    after.saturating_sub(before)
+                });
+            let wall = Instant::now().saturating_duration_since(since);
+            tally.cpu = used;
+            tally.busy = if wall.is_zero() {
+                0.0
+            } else {
+                used.as_secs_f64() / wall.as_secs_f64()
+            };
+        }
+    }
+
+    /// Starts measuring at the end of the warm-up, stops the load at the deadline or on
+    /// request, and ends the thread once its clients are done or the drain is over. Whether all
+    /// clients are done is asked on a tick only: it is a pass over every client.
     fn advance_phase(&mut self, shared: &Shared, now: Instant, ticked: bool) {
         match self.phase {
-            Phase::Running if now >= shared.deadline || shared.stop.load(Ordering::Relaxed) => {
-                self.tally.load_ended = Some(now.min(shared.deadline));
+            Phase::WarmingUp | Phase::Running { .. }
+                if now >= shared.deadline || shared.stop.load(Ordering::Relaxed) =>
+            {
+                self.stop_measuring(now.min(shared.deadline));
                 self.phase = Phase::Draining { until: now + DRAIN };
                 self.each_client(shared, now, Client::on_stop);
             }
-            Phase::Running if ticked && self.all_finished() => {
+            Phase::WarmingUp if now >= shared.measure_from => self.start_measuring(now),
+            Phase::WarmingUp => {}
+            Phase::Running { .. } if ticked && self.all_finished() => {
                 // Every client ran out of `--requests` tickets: the load ended with the last
                 // operation, not with this check.
-                self.tally.load_ended = Some(self.tally.last_operation.unwrap_or(now));
+                self.stop_measuring(self.tools.tally.last_operation.unwrap_or(now));
                 self.phase = Phase::Stopped;
             }
-            Phase::Running => {}
+            Phase::Running { .. } => {}
             Phase::Draining { until } if now >= until => {
                 let left = self.clients.iter().filter(|c| !c.is_finished()).count();
                 if left > 0 {
                     debug!(
                         "bench thread {}: {left} clients still busy after the drain",
-                        self.thread
+                        self.tools.thread
                     );
                 }
                 self.phase = Phase::Stopped;
@@ -424,8 +556,8 @@ impl<C: Client> Driver<C> {
 }
 
 /// A driver taken apart for state-machine tests: a real `Poll` and tally, and contexts at any
-/// instant, so a test can put a client in a state and then show it the future (a timeout) without
-/// waiting for it.
+/// instant, so a test can put a client in a state and then show it the future (a timeout, a
+/// due instant) without waiting for it.
 #[cfg(test)]
 pub(crate) mod harness {
     use super::*;
@@ -440,6 +572,8 @@ pub(crate) mod harness {
         pub tally: Tally,
         scratch: Box<[u8]>,
         pub stopping: bool,
+        /// The wake-up the client last asked for through [`Harness::call`].
+        pub wake: Option<Instant>,
     }
 
     impl Harness {
@@ -447,10 +581,11 @@ pub(crate) mod harness {
             Harness {
                 poll: Poll::new().expect("a poll instance"),
                 events: Events::with_capacity(64),
-                shared: Shared::new(target, Duration::from_secs(60), requests, 1),
+                shared: Shared::new(target, Duration::ZERO, Duration::from_secs(60), requests, 1),
                 tally: Tally::new(),
                 scratch: vec![0; SCRATCH_BYTES].into_boxed_slice(),
                 stopping: false,
+                wake: None,
             }
         }
 
@@ -465,10 +600,25 @@ pub(crate) mod harness {
                 tally: &mut self.tally,
                 scratch: &mut self.scratch,
                 stopping: self.stopping,
+                wake: None,
             }
         }
 
-        /// Delivers events (and ticks) to `client` until `done` holds.
+        /// Calls `f` on `client` at `now` and keeps the wake-up it asks for, if any.
+        pub fn call<C>(
+            &mut self,
+            client: &mut C,
+            now: Instant,
+            f: impl FnOnce(&mut C, &mut Ctx<'_>),
+        ) {
+            let mut ctx = self.ctx(now);
+            f(client, &mut ctx);
+            if let Some(at) = ctx.wake {
+                self.wake = Some(at);
+            }
+        }
+
+        /// Delivers events, ticks and due wake-ups to `client` until `done` holds.
         ///
         /// # Panics
         /// After [`WAIT`], naming `what`.
@@ -485,9 +635,13 @@ pub(crate) mod harness {
                 self.poll.poll(&mut self.events, Some(TICK)).expect("poll");
                 let events: Vec<Event> = self.events.iter().cloned().collect();
                 for event in &events {
-                    client.on_event(event, &mut self.ctx(Instant::now()));
+                    self.call(client, Instant::now(), |c, ctx| c.on_event(event, ctx));
                 }
-                client.on_tick(&mut self.ctx(Instant::now()));
+                self.call(client, Instant::now(), C::on_tick);
+                if self.wake.is_some_and(|at| at <= Instant::now()) {
+                    self.wake = None;
+                    self.call(client, Instant::now(), C::on_timer);
+                }
             }
         }
     }

@@ -1,5 +1,7 @@
 //! The `echo` scenario: each client keeps `--pipeline` messages of `--size` bytes in flight on one
-//! connection, checks every echoed byte, and times each message from queueing to its last byte.
+//! connection (or, in an open loop, sends one whenever its timetable says, up to
+//! `--max-inflight`), checks every echoed byte, and times each message to its last byte from
+//! when it was queued (in an open loop: from when it was due).
 //!
 //! ```text
 //!   IDLE → CONNECTING → EXCHANGING → FINISHED        load stopped, or --requests spent
@@ -21,26 +23,27 @@ use std::time::Instant;
 use mio::net::TcpStream;
 
 use super::driver::{Ctx, OPERATION_TIMEOUT};
+use super::pace::{Pace, Start};
 use super::report::{CLOSED, MISMATCH, PROTOCOL};
-use super::tcp::{self, Failure, Outcome, Protocol, Session};
+use super::tcp::{self, Failure, Go, Outcome, Protocol, Session};
 
 /// The alphabet twice, so that any run of up to 26 letters from any shift is one slice.
 const LETTERS: &[u8; 52] = b"abcdefghijklmnopqrstuvwxyzabcdefghijklmnopqrstuvwxyz";
 
-/// What makes a TCP client an echo client: whose messages it sends, how big, and how many at
-/// once.
+/// What makes a TCP client an echo client: whose messages it sends, how big, and when.
 #[derive(Debug)]
 pub(crate) struct Pipeline {
     /// Which client this is in the run: part of every payload.
     id: u64,
     size: usize,
-    /// Messages kept in flight (`--pipeline`).
-    depth: usize,
+    /// When the next message may go: `--pipeline` kept in flight, or an open loop's timetable.
+    /// It outlives each connection, so a timetable keeps running through a reconnect.
+    pace: Pace,
 }
 
 impl Pipeline {
-    pub fn new(id: u64, size: usize, depth: usize) -> Pipeline {
-        Pipeline { id, size, depth }
+    pub fn new(id: u64, size: usize, pace: Pace) -> Pipeline {
+        Pipeline { id, size, pace }
     }
 }
 
@@ -51,8 +54,12 @@ impl Protocol for Pipeline {
 
     /// A message is the operation, not a connection, so connecting takes no ticket; it is
     /// pointless once the load stopped or every ticket is taken.
-    fn may_connect(&self, ctx: &Ctx<'_>) -> bool {
-        !ctx.stopping && !ctx.shared.tickets.exhausted()
+    fn may_connect(&mut self, ctx: &mut Ctx<'_>) -> Go {
+        if ctx.stopping || ctx.shared.tickets.exhausted() {
+            Go::Never
+        } else {
+            Go::Now
+        }
     }
 
     /// CONNECTING → EXCHANGING, with nothing queued yet: the first messages go out at once.
@@ -77,9 +84,36 @@ impl Protocol for Pipeline {
         ctx: &mut Ctx<'_>,
     ) -> Result<Outcome<Exchange>, Failure> {
         exchange.receive(stream, self.id, self.size, ctx)?;
-        exchange.queue(self.id, self.size, self.depth, ctx);
+        self.queue_and_send(stream, exchange, ctx)
+    }
+
+    /// EXCHANGING, woken: the next message of the timetable is due. Nothing to read.
+    fn on_timer(
+        &mut self,
+        stream: &mut TcpStream,
+        exchange: &mut Exchange,
+        ctx: &mut Ctx<'_>,
+    ) -> Result<Outcome<Exchange>, Failure> {
+        self.queue_and_send(stream, exchange, ctx)
+    }
+
+    fn stopped(&mut self, ctx: &mut Ctx<'_>) {
+        self.pace.stopped(ctx);
+    }
+}
+
+impl Pipeline {
+    /// Queues what the pace allows and sends; finished when nothing is left in flight and
+    /// nothing more may start.
+    fn queue_and_send(
+        &mut self,
+        stream: &mut TcpStream,
+        exchange: &mut Exchange,
+        ctx: &mut Ctx<'_>,
+    ) -> Result<Outcome<Exchange>, Failure> {
+        let more = exchange.queue(self.id, self.size, &mut self.pace, ctx);
         exchange.send(stream, ctx)?;
-        Ok(if exchange.in_flight.is_empty() {
+        Ok(if exchange.in_flight.is_empty() && !more {
             // Queueing got no ticket and every echo is in.
             Outcome::Finished
         } else {
@@ -92,9 +126,10 @@ impl Protocol for Pipeline {
 /// not yet sent.
 #[derive(Debug)]
 pub(crate) struct Exchange {
-    /// When each message whose echo is not complete was queued, oldest first; never longer than
-    /// the pipeline.
-    in_flight: VecDeque<Instant>,
+    /// For each message whose echo is not complete, oldest first: when its latency counts from
+    /// (when it was queued, or in an open loop when it was due) and when it was queued. Never
+    /// longer than the pipeline or `--max-inflight`.
+    in_flight: VecDeque<(Instant, Instant)>,
     /// Queued bytes the socket has not taken yet, from `written` on.
     output: Vec<u8>,
     written: usize,
@@ -112,11 +147,13 @@ impl Session for Exchange {
         "EXCHANGING"
     }
 
-    /// The oldest message in flight times out.
+    /// The oldest message in flight times out, counted from when it was queued: the timeout
+    /// is the server's, whereas an open loop that fell seconds behind its timetable owes the
+    /// wait to its own backlog (and counts it in the latency).
     fn deadline(&self) -> Option<Instant> {
         self.in_flight
             .front()
-            .map(|queued| *queued + OPERATION_TIMEOUT)
+            .map(|(_, queued)| *queued + OPERATION_TIMEOUT)
     }
 }
 
@@ -139,7 +176,7 @@ impl Exchange {
             };
             let mut data = &ctx.scratch[..n];
             while !data.is_empty() {
-                let Some(&queued) = self.in_flight.front() else {
+                let Some(&(started, _)) = self.in_flight.front() else {
                     return Err(Failure::Protocol(PROTOCOL)); // bytes that were never sent
                 };
                 let take = data.len().min(size - self.echo_pos);
@@ -152,26 +189,42 @@ impl Exchange {
                     self.in_flight.pop_front();
                     self.echo_seq += 1;
                     self.echo_pos = 0;
-                    ctx.tally.complete(
-                        ctx.now.saturating_duration_since(queued),
-                        size as u64,
-                        ctx.now,
-                    );
+                    // Not `ctx.complete`: `data` still borrows the context's scratch buffer.
+                    if ctx.shared.counts(started) {
+                        let latency = ctx.now.saturating_duration_since(started);
+                        ctx.tally.complete(latency, size as u64, ctx.now);
+                    }
                 }
             }
         }
     }
 
-    /// Queues messages until `depth` are in flight or no ticket is left.
-    fn queue(&mut self, id: u64, size: usize, depth: usize, ctx: &mut Ctx<'_>) {
+    /// Queues messages while the pace allows: until the pipeline (or `--max-inflight`) is full,
+    /// the next message of the timetable is not due yet (a wake-up is asked for it), or no
+    /// ticket is left. Returns whether more may start later.
+    fn queue(&mut self, id: u64, size: usize, pace: &mut Pace, ctx: &mut Ctx<'_>) -> bool {
         if self.written == self.output.len() {
             self.output.clear();
             self.written = 0;
         }
-        while self.in_flight.len() < depth && ctx.take_ticket() {
-            write_message(id, self.next_seq, size, &mut self.output);
-            self.next_seq += 1;
-            self.in_flight.push_back(ctx.now);
+        loop {
+            match pace.next(self.in_flight.len(), ctx) {
+                Start::Now(started) => {
+                    if !ctx.take_ticket() {
+                        return false;
+                    }
+                    pace.started(ctx);
+                    write_message(id, self.next_seq, size, &mut self.output);
+                    self.next_seq += 1;
+                    self.in_flight.push_back((started, ctx.now));
+                }
+                Start::At(due) => {
+                    ctx.wake_at(due);
+                    return !ctx.stopping && !ctx.shared.tickets.exhausted();
+                }
+                // An echo coming back frees a place.
+                Start::Full => return true,
+            }
         }
     }
 
@@ -295,8 +348,11 @@ mod tests {
     use std::io::{Read, Write};
     use std::net::SocketAddr;
 
+    use std::time::Duration;
+
     use crate::bench::driver::Client;
     use crate::bench::driver::harness::{Harness, serve_one};
+    use crate::bench::pace::Mode;
     use crate::bench::report::{TIMEOUT, Tally};
     use crate::bench::tcp::{Connection, State};
 
@@ -323,9 +379,26 @@ mod tests {
         move |c, _| c.state().name() == state
     }
 
+    /// A closed loop keeping `depth` messages in flight.
+    fn closed(depth: usize) -> Pace {
+        Pace::new(Mode::Closed, depth, 0, 1)
+    }
+
+    /// One client alone on an open loop's timetable.
+    fn open(rate: f64, max_inflight: usize) -> Pace {
+        Pace::new(Mode::Open { rate, max_inflight }, 1, 0, 1)
+    }
+
+    fn in_flight(client: &Connection<Pipeline>) -> usize {
+        match client.state() {
+            State::Connected { session, .. } => session.in_flight.len(),
+            other => panic!("expected EXCHANGING, got {other}"),
+        }
+    }
+
     /// A client in EXCHANGING, with its first messages sent.
     fn exchanging(h: &mut Harness) -> Connection<Pipeline> {
-        let mut client = Connection::new(Pipeline::new(1, 8, 2));
+        let mut client = Connection::new(Pipeline::new(1, 8, closed(2)));
         client.start(&mut h.ctx(Instant::now()));
         h.run_until(&mut client, "EXCHANGING", is("EXCHANGING"));
         client
@@ -336,13 +409,13 @@ mod tests {
     #[test]
     fn connecting_takes_no_ticket_but_needs_one_left() {
         let mut h = Harness::new(silent_server(), Some(1));
-        let mut client = Connection::new(Pipeline::new(0, 8, 1));
+        let mut client = Connection::new(Pipeline::new(0, 8, closed(1)));
         client.start(&mut h.ctx(Instant::now()));
         assert_eq!(client.state().name(), "CONNECTING");
         assert!(!h.shared.tickets.exhausted(), "the ticket is the message's");
 
         let mut h = Harness::new(silent_server(), Some(0));
-        let mut client = Connection::new(Pipeline::new(0, 8, 1));
+        let mut client = Connection::new(Pipeline::new(0, 8, closed(1)));
         client.start(&mut h.ctx(Instant::now()));
         assert!(client.is_finished());
     }
@@ -351,7 +424,7 @@ mod tests {
     fn once_the_load_stops_an_echo_client_does_not_connect() {
         let mut h = Harness::new(silent_server(), None);
         h.stopping = true;
-        let mut client = Connection::new(Pipeline::new(0, 8, 1));
+        let mut client = Connection::new(Pipeline::new(0, 8, closed(1)));
         client.start(&mut h.ctx(Instant::now()));
         assert!(client.is_finished());
     }
@@ -441,7 +514,7 @@ mod tests {
             }
         });
         let mut h = Harness::new(addr, Some(1));
-        let mut client = Connection::new(Pipeline::new(1, 8, 1));
+        let mut client = Connection::new(Pipeline::new(1, 8, closed(1)));
         client.start(&mut h.ctx(Instant::now()));
         h.run_until(&mut client, "an error", |_, t| !t.errors.is_empty());
         assert_eq!(
@@ -450,5 +523,90 @@ mod tests {
             "{:?}",
             h.tally.errors
         );
+    }
+
+    // ---- EXCHANGING in an open loop ----
+
+    #[test]
+    fn an_open_loop_sends_on_its_timetable_and_waits_for_the_next_due_instant() {
+        let mut h = Harness::new(echo_server(), None);
+        // 50 a second: due at 0, 20 ms, 40 ms, ...
+        let mut client = Connection::new(Pipeline::new(1, 8, open(50.0, 4)));
+        h.call(&mut client, Instant::now(), Connection::start);
+        h.run_until(&mut client, "3 round trips", |_, t| t.operations >= 3);
+        assert!(
+            h.shared.epoch.elapsed() >= Duration::from_millis(40),
+            "the third was not due before 40 ms"
+        );
+        assert!(h.wake.is_some(), "a wake-up for the next one is asked for");
+        assert!(h.tally.errors.is_empty(), "{:?}", h.tally.errors);
+    }
+
+    #[test]
+    fn an_open_loop_at_its_bound_waits_and_counts_what_it_could_not_send() {
+        let mut h = Harness::new(silent_server(), None);
+        // 1000 a second, at most 2 in flight, and no echo ever comes back.
+        let mut client = Connection::new(Pipeline::new(1, 8, open(1000.0, 2)));
+        let start = Instant::now();
+        h.call(&mut client, start, Connection::start);
+        h.run_until(&mut client, "EXCHANGING", is("EXCHANGING"));
+        // The timetable started once connected, between `start` and now.
+        let later = Instant::now() + Duration::from_millis(10);
+        client.on_timer(&mut h.ctx(later));
+        assert_eq!(in_flight(&client), 2, "the bound holds");
+        h.stopping = true;
+        client.on_stop(&mut h.ctx(later));
+        // Due at 0, 1, ..., 10 ms at least from the timetable's start: 11 or more, 2 went out.
+        let most = (later - start).as_millis() as u64 + 1 - 2;
+        let unstarted = h.tally.behind.unstarted;
+        assert!(
+            (9..=most).contains(&unstarted),
+            "{unstarted} of at most {most}"
+        );
+    }
+
+    /// An open loop minutes behind its timetable still gives the server the whole timeout from
+    /// when a message was queued: the backlog is the generator's, not a server timeout.
+    #[test]
+    fn the_timeout_counts_from_when_a_message_was_queued_not_when_it_was_due() {
+        let due = Instant::now();
+        let queued = due + Duration::from_secs(120);
+        let exchange = Exchange {
+            in_flight: VecDeque::from([(due, queued)]),
+            output: Vec::new(),
+            written: 0,
+            next_seq: 1,
+            echo_seq: 0,
+            echo_pos: 0,
+            writable: false,
+        };
+        assert_eq!(exchange.deadline(), Some(queued + OPERATION_TIMEOUT));
+    }
+
+    /// The server takes 30 ms per echo; one message in flight at most, one due every 10 ms. The
+    /// second message, due at 10 ms, can only go at 30 ms and comes back at 60 ms: 50 ms from
+    /// when it was due, not the 30 ms from when it was sent.
+    #[test]
+    fn an_open_loop_message_held_back_counts_its_latency_from_when_it_was_due() {
+        let addr = serve_one(|mut stream| {
+            let mut buf = [0; 8];
+            while stream.read_exact(&mut buf).is_ok() {
+                // The slowness is the server's behaviour under test, not synchronisation.
+                std::thread::sleep(Duration::from_millis(30));
+                if stream.write_all(&buf).is_err() {
+                    break;
+                }
+            }
+        });
+        let mut h = Harness::new(addr, None);
+        let mut client = Connection::new(Pipeline::new(1, 8, open(100.0, 1)));
+        h.call(&mut client, Instant::now(), Connection::start);
+        h.run_until(&mut client, "2 round trips", |_, t| t.operations == 2);
+        assert!(
+            h.tally.latency.max() >= 45_000_000,
+            "{} ns",
+            h.tally.latency.max()
+        );
+        assert!(h.tally.behind.late >= 1);
     }
 }

@@ -12,29 +12,42 @@
 //! - [`download`]: `-c` clients downloading `NAME` over and over, each verified against its size;
 //! - [`chat`]: `--senders` and `--members` in one room on the UDP relay.
 //!
-//! Beneath them, `driver.rs` is the per-thread loop and the `Client` trait every scenario
-//! implements, `tcp.rs` the states and the connect/read/write moves the TCP scenarios share, and
-//! `cli.rs` the command line. [`report`] holds the tallies, the histogram summary, the table and
-//! the JSON.
+//! Each runs in a closed loop (a fixed number of operations in flight, the next when one
+//! finishes) or, with `--rate`, an open loop (operations on a fixed timetable whether or not
+//! earlier replies came back, latency counted from when each was due). The closed loop's
+//! latency understates what clients arriving at a steady rate see when the server stalls, since
+//! it stops asking while it waits (coordinated omission); the open loop measures that wait
+//! exactly. `pace.rs` explains both and keeps the timetable.
+//!
+//! Beneath them, `driver.rs` is the per-thread loop (warm-up, measuring, drain) and the
+//! `Client` trait every scenario implements, `wakeup.rs` the exact wake-ups an open loop needs,
+//! `tcp.rs` the states and the connect/read/write moves the TCP scenarios share, and `cli.rs`
+//! the command line, sweeps included. [`report`] holds the tallies and the [`Report`];
+//! [`distribution`] the latency histogram and its `.hgrm` text; `table.rs` the tables, [`json`]
+//! the JSON documents, `chart.rs` the SVG charts.
 //!
 //! [`run`] starts the threads and supervises them: it prints the progress line, stops the run
 //! early when the target is plainly unreachable, and merges the threads' tallies into a
-//! [`Report`] ([`report`]). Every run is bounded: by `--duration` (at most an hour) plus a short
-//! drain, with every operation bounded by a 5 s timeout. Errors are counted by kind and reported,
-//! never hidden; a run that reaches nothing fails with [`BenchError::Unreachable`].
-//!
-//! What it leaves out: open-loop (fixed-rate) load, so its latencies are those of a closed loop,
-//! which understate what a client arriving at a fixed rate would see when the server stalls
-//! (coordinated omission). Compare runs with the same `-c`, and read throughput with latency.
+//! [`Report`]. Every run is bounded: by `--warmup` plus `--duration` (each at most an hour) plus
+//! a short drain, with every operation bounded by a 5 s timeout. Errors are counted by kind and
+//! reported, never hidden; a run that reaches nothing fails with [`BenchError::Unreachable`].
+//! The report says what the generator itself cost and how far an open loop fell behind, so that
+//! a generator that set the pace instead of the server says so.
 
+mod chart;
 pub mod chat;
 mod cli;
 pub mod connect;
+pub mod distribution;
 pub mod download;
 mod driver;
 pub mod echo;
+pub mod json;
+mod pace;
 pub mod report;
+mod table;
 mod tcp;
+mod wakeup;
 
 use std::collections::hash_map::RandomState;
 use std::fmt;
@@ -49,12 +62,15 @@ use std::time::{Duration, Instant};
 
 use log::{debug, warn};
 
-use self::chat::{Role, Roster};
+use self::chat::{Role, Roster, Seat};
 pub use self::cli::{
-    BenchArgs, ChatArgs, ConnectArgs, DownloadArgs, EchoArgs, RunArgs, ScenarioArgs, command,
-    parse_target,
+    BenchArgs, ChatArgs, ConnectArgs, DownloadArgs, EchoArgs, MAX_STEPS, Plan, RunArgs,
+    ScenarioArgs, Sweep, command, parse_rate, parse_target,
 };
+pub use self::distribution::Distribution;
 use self::driver::{Client, DRAIN, OPERATION_TIMEOUT, Shared, drive};
+use self::pace::Pace;
+pub use self::pace::{DEFAULT_MAX_INFLIGHT, LATE, Mode};
 pub use self::report::{Latency, Report};
 use self::report::{Tally, noun};
 use crate::service::download::request::Request;
@@ -76,6 +92,17 @@ pub const MAX_PIPELINE: usize = 4096;
 /// Largest chat `--size`: the largest UDP payload over IPv4.
 pub const MAX_CHAT_SIZE: usize = 65_507;
 
+/// Most bytes one echo connection may have in flight (`--size` × `--pipeline`, or ×
+/// `--max-inflight`): what its output buffer may have to hold while the server does not read.
+pub const MAX_ECHO_IN_FLIGHT: usize = 64 << 20;
+
+/// Lowest `--rate`, operations per second: one every 100 s, already far below a useful load.
+pub const MIN_RATE: f64 = 0.01;
+
+/// Highest `--rate`: ten million operations per second is past what any generator here can
+/// send; the bound keeps the timetable's arithmetic far from its limits.
+pub const MAX_RATE: f64 = 10e6;
+
 /// How often the supervisor checks for an unreachable target while threads run.
 const SUPERVISE_EVERY: Duration = Duration::from_millis(100);
 
@@ -83,7 +110,7 @@ const SUPERVISE_EVERY: Duration = Duration::from_millis(100);
 const PROGRESS_EVERY: Duration = Duration::from_secs(1);
 
 /// What to run: a scenario against a target, how hard and for how long.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Load {
     /// What each client does.
     pub scenario: Scenario,
@@ -93,11 +120,16 @@ pub struct Load {
     pub connections: usize,
     /// Generator threads, each with its own mio loop; at most one per client.
     pub threads: usize,
-    /// How long to generate load (at most [`MAX_DURATION`]).
+    /// How long to measure load (at most [`MAX_DURATION`]).
     pub duration: Duration,
+    /// Load generated before `duration` and not counted (`--warmup`): connections are made,
+    /// caches warm, and an open loop's timetable is already running when measuring starts.
+    pub warmup: Duration,
     /// Stop after this many operations (echo messages, connections, downloads, chat messages
     /// sent), or at `duration`, whichever comes first.
     pub requests: Option<u64>,
+    /// Closed loop (a fixed number of operations in flight) or open loop (a fixed rate).
+    pub mode: Mode,
     /// Pin generator thread `i` to core `(i + 1) % cores`, leaving core 0 to a server started
     /// with `readyloop serve --pin 0`.
     pub pin: bool,
@@ -130,6 +162,9 @@ pub enum Scenario {
         members: usize,
         /// Bytes per message (at least [`chat::MIN_SIZE`]).
         size: usize,
+        /// Relays the members join, in turn, instead of the target (`--members-at`); empty:
+        /// everyone on the target.
+        members_at: Vec<SocketAddr>,
     },
 }
 
@@ -215,6 +250,7 @@ impl Load {
     /// [`BenchError::Invalid`] with a sentence naming the flag.
     pub fn validate(&self) -> Result<(), BenchError> {
         let invalid = |message: String| Err(BenchError::Invalid(message));
+        self.validate_mode()?;
         match &self.scenario {
             Scenario::Echo { size, pipeline } => {
                 if !(1..=MAX_ECHO_SIZE).contains(size) {
@@ -225,6 +261,18 @@ impl Load {
                 if !(1..=MAX_PIPELINE).contains(pipeline) {
                     return invalid(format!(
                         "--pipeline must be between 1 and {MAX_PIPELINE}, not {pipeline}"
+                    ));
+                }
+                let (depth, flag) = match self.mode {
+                    Mode::Closed => (*pipeline, "--pipeline"),
+                    Mode::Open { max_inflight, .. } => (max_inflight, "--max-inflight"),
+                };
+                if size.saturating_mul(depth) > MAX_ECHO_IN_FLIGHT {
+                    return invalid(format!(
+                        "--size × {flag} must be at most {} MiB per connection, not {size} × \
+                         {depth}: it is what a connection may have to hold while the server \
+                         does not read",
+                        MAX_ECHO_IN_FLIGHT >> 20
                     ));
                 }
             }
@@ -240,6 +288,7 @@ impl Load {
                 senders,
                 members,
                 size,
+                ..
             } => {
                 if *senders == 0 {
                     return invalid("--senders must be at least 1".into());
@@ -286,7 +335,54 @@ impl Load {
         if self.requests == Some(0) {
             return invalid("--requests must be at least 1".into());
         }
+        if self.warmup > MAX_DURATION {
+            return invalid(format!(
+                "--warmup must be at most {} s (1 hour): every run is bounded",
+                MAX_DURATION.as_secs()
+            ));
+        }
+        if !self.warmup.is_zero() && self.requests.is_some() {
+            return invalid(
+                "--warmup and --requests do not go together: the warm-up would spend requests \
+                 that are then not counted"
+                    .into(),
+            );
+        }
         Ok(())
+    }
+
+    /// Checks `--rate` and `--max-inflight` against the scenario.
+    fn validate_mode(&self) -> Result<(), BenchError> {
+        let invalid = |message: String| Err(BenchError::Invalid(message));
+        let Mode::Open { rate, max_inflight } = self.mode else {
+            return Ok(());
+        };
+        if !(MIN_RATE..=MAX_RATE).contains(&rate) {
+            return invalid(format!(
+                "--rate must be between {MIN_RATE} and {MAX_RATE:.0} per second, not {rate}"
+            ));
+        }
+        match &self.scenario {
+            Scenario::Echo { pipeline, .. } if *pipeline != 1 => invalid(
+                "--pipeline is the closed loop's depth; with --rate, --max-inflight bounds the \
+                 messages in flight"
+                    .into(),
+            ),
+            Scenario::Echo { .. } | Scenario::Chat { .. } => {
+                if !(1..=MAX_PIPELINE).contains(&max_inflight) {
+                    return invalid(format!(
+                        "--max-inflight must be between 1 and {MAX_PIPELINE}, not {max_inflight}"
+                    ));
+                }
+                Ok(())
+            }
+            Scenario::Connect | Scenario::Download { .. } if max_inflight != 1 => invalid(
+                "--max-inflight is 1 for connect and download: each client has one connection, \
+                 so one operation, in flight; use -c for more at once"
+                    .into(),
+            ),
+            Scenario::Connect | Scenario::Download { .. } => Ok(()),
+        }
     }
 }
 
@@ -318,15 +414,28 @@ impl fmt::Display for Load {
                 senders,
                 members,
                 size,
-            } => write!(
-                f,
-                "chat {}: {}, {}, {size} B messages",
-                self.target,
-                plural(*senders, "sender"),
-                plural(*members, "member")
-            )?,
+                members_at,
+            } => {
+                write!(
+                    f,
+                    "chat {}: {}, {}, {size} B messages",
+                    self.target,
+                    plural(*senders, "sender"),
+                    plural(*members, "member")
+                )?;
+                if !members_at.is_empty() {
+                    let relays: Vec<String> = members_at.iter().map(|a| a.to_string()).collect();
+                    write!(f, " (members at {})", relays.join(", "))?;
+                }
+            }
         }
         write!(f, ", {}", plural(self.threads, "thread"))?;
+        if let Mode::Open { rate, max_inflight } = self.mode {
+            write!(
+                f,
+                ", open loop at {rate:.1}/s, at most {max_inflight} in flight each"
+            )?;
+        }
         match self.requests {
             // The bound a `--requests` run gets when no `--duration` was given.
             Some(requests) if self.duration == MAX_DURATION => {
@@ -339,6 +448,9 @@ impl fmt::Display for Load {
                 noun(self.scenario.name())
             )?,
             None => write!(f, ", {:?}", self.duration)?,
+        }
+        if !self.warmup.is_zero() {
+            write!(f, " after a {:?} warm-up", self.warmup)?;
         }
         if self.pin {
             f.write_str(", pinned")?;
@@ -355,15 +467,20 @@ impl fmt::Display for Load {
 /// threads or poll instances could not be made.
 pub fn run(load: &Load) -> Result<Report, BenchError> {
     load.validate()?;
+    // Each client takes its share of an open loop's timetable; a closed loop keeps `depth`
+    // operations in flight per client.
+    let (mode, clients) = (load.mode, load.connections);
     match &load.scenario {
         Scenario::Echo { size, pipeline } => {
             let (size, pipeline) = (*size, *pipeline);
             supervise(load, None, move |id| {
-                tcp::Connection::new(echo::Pipeline::new(id as u64, size, pipeline))
+                let pace = Pace::new(mode, pipeline, id, clients);
+                tcp::Connection::new(echo::Pipeline::new(id as u64, size, pace))
             })
         }
-        Scenario::Connect => supervise(load, None, |id| {
-            tcp::Connection::new(connect::Churn::new(id as u64))
+        Scenario::Connect => supervise(load, None, move |id| {
+            let pace = Pace::single(mode, id, clients);
+            tcp::Connection::new(connect::Churn::new(id as u64, pace))
         }),
         Scenario::Download { name } => {
             // The server's own rendering: a name ending in ` <digits>` gets an explicit offset.
@@ -372,20 +489,35 @@ pub fn run(load: &Load) -> Result<Report, BenchError> {
                 offset: 0,
             };
             let request: Arc<[u8]> = format!("{line}\n").into_bytes().into();
-            supervise(load, None, move |_| {
-                tcp::Connection::new(download::Fetch::new(Arc::clone(&request)))
+            supervise(load, None, move |id| {
+                let pace = Pace::single(mode, id, clients);
+                tcp::Connection::new(download::Fetch::new(Arc::clone(&request), pace))
             })
         }
-        Scenario::Chat { senders, size, .. } => {
+        Scenario::Chat {
+            senders,
+            size,
+            members_at,
+            ..
+        } => {
             let (senders, size, sockets) = (*senders, *size, load.sockets());
             let roster = Arc::new(Roster::new(room_name(), sockets));
+            let members_at = members_at.clone();
             supervise(load, Some(sockets), move |id| {
-                let role = if id < senders {
-                    Role::Sender(id as u64)
+                let (role, seat) = if id < senders {
+                    // Only senders send, so only they share the timetable.
+                    let role = Role::Sender {
+                        index: id as u64,
+                        pace: Pace::new(mode, chat::WINDOW, id, senders),
+                    };
+                    let hear = members_at.first().copied();
+                    (role, Seat { talk: None, hear })
                 } else {
-                    Role::Member
+                    let talk = members_at.get((id - senders) % members_at.len().max(1));
+                    let talk = talk.copied();
+                    (Role::Member, Seat { talk, hear: None })
                 };
-                chat::Member::new(role, size, Arc::clone(&roster))
+                chat::Member::new(role, size, Arc::clone(&roster), seat)
             })
         }
     }
@@ -409,6 +541,7 @@ where
     let threads = load.threads;
     let shared = Arc::new(Shared::new(
         load.target,
+        load.warmup,
         load.duration,
         load.requests,
         threads,
@@ -477,8 +610,14 @@ where
         .load_ended
         .unwrap_or(shared.deadline)
         .min(shared.deadline);
-    let elapsed = ended.saturating_duration_since(shared.epoch);
-    Ok(Report::new(load.scenario.name(), elapsed, &total, room))
+    let elapsed = ended.saturating_duration_since(shared.measure_from);
+    Ok(Report::new(
+        load.scenario.name(),
+        load.mode.rate(),
+        elapsed,
+        &total,
+        room,
+    ))
 }
 
 /// Collects every thread's result, meanwhile drawing the progress line and stopping the run
@@ -560,7 +699,13 @@ impl ProgressLine {
         }
         self.due += PROGRESS_EVERY;
         let (operations, errors) = shared.totals();
-        let secs = now.duration_since(self.epoch).as_secs_f64();
+        // The threads start counting afresh when the warm-up ends.
+        let (phase, since) = if now < shared.measure_from {
+            ("warm-up ", self.epoch)
+        } else {
+            ("", shared.measure_from)
+        };
+        let secs = now.saturating_duration_since(since).as_secs_f64();
         let rate = if secs > 0.0 {
             operations as f64 / secs
         } else {
@@ -570,7 +715,7 @@ impl ProgressLine {
         // A progress line that cannot be drawn is not worth failing the run for.
         let _ = write!(
             stderr,
-            "\r\x1b[2K{secs:6.1} s  {operations:>12} {}  {rate:>12.1}/s  {errors} errors",
+            "\r\x1b[2K{phase}{secs:6.1} s  {operations:>12} {}  {rate:>12.1}/s  {errors} errors",
             self.noun
         );
         let _ = stderr.flush();
@@ -599,10 +744,16 @@ mod tests {
             connections: 4,
             threads: 1,
             duration: Duration::from_secs(1),
+            warmup: Duration::ZERO,
             requests: None,
+            mode: Mode::Closed,
             pin: false,
             progress: false,
         }
+    }
+
+    fn open(rate: f64, max_inflight: usize) -> Mode {
+        Mode::Open { rate, max_inflight }
     }
 
     fn refused(load: Load) -> String {
@@ -692,6 +843,7 @@ mod tests {
                 senders,
                 members,
                 size,
+                members_at: Vec::new(),
             },
             connections: 0, // ignored by chat
             threads: 2,
@@ -744,6 +896,85 @@ mod tests {
             line,
             "echo 127.0.0.1:7788: 4 connections, 64 B messages, pipeline 1, 1 thread, 1s, \
              at most 100 requests, pinned"
+        );
+    }
+
+    #[test]
+    fn an_open_loop_needs_a_sensible_rate_and_bound() {
+        let with = |mode| Load {
+            mode,
+            ..echo_load()
+        };
+        assert!(with(open(1000.0, 64)).validate().is_ok());
+        assert!(refused(with(open(0.0, 64))).contains("--rate"));
+        assert!(refused(with(open(MAX_RATE * 2.0, 64))).contains("--rate"));
+        assert!(refused(with(open(f64::NAN, 64))).contains("--rate"));
+        assert!(refused(with(open(1000.0, 0))).contains("--max-inflight"));
+        assert!(refused(with(open(1000.0, MAX_PIPELINE + 1))).contains("--max-inflight"));
+    }
+
+    #[test]
+    fn an_open_loop_refuses_what_only_a_closed_loop_means() {
+        let echo = Load {
+            scenario: Scenario::Echo {
+                size: 64,
+                pipeline: 4,
+            },
+            mode: open(1000.0, 64),
+            ..echo_load()
+        };
+        assert!(refused(echo).contains("--pipeline"));
+        for scenario in [Scenario::Connect, Scenario::Download { name: "f".into() }] {
+            let one = Load {
+                scenario,
+                mode: open(100.0, 1),
+                ..echo_load()
+            };
+            assert!(one.validate().is_ok());
+            let message = refused(Load {
+                mode: open(100.0, 2),
+                ..one
+            });
+            assert!(message.contains("--max-inflight is 1"), "{message}");
+        }
+    }
+
+    #[test]
+    fn an_echo_connection_may_not_queue_more_than_its_bound_in_bytes() {
+        let big = |size, mode| Load {
+            scenario: Scenario::Echo { size, pipeline: 1 },
+            mode,
+            ..echo_load()
+        };
+        assert!(big(MAX_ECHO_SIZE, Mode::Closed).validate().is_ok());
+        let message = refused(big(MAX_ECHO_SIZE, open(10.0, 8)));
+        assert!(message.contains("--size × --max-inflight"), "{message}");
+    }
+
+    #[test]
+    fn a_warm_up_is_bounded_and_does_not_spend_requests() {
+        let warm = |warmup, requests| Load {
+            warmup,
+            requests,
+            ..echo_load()
+        };
+        assert!(warm(Duration::from_secs(2), None).validate().is_ok());
+        assert!(refused(warm(MAX_DURATION * 2, None)).contains("--warmup"));
+        assert!(refused(warm(Duration::from_secs(1), Some(10))).contains("--requests"));
+    }
+
+    #[test]
+    fn the_load_line_says_when_it_is_an_open_loop_and_warms_up() {
+        let line = Load {
+            mode: open(2500.0, 16),
+            warmup: Duration::from_millis(500),
+            ..echo_load()
+        }
+        .to_string();
+        assert_eq!(
+            line,
+            "echo 127.0.0.1:7788: 4 connections, 64 B messages, pipeline 1, 1 thread, open loop \
+             at 2500.0/s, at most 16 in flight each, 1s after a 500ms warm-up"
         );
     }
 

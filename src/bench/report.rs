@@ -1,20 +1,24 @@
-//! What a benchmark run measured: per-thread tallies, the merged [`Report`], its table and JSON.
+//! What a benchmark run measured: per-thread tallies and the merged [`Report`].
 //!
 //! Each generator thread counts into its own `Tally`, with no sharing and no locks; the threads
 //! hand their tallies over when they end and `Tally::merge` adds them up. Latencies go into an
-//! HDR histogram (nanoseconds, 3 significant digits): it keeps the tail (p99.9, max) exact to
-//! 0.1 % in a few KiB whatever the number of samples, where averages would hide it.
+//! HDR histogram (see [`Distribution`]): it keeps the tail (p99.9, max) exact to 0.1 % in a few
+//! KiB whatever the number of samples, where averages would hide it.
 //!
-//! The table is for people; [`Report::to_json`] is for scripts and is written by hand (a dozen
-//! fields do not justify a serialisation framework). Both show every error kind counted: a
-//! benchmark that hides its failures measures nothing.
+//! Besides what the server did (operations, bytes, latency, errors by kind), a report says what
+//! the generator did: how far an open loop fell behind its timetable ([`Behind`]) and how much
+//! CPU its own threads spent ([`Generator`]), so that a generator that was itself the bottleneck
+//! says so. The table is in `table.rs`, the JSON in [`json`](super::json); both show every error
+//! kind counted: a benchmark that hides its failures measures nothing.
 
 use std::collections::BTreeMap;
-use std::fmt;
 use std::io;
 use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram;
+
+use super::distribution::{self, Distribution};
+use super::pace::LATE;
 
 /// Error kind: the connection (or the chat join) was refused, `ECONNREFUSED`.
 pub const REFUSED: &str = "refused";
@@ -47,13 +51,6 @@ pub const LOCAL_LIMIT: &str = "local limit";
 /// Error kind: any other I/O error.
 pub const IO: &str = "io";
 
-/// Highest latency the histogram tracks, in nanoseconds: one hour, the longest run allowed.
-/// Longer values are recorded as this bound (they cannot happen within a bounded run).
-const HIGHEST_NS: u64 = 3_600 * 1_000_000_000;
-
-/// Significant decimal digits the histogram keeps: 3 means every value within 0.1 %.
-const SIGNIFICANT_DIGITS: u8 = 3;
-
 /// The error kind of an I/O error, for the error table.
 pub(crate) fn classify(err: &io::Error) -> &'static str {
     use io::ErrorKind::*;
@@ -81,6 +78,12 @@ pub(crate) struct Tally {
     pub latency: Histogram<u64>,
     /// Errors by kind.
     pub errors: BTreeMap<&'static str, u64>,
+    /// How far an open loop fell behind its timetable.
+    pub behind: Behind,
+    /// CPU time this thread used while measuring.
+    pub cpu: Duration,
+    /// That CPU time over the wall time it was measured in: 1.0 is a thread that never waited.
+    pub busy: f64,
     /// Whether any connection (or chat join) of this thread ever succeeded.
     pub reached: bool,
     /// The first connection failure while the target had not yet been reached: the reason given
@@ -98,16 +101,26 @@ impl Tally {
             operations: 0,
             bytes: 0,
             sent: 0,
-            // The bounds are constants that satisfy new_with_bounds' rules (low >= 1,
-            // high >= 2 * low, sigfig <= 5), so this cannot fail.
-            latency: Histogram::new_with_bounds(1, HIGHEST_NS, SIGNIFICANT_DIGITS)
-                .expect("constant histogram bounds are valid"),
+            latency: distribution::histogram(),
             errors: BTreeMap::new(),
+            behind: Behind::default(),
+            cpu: Duration::ZERO,
+            busy: 0.0,
             reached: false,
             first_failure: None,
             last_operation: None,
             load_ended: None,
         }
+    }
+
+    /// The warm-up is over: forgets what it counted, keeping only whether the target was
+    /// reached (and why not, if it was not).
+    pub fn restart(&mut self) {
+        let reached = self.reached;
+        let first_failure = self.first_failure.take();
+        *self = Tally::new();
+        self.reached = reached;
+        self.first_failure = first_failure;
     }
 
     /// Counts one error of `kind`.
@@ -130,6 +143,14 @@ impl Tally {
         self.last_operation = Some(now);
     }
 
+    /// An open loop's operation started `lag` after its due instant.
+    pub fn started_after(&mut self, lag: Duration) {
+        if lag >= LATE {
+            self.behind.late += 1;
+        }
+        self.behind.max_lag = self.behind.max_lag.max(lag);
+    }
+
     /// Adds another thread's tally to this one.
     pub fn merge(&mut self, other: Tally) {
         self.operations += other.operations;
@@ -145,6 +166,11 @@ impl Tally {
         for (kind, count) in other.errors {
             *self.errors.entry(kind).or_insert(0) += count;
         }
+        self.behind.late += other.behind.late;
+        self.behind.max_lag = self.behind.max_lag.max(other.behind.max_lag);
+        self.behind.unstarted += other.behind.unstarted;
+        self.cpu += other.cpu;
+        self.busy = self.busy.max(other.busy);
         self.reached |= other.reached;
         if self.first_failure.is_none() {
             self.first_failure = other.first_failure;
@@ -154,17 +180,25 @@ impl Tally {
     }
 }
 
-/// Latency percentiles of a run's completed operations.
+/// Latency figures of a run's completed operations.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct Latency {
+    /// The mean: what wrk and oha print first, and what a stall drags up.
+    pub mean: Duration,
+    /// Standard deviation around the mean.
+    pub stdev: Duration,
     /// Median.
     pub p50: Duration,
+    /// 75th percentile.
+    pub p75: Duration,
     /// 90th percentile.
     pub p90: Duration,
     /// 99th percentile.
     pub p99: Duration,
     /// 99.9th percentile: the tail a busy loop's stalls show up in.
     pub p999: Duration,
+    /// 99.99th percentile.
+    pub p9999: Duration,
     /// The slowest operation.
     pub max: Duration,
     /// Operations measured.
@@ -172,20 +206,69 @@ pub struct Latency {
 }
 
 impl Latency {
-    /// The summary of a histogram of nanoseconds; all zero when it is empty.
-    pub(crate) fn from_histogram(histogram: &Histogram<u64>) -> Latency {
-        if histogram.is_empty() {
+    /// The summary of a distribution; all zero when it is empty.
+    pub(crate) fn of(distribution: &Distribution) -> Latency {
+        if distribution.count() == 0 {
             return Latency::default();
         }
-        let at = |q: f64| Duration::from_nanos(histogram.value_at_quantile(q));
+        let at = |q| distribution.quantile(q);
         Latency {
+            mean: distribution.mean(),
+            stdev: distribution.stdev(),
             p50: at(0.5),
+            p75: at(0.75),
             p90: at(0.9),
             p99: at(0.99),
             p999: at(0.999),
-            max: Duration::from_nanos(histogram.max()),
-            count: histogram.len(),
+            p9999: at(0.9999),
+            max: distribution.max(),
+            count: distribution.count(),
         }
+    }
+}
+
+/// How far an open loop fell behind its timetable; all zero for a closed loop, which has none.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Behind {
+    /// Operations that started [`LATE`] or more after their due instant: held back by the
+    /// in-flight bound, a reconnect, or a busy generator. Their latency includes the wait.
+    pub late: u64,
+    /// The longest any operation waited past its due instant.
+    pub max_lag: Duration,
+    /// Operations due before the load stopped that never started.
+    pub unstarted: u64,
+}
+
+impl Behind {
+    /// Every operation started within [`LATE`] of its due instant.
+    pub fn on_time(&self) -> bool {
+        self.late == 0 && self.unstarted == 0
+    }
+}
+
+/// What the generator itself cost while it measured.
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub struct Generator {
+    /// CPU time of every generator thread together, user and system.
+    pub cpu: Duration,
+    /// The busiest thread's CPU time over the measured wall time: 1.0 never waited for the
+    /// server, so the generator, not the server, may have set the pace.
+    pub busiest: f64,
+}
+
+impl Generator {
+    /// A thread busy this much of the time is taken to be the bottleneck.
+    pub const SATURATED: f64 = 0.9;
+
+    /// Whether a generator thread was busy nearly all the time.
+    pub fn saturated(&self) -> bool {
+        self.busiest >= Generator::SATURATED
+    }
+
+    /// CPU per operation; `None` without operations.
+    pub fn per_operation(&self, operations: u64) -> Option<Duration> {
+        let ns = self.cpu.as_nanos() / u128::from(operations.max(1));
+        (operations > 0).then(|| Duration::from_nanos(u64::try_from(ns).unwrap_or(u64::MAX)))
     }
 }
 
@@ -194,16 +277,28 @@ impl Latency {
 pub struct Report {
     /// `echo`, `connect`, `download` or `chat`.
     pub scenario: &'static str,
-    /// How long load was generated: the duration, or less when `--requests` ran out first.
+    /// The rate asked for (`--rate`), operations per second (chat: messages sent); `None` for
+    /// a closed loop.
+    pub rate: Option<f64>,
+    /// How long load was measured: the duration, or less when `--requests` ran out first. A
+    /// warm-up comes before it and is not counted.
     pub elapsed: Duration,
     /// Requests (echo), connections (connect), downloads (download) or deliveries (chat).
     pub operations: u64,
+    /// Chat: messages sent; 0 for TCP scenarios, whose operations are what they send.
+    pub sent: u64,
     /// Payload bytes received: echoed bytes, download bodies, relayed datagrams.
     pub bytes: u64,
-    /// Latency of the completed operations (chat: one-way, sender to receiver).
+    /// Latency figures of the completed operations (chat: one-way, sender to receiver).
     pub latency: Latency,
+    /// Every latency, for the percentile spectrum, `--hgrm` and `--svg`.
+    pub distribution: Distribution,
     /// Errors by kind; empty when none.
     pub errors: BTreeMap<&'static str, u64>,
+    /// How far an open loop fell behind its timetable.
+    pub behind: Behind,
+    /// The generator's own cost.
+    pub generator: Generator,
     /// Chat only: deliveries received over deliveries expected (sent × room size).
     pub delivery_ratio: Option<f64>,
 }
@@ -213,17 +308,27 @@ impl Report {
     /// message is delivered to each member, senders included), `None` for TCP scenarios.
     pub(crate) fn new(
         scenario: &'static str,
+        rate: Option<f64>,
         elapsed: Duration,
         tally: &Tally,
         room: Option<usize>,
     ) -> Report {
+        let distribution = Distribution::new(tally.latency.clone());
         Report {
             scenario,
+            rate,
             elapsed,
             operations: tally.operations,
+            sent: tally.sent,
             bytes: tally.bytes,
-            latency: Latency::from_histogram(&tally.latency),
+            latency: Latency::of(&distribution),
+            distribution,
             errors: tally.errors.clone(),
+            behind: tally.behind,
+            generator: Generator {
+                cpu: tally.cpu,
+                busiest: tally.busy,
+            },
             delivery_ratio: room.and_then(|room| {
                 let expected = tally.sent as f64 * room as f64;
                 (expected > 0.0).then(|| tally.operations as f64 / expected)
@@ -236,6 +341,16 @@ impl Report {
         rate(self.operations as f64, self.elapsed)
     }
 
+    /// The rate the run achieved, to set beside the one asked for: operations per second, or
+    /// for chat, whose rate is of messages sent, messages sent per second.
+    pub fn achieved_rate(&self) -> f64 {
+        if self.scenario == "chat" {
+            rate(self.sent as f64, self.elapsed)
+        } else {
+            self.per_second()
+        }
+    }
+
     /// Megabytes (10⁶ bytes) received per second.
     pub fn megabytes_per_second(&self) -> f64 {
         rate(self.bytes as f64 / 1e6, self.elapsed)
@@ -244,44 +359,6 @@ impl Report {
     /// Errors of every kind together.
     pub fn error_count(&self) -> u64 {
         self.errors.values().sum()
-    }
-
-    /// One JSON object on one line, for scripts:
-    ///
-    /// ```text
-    /// {"scenario":"echo","elapsed_s":10.0,"operations":1234,"per_second":123.4,"bytes":78976,
-    ///  "megabytes_per_second":0.0079,"latency_ns":{"p50":..,"p90":..,"p99":..,"p999":..,
-    ///  "max":..,"count":1234},"errors":{"reset":2},"delivery_ratio":null}
-    /// ```
-    pub fn to_json(&self) -> String {
-        let l = &self.latency;
-        let errors: Vec<String> = self
-            .errors
-            .iter()
-            .map(|(kind, count)| format!("{}:{count}", json_string(kind)))
-            .collect();
-        format!(
-            concat!(
-                "{{\"scenario\":{},\"elapsed_s\":{},\"operations\":{},\"per_second\":{},",
-                "\"bytes\":{},\"megabytes_per_second\":{},\"latency_ns\":{{\"p50\":{},",
-                "\"p90\":{},\"p99\":{},\"p999\":{},\"max\":{},\"count\":{}}},",
-                "\"errors\":{{{}}},\"delivery_ratio\":{}}}"
-            ),
-            json_string(self.scenario),
-            json_number(self.elapsed.as_secs_f64()),
-            self.operations,
-            json_number(self.per_second()),
-            self.bytes,
-            json_number(self.megabytes_per_second()),
-            l.p50.as_nanos(),
-            l.p90.as_nanos(),
-            l.p99.as_nanos(),
-            l.p999.as_nanos(),
-            l.max.as_nanos(),
-            l.count,
-            errors.join(","),
-            self.delivery_ratio.map_or("null".to_string(), json_number),
-        )
     }
 }
 
@@ -296,135 +373,10 @@ pub(crate) fn noun(scenario: &str) -> &'static str {
     }
 }
 
-/// Width of the label column of the table.
-const LABEL: usize = 12;
-/// Width of each value column of the table.
-const COLUMN: usize = 11;
-/// Width of the rate column beside a total: room for `12345678.9/s` and `1234.56 MB/s`.
-const RATE: usize = 14;
-
-/// The aligned table:
-///
-/// ```text
-/// scenario    echo, 10.00 s
-/// requests        1234567    123456.7/s
-/// received       158.0 MB    15.80 MB/s
-/// latency             p50        p90        p99      p99.9        max
-///                 41.2 µs    55.0 µs    90.1 µs    1.20 ms    4.51 ms
-/// errors             none
-/// ```
-impl fmt::Display for Report {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let secs = self.elapsed.as_secs_f64();
-        writeln!(f, "{:<LABEL$}{}, {secs:.2} s", "scenario", self.scenario)?;
-        writeln!(
-            f,
-            "{:<LABEL$}{:>COLUMN$}{:>RATE$}",
-            noun(self.scenario),
-            self.operations,
-            format!("{:.1}/s", self.per_second())
-        )?;
-        writeln!(
-            f,
-            "{:<LABEL$}{:>COLUMN$}{:>RATE$}",
-            "received",
-            format!("{:.1} MB", self.bytes as f64 / 1e6),
-            format!("{:.2} MB/s", self.megabytes_per_second())
-        )?;
-        write!(f, "{:<LABEL$}", "latency")?;
-        for name in ["p50", "p90", "p99", "p99.9", "max"] {
-            write!(f, "{name:>COLUMN$}")?;
-        }
-        writeln!(f)?;
-        write!(f, "{:<LABEL$}", "")?;
-        let l = &self.latency;
-        for value in [l.p50, l.p90, l.p99, l.p999, l.max] {
-            // No sample, no latency: a dash rather than a misleading "0 ns".
-            let shown = if l.count == 0 {
-                "-".to_string()
-            } else {
-                human_duration(value)
-            };
-            write!(f, "{shown:>COLUMN$}")?;
-        }
-        writeln!(f)?;
-        if let Some(ratio) = self.delivery_ratio {
-            writeln!(
-                f,
-                "{:<LABEL$}{:>COLUMN$}",
-                "delivered",
-                format!("{:.2} %", ratio * 100.0)
-            )?;
-        }
-        if self.errors.is_empty() {
-            return writeln!(f, "{:<LABEL$}{:>COLUMN$}", "errors", "none");
-        }
-        for (i, (kind, count)) in self.errors.iter().enumerate() {
-            let label = if i == 0 { "errors" } else { "" };
-            writeln!(f, "{label:<LABEL$}{count:>COLUMN$}  {kind}")?;
-        }
-        Ok(())
-    }
-}
-
 /// `amount` per second of `elapsed`, or 0 when no time passed.
-fn rate(amount: f64, elapsed: Duration) -> f64 {
+pub(crate) fn rate(amount: f64, elapsed: Duration) -> f64 {
     let secs = elapsed.as_secs_f64();
     if secs > 0.0 { amount / secs } else { 0.0 }
-}
-
-/// A duration with three significant digits and the unit that suits it: `850 ns`, `41.2 µs`,
-/// `1.20 ms`, `2.50 s`.
-pub(crate) fn human_duration(d: Duration) -> String {
-    let ns = d.as_nanos() as f64;
-    let (value, unit) = if ns < 1e3 {
-        (ns, "ns")
-    } else if ns < 1e6 {
-        (ns / 1e3, "µs")
-    } else if ns < 1e9 {
-        (ns / 1e6, "ms")
-    } else {
-        (ns / 1e9, "s")
-    };
-    let decimals = if value < 10.0 {
-        2
-    } else if value < 100.0 {
-        1
-    } else {
-        0
-    };
-    if unit == "ns" {
-        format!("{value:.0} {unit}")
-    } else {
-        format!("{value:.decimals$} {unit}")
-    }
-}
-
-/// A JSON number; JSON has no NaN or infinity, so those become `null`.
-fn json_number(value: f64) -> String {
-    if value.is_finite() {
-        // `{:?}` keeps a decimal point (`10.0`), and never uses an exponent JSON would refuse.
-        format!("{value:?}")
-    } else {
-        "null".to_string()
-    }
-}
-
-/// A JSON string literal: quotes, backslashes and control characters escaped.
-fn json_string(text: &str) -> String {
-    let mut out = String::with_capacity(text.len() + 2);
-    out.push('"');
-    for c in text.chars() {
-        match c {
-            '"' => out.push_str("\\\""),
-            '\\' => out.push_str("\\\\"),
-            '\n' => out.push_str("\\n"),
-            c if (c as u32) < 0x20 => out.push_str(&format!("\\u{:04x}", c as u32)),
-            c => out.push(c),
-        }
-    }
-    out.push('"');
-    out
 }
 
 #[cfg(test)]
@@ -435,7 +387,7 @@ mod tests {
         Duration::from_micros(n)
     }
 
-    // ---- the histogram summary ----
+    // ---- the tally ----
 
     #[test]
     fn percentiles_of_one_to_a_thousand_microseconds() {
@@ -444,31 +396,35 @@ mod tests {
         for us in 1..=1000 {
             tally.complete(micros(us), 10, now);
         }
-        let l = Latency::from_histogram(&tally.latency);
+        let l = Latency::of(&Distribution::new(tally.latency.clone()));
         let near = |got: Duration, want: u64| {
             let (got, want) = (got.as_nanos() as f64, (want * 1000) as f64);
             assert!((got - want).abs() <= want * 0.001, "{got} vs {want}");
         };
         near(l.p50, 500);
+        near(l.p75, 750);
         near(l.p90, 900);
         near(l.p99, 990);
         near(l.p999, 999);
+        near(l.p9999, 1000);
         near(l.max, 1000);
+        assert!(
+            (l.mean.as_nanos() as f64 - 500_500.0).abs() <= 500.0,
+            "{:?}",
+            l.mean
+        );
         assert_eq!(l.count, 1000);
         assert_eq!(tally.operations, 1000);
         assert_eq!(tally.bytes, 10_000);
     }
 
     #[test]
-    fn an_empty_histogram_summarises_to_zero() {
-        assert_eq!(
-            Latency::from_histogram(&Tally::new().latency),
-            Latency::default()
-        );
+    fn an_empty_distribution_summarises_to_zero() {
+        assert_eq!(Latency::of(&Distribution::default()), Latency::default());
     }
 
     #[test]
-    fn merging_tallies_adds_samples_counts_and_errors() {
+    fn merging_tallies_adds_samples_counts_errors_and_cpu() {
         let now = Instant::now();
         let mut a = Tally::new();
         let mut b = Tally::new();
@@ -478,20 +434,50 @@ mod tests {
         b.error(RESET);
         b.error(TIMEOUT);
         b.sent = 7;
+        a.started_after(Duration::from_millis(3));
+        b.started_after(Duration::from_millis(8));
+        b.behind.unstarted = 4;
+        (a.cpu, a.busy) = (Duration::from_millis(10), 0.5);
+        (b.cpu, b.busy) = (Duration::from_millis(30), 0.25);
         a.merge(b);
-        let l = Latency::from_histogram(&a.latency);
-        assert_eq!(l.count, 2);
-        assert!(l.max >= micros(999));
+        assert_eq!(a.latency.len(), 2);
+        assert!(a.latency.max() >= 999_000);
         assert_eq!((a.operations, a.bytes, a.sent), (2, 3, 7));
         assert_eq!(a.errors[RESET], 2);
         assert_eq!(a.errors[TIMEOUT], 1);
+        assert_eq!(
+            a.behind,
+            Behind {
+                late: 2,
+                max_lag: Duration::from_millis(8),
+                unstarted: 4
+            }
+        );
+        assert_eq!((a.cpu, a.busy), (Duration::from_millis(40), 0.5));
     }
 
     #[test]
     fn a_zero_latency_is_recorded_as_one_nanosecond() {
         let mut tally = Tally::new();
         tally.complete(Duration::ZERO, 0, Instant::now());
-        assert_eq!(Latency::from_histogram(&tally.latency).max.as_nanos(), 1);
+        assert_eq!(tally.latency.max(), 1);
+    }
+
+    #[test]
+    fn restarting_after_the_warm_up_keeps_only_reachability() {
+        let mut tally = Tally::new();
+        tally.complete(micros(5), 5, Instant::now());
+        tally.error(RESET);
+        tally.started_after(Duration::from_millis(2));
+        tally.reached = true;
+        tally.restart();
+        assert_eq!(
+            (tally.operations, tally.bytes, tally.latency.len()),
+            (0, 0, 0)
+        );
+        assert!(tally.errors.is_empty());
+        assert!(tally.behind.on_time());
+        assert!(tally.reached);
     }
 
     #[test]
@@ -511,94 +497,34 @@ mod tests {
 
     // ---- the report ----
 
-    fn sample() -> Report {
-        Report {
-            scenario: "echo",
-            elapsed: Duration::from_secs(2),
-            operations: 1000,
-            bytes: 4_000_000,
-            latency: Latency {
-                p50: micros(41),
-                p90: micros(55),
-                p99: micros(90),
-                p999: Duration::from_micros(1200),
-                max: Duration::from_millis(4),
-                count: 1000,
-            },
-            errors: BTreeMap::from([(RESET, 2), (TIMEOUT, 1)]),
-            delivery_ratio: None,
-        }
-    }
-
     #[test]
-    fn rates_divide_by_the_elapsed_time() {
-        let report = sample();
+    fn rates_divide_by_the_elapsed_time_and_chat_achieves_its_sends() {
+        let mut tally = Tally::new();
+        let now = Instant::now();
+        for _ in 0..1000 {
+            tally.complete(micros(40), 4000, now);
+        }
+        tally.sent = 100;
+        let report = Report::new("echo", None, Duration::from_secs(2), &tally, None);
         assert_eq!(report.per_second(), 500.0);
+        assert_eq!(report.achieved_rate(), 500.0);
         assert_eq!(report.megabytes_per_second(), 2.0);
-        let instant = Report {
-            elapsed: Duration::ZERO,
-            ..sample()
-        };
+        let chat = Report::new("chat", Some(50.0), Duration::from_secs(2), &tally, Some(10));
+        assert_eq!(chat.achieved_rate(), 50.0, "messages sent per second");
+        assert_eq!(chat.delivery_ratio, Some(1.0));
+        let instant = Report::new("echo", None, Duration::ZERO, &tally, None);
         assert_eq!(instant.per_second(), 0.0);
     }
 
     #[test]
-    fn the_table_lines_up_and_lists_every_error_kind() {
-        let table = sample().to_string();
-        let lines: Vec<&str> = table.lines().collect();
-        assert_eq!(lines[0], "scenario    echo, 2.00 s");
-        assert!(lines[1].starts_with("requests") && lines[1].ends_with("500.0/s"));
-        // The percentile names sit right above their values, right-aligned in the same columns.
-        let names = lines.iter().position(|l| l.starts_with("latency")).unwrap();
-        assert_eq!(
-            lines[names].chars().count(),
-            lines[names + 1].chars().count()
-        );
-        assert!(lines[names + 1].contains("41.0 µs") && lines[names + 1].contains("1.20 ms"));
-        assert!(table.contains("\nerrors                2  reset\n"));
-        assert!(table.contains("\n                      1  timeout\n"));
-        assert!(!table.contains("delivered"));
-    }
-
-    #[test]
-    fn a_clean_run_says_no_errors_and_chat_shows_its_delivery_ratio() {
-        let report = Report {
-            scenario: "chat",
-            errors: BTreeMap::new(),
-            delivery_ratio: Some(0.995),
-            ..sample()
+    fn the_generator_is_saturated_past_ninety_percent_and_costs_cpu_per_operation() {
+        let generator = Generator {
+            cpu: Duration::from_millis(10),
+            busiest: 0.95,
         };
-        let table = report.to_string();
-        assert!(table.contains("deliveries"));
-        assert!(table.contains("delivered       99.50 %"));
-        assert!(table.contains("errors             none"));
-    }
-
-    #[test]
-    fn json_holds_every_figure_on_one_line() {
-        let json = sample().to_json();
-        assert!(!json.contains('\n'));
-        assert!(json.starts_with("{\"scenario\":\"echo\",\"elapsed_s\":2.0,"));
-        assert!(json.contains("\"per_second\":500.0"));
-        assert!(json.contains("\"latency_ns\":{\"p50\":41000,\"p90\":55000,"));
-        assert!(json.contains("\"errors\":{\"reset\":2,\"timeout\":1}"));
-        assert!(json.ends_with("\"delivery_ratio\":null}"));
-    }
-
-    #[test]
-    fn json_escapes_strings_and_refuses_non_finite_numbers() {
-        assert_eq!(json_string("a\"b\\c\n\u{1}"), "\"a\\\"b\\\\c\\n\\u0001\"");
-        assert_eq!(json_number(f64::NAN), "null");
-        assert_eq!(json_number(0.5), "0.5");
-        assert_eq!(json_number(1e21), "1e21");
-    }
-
-    #[test]
-    fn durations_print_with_three_significant_digits() {
-        assert_eq!(human_duration(Duration::from_nanos(850)), "850 ns");
-        assert_eq!(human_duration(Duration::from_nanos(41_234)), "41.2 µs");
-        assert_eq!(human_duration(Duration::from_micros(1_204)), "1.20 ms");
-        assert_eq!(human_duration(Duration::from_millis(250)), "250 ms");
-        assert_eq!(human_duration(Duration::from_millis(2_500)), "2.50 s");
+        assert!(generator.saturated());
+        assert_eq!(generator.per_operation(1000), Some(micros(10)));
+        assert_eq!(generator.per_operation(0), None);
+        assert!(!Generator::default().saturated());
     }
 }

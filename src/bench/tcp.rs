@@ -4,11 +4,14 @@
 //!
 //! ```text
 //!   IDLE → CONNECTING → CONNECTED ──┐   the scenario's own states (EXCHANGING; REQUESTING, ...)
-//!     ↑         ↓            ↓      │
-//!     │     BACKING-OFF ←────┘      │   an error: count it, wait, connect again
-//!     └─────────────────────────────┘   the connection's work is done: close, connect again
+//!    │↑         ↓            ↓      │
+//!    ↓│     BACKING-OFF ←────┘      │   an error: count it, wait, connect again
+//!  SCHEDULED ←──────────────────────┘   the connection's work is done: close, connect again
 //!   any state → FINISHED                load stopped, no ticket left, or nothing more to do
 //! ```
+//!
+//! SCHEDULED is an open loop's: where a connection is the operation (connect, download), a
+//! client whose next one is not due yet waits there for its due instant, socketless.
 //!
 //! A TCP client is a [`Connection`]: the states every one of them passes through ([`State`]) and
 //! the one `transition` that changes them live here once, and a [`Protocol`] (`echo.rs`,
@@ -28,6 +31,7 @@ use mio::event::Event;
 use mio::net::TcpStream;
 
 use super::driver::{BACK_OFF, Client, Ctx, OPERATION_TIMEOUT};
+use super::pace::{Pace, Start};
 use super::report::{TIMEOUT, classify};
 use crate::sys::{interrupted, would_block};
 
@@ -163,9 +167,9 @@ pub(crate) trait Protocol {
     /// them.
     type Session: Session;
 
-    /// May a new connection start? Where a connection is the operation, this takes its
-    /// `--requests` ticket.
-    fn may_connect(&self, ctx: &Ctx<'_>) -> bool;
+    /// May a new connection start, and when? Where a connection is the operation, this takes
+    /// its `--requests` ticket and its place in an open loop's timetable.
+    fn may_connect(&mut self, ctx: &mut Ctx<'_>) -> Go;
 
     /// The connect that began at `since` finished: the session's first state.
     fn open(&mut self, since: Instant, ctx: &Ctx<'_>) -> Self::Session;
@@ -180,6 +184,50 @@ pub(crate) trait Protocol {
         session: &mut Self::Session,
         ctx: &mut Ctx<'_>,
     ) -> Result<Outcome<Self::Session>, Failure>;
+
+    /// The wake-up the session asked for has come (an open loop's next message is due): does
+    /// what is due. By default a session asks for none, and this does nothing.
+    ///
+    /// # Errors
+    /// The connection failed: the client counts the failure and backs off.
+    fn on_timer(
+        &mut self,
+        _stream: &mut TcpStream,
+        _session: &mut Self::Session,
+        _ctx: &mut Ctx<'_>,
+    ) -> Result<Outcome<Self::Session>, Failure> {
+        Ok(Outcome::Wait)
+    }
+
+    /// The load stopped: an open loop counts what was due and never started.
+    fn stopped(&mut self, ctx: &mut Ctx<'_>);
+}
+
+/// Whether a client may start a new connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Go {
+    /// Connect now.
+    Now,
+    /// Not yet: an open loop's next connection is due at this instant.
+    At(Instant),
+    /// No: the load stopped, or the `--requests` are spent.
+    Never,
+}
+
+/// For a protocol whose connection is the operation (connect, download): may the next start?
+/// If so it takes its `--requests` ticket and its place in the timetable, and comes with the
+/// instant its latency counts from (now, or in an open loop when it was due); if not, it is
+/// the [`Go`] to answer.
+pub(crate) fn next_operation(pace: &mut Pace, ctx: &mut Ctx<'_>) -> Result<Instant, Go> {
+    match pace.next(0, ctx) {
+        Start::Now(due) if ctx.take_ticket() => {
+            pace.started(ctx);
+            Ok(due)
+        }
+        Start::At(at) if !ctx.stopping && !ctx.shared.tickets.exhausted() => Err(Go::At(at)),
+        // The load stopped or the tickets are spent; and with nothing in flight, never full.
+        Start::Now(_) | Start::At(_) | Start::Full => Err(Go::Never),
+    }
 }
 
 /// A scenario's state while connected.
@@ -222,6 +270,8 @@ pub(crate) enum State<S> {
     },
     /// Connected: in one of the scenario's states, which names this one.
     Connected { stream: TcpStream, session: S },
+    /// An open loop's next connection is due at `at`; no socket until then.
+    Scheduled { at: Instant },
     /// After an error: connect again at `until`.
     BackingOff { until: Instant },
     /// Done for this run; the socket is closed.
@@ -235,6 +285,7 @@ impl<S: Session> State<S> {
             State::Idle => "IDLE",
             State::Connecting { .. } => "CONNECTING",
             State::Connected { session, .. } => session.name(),
+            State::Scheduled { .. } => "SCHEDULED",
             State::BackingOff { .. } => "BACKING-OFF",
             State::Finished => "FINISHED",
         }
@@ -244,7 +295,9 @@ impl<S: Session> State<S> {
     fn into_socket(self) -> Option<TcpStream> {
         match self {
             State::Connecting { stream, .. } | State::Connected { stream, .. } => Some(stream),
-            State::Idle | State::BackingOff { .. } | State::Finished => None,
+            State::Idle | State::Scheduled { .. } | State::BackingOff { .. } | State::Finished => {
+                None
+            }
         }
     }
 }
@@ -293,18 +346,23 @@ impl<P: Protocol> Connection<P> {
         );
     }
 
-    /// IDLE or BACKING-OFF → CONNECTING; → BACKING-OFF if the connect fails at once, or
-    /// FINISHED if the protocol may not connect again.
+    /// IDLE, SCHEDULED or BACKING-OFF → CONNECTING; → BACKING-OFF if the connect fails at
+    /// once, SCHEDULED if the next connection is not due yet, or FINISHED if the protocol may
+    /// not connect again.
     fn start_connecting(&mut self, ctx: &mut Ctx<'_>) {
-        if !self.protocol.may_connect(ctx) {
-            return self.finish(ctx);
-        }
-        match connect(ctx) {
-            Ok(stream) => {
-                let since = ctx.now;
-                self.transition(ctx, |_| State::Connecting { stream, since });
+        match self.protocol.may_connect(ctx) {
+            Go::Now => match connect(ctx) {
+                Ok(stream) => {
+                    let since = ctx.now;
+                    self.transition(ctx, |_| State::Connecting { stream, since });
+                }
+                Err(err) => self.connect_failed(err, ctx),
+            },
+            Go::At(at) => {
+                self.transition(ctx, |_| State::Scheduled { at });
+                ctx.wake_at(at);
             }
-            Err(err) => self.connect_failed(err, ctx),
+            Go::Never => self.finish(ctx),
         }
     }
 
@@ -339,17 +397,31 @@ impl<P: Protocol> Connection<P> {
                 debug_assert!(false, "{}: advance in {}", P::SERVICE, self.state);
                 return;
             };
-            match self.protocol.advance(stream, session, ctx) {
-                Ok(Outcome::Wait) => return,
-                Ok(Outcome::Next(next)) => self.enter(next, ctx),
-                Ok(Outcome::Done) => return self.reconnect(ctx),
-                Ok(Outcome::Finished) => return self.finish(ctx),
-                Err(failure) => return self.fail(failure, ctx),
+            let outcome = self.protocol.advance(stream, session, ctx);
+            if !self.follow(outcome, ctx) {
+                return;
             }
         }
     }
 
-    /// CONNECTED → IDLE → CONNECTING: the connection's work is done; the next one starts.
+    /// Goes where a step of the session leads; `true` when that is a new state of the session,
+    /// whose I/O starts at once.
+    fn follow(&mut self, outcome: Result<Outcome<P::Session>, Failure>, ctx: &mut Ctx<'_>) -> bool {
+        match outcome {
+            Ok(Outcome::Wait) => return false,
+            Ok(Outcome::Next(next)) => {
+                self.enter(next, ctx);
+                return true;
+            }
+            Ok(Outcome::Done) => self.reconnect(ctx),
+            Ok(Outcome::Finished) => self.finish(ctx),
+            Err(failure) => self.fail(failure, ctx),
+        }
+        false
+    }
+
+    /// CONNECTED → IDLE → CONNECTING (or SCHEDULED): the connection's work is done; the next
+    /// one starts, or waits for its due instant.
     fn reconnect(&mut self, ctx: &mut Ctx<'_>) {
         self.transition(ctx, |_| State::Idle);
         self.start_connecting(ctx);
@@ -399,6 +471,7 @@ impl<P: Protocol> Client for Connection<P> {
             // The driver starts each client once, before anything else.
             State::Connecting { .. }
             | State::Connected { .. }
+            | State::Scheduled { .. }
             | State::BackingOff { .. }
             | State::Finished => {
                 debug_assert!(false, "{}: started again in {}", P::SERVICE, self.state)
@@ -419,7 +492,7 @@ impl<P: Protocol> Client for Connection<P> {
             },
             State::Connected { .. } => self.advance(ctx),
             // No socket: an event left over from a socket closed earlier in this batch.
-            State::BackingOff { .. } | State::Finished => {}
+            State::Scheduled { .. } | State::BackingOff { .. } | State::Finished => {}
             // See `State::Idle`.
             State::Idle => debug_assert!(false, "{}: an event found IDLE", P::SERVICE),
         }
@@ -440,9 +513,10 @@ impl<P: Protocol> Client for Connection<P> {
                 self.fail(Failure::Protocol(TIMEOUT), ctx)
             }
             State::BackingOff { until } if ctx.now >= *until => self.start_connecting(ctx),
-            // Not due yet, or nothing to time.
+            // Not due yet, or nothing to time; SCHEDULED is woken by its timer, on the dot.
             State::Connecting { .. }
             | State::Connected { .. }
+            | State::Scheduled { .. }
             | State::BackingOff { .. }
             | State::Finished => {}
             // See `State::Idle`.
@@ -450,13 +524,37 @@ impl<P: Protocol> Client for Connection<P> {
         }
     }
 
+    fn on_timer(&mut self, ctx: &mut Ctx<'_>) {
+        match &mut self.state {
+            State::Scheduled { at } if ctx.now >= *at => self.start_connecting(ctx),
+            State::Connected { stream, session } => {
+                let outcome = self.protocol.on_timer(stream, session, ctx);
+                if self.follow(outcome, ctx) {
+                    self.advance(ctx);
+                }
+            }
+            // Early, or asked for by a state since left (the wake-up is then stale).
+            State::Scheduled { .. }
+            | State::Connecting { .. }
+            | State::BackingOff { .. }
+            | State::Finished => {}
+            // See `State::Idle`.
+            State::Idle => debug_assert!(false, "{}: a wake-up found IDLE", P::SERVICE),
+        }
+    }
+
     fn on_stop(&mut self, ctx: &mut Ctx<'_>) {
         match self.state {
             // A connection in progress is abandoned: it belongs to no measured interval (the
             // bytes a download received so far are counted already).
-            State::Connecting { .. } | State::Connected { .. } | State::BackingOff { .. } => {
+            State::Connecting { .. }
+            | State::Connected { .. }
+            | State::Scheduled { .. }
+            | State::BackingOff { .. } => {
+                self.protocol.stopped(ctx);
                 self.finish(ctx)
             }
+            // Finished before the load stopped: nothing was left due.
             State::Finished => {}
             // See `State::Idle`. Finishing is still right: nothing is in progress.
             State::Idle => {
@@ -490,9 +588,19 @@ mod tests {
     /// A protocol to drive the shared states with. Once connected it reads one byte per step,
     /// and each byte is a command: `n` moves on to the next state, `d` completes an operation
     /// (the connection's work is done), `f` finishes, anything else is a mismatch. A connection
-    /// takes a ticket.
+    /// takes a ticket; with `due` set, none is made before that instant (an open loop's
+    /// timetable, reduced to one entry).
     #[derive(Debug)]
-    struct Script;
+    struct Script {
+        due: Option<Instant>,
+        /// Times the load's stop reached the protocol.
+        stops: usize,
+    }
+
+    const SCRIPT: Script = Script {
+        due: None,
+        stops: 0,
+    };
 
     /// The script's connected states: FIRST, and SECOND after an `n`.
     #[derive(Debug)]
@@ -521,12 +629,20 @@ mod tests {
 
         type Session = Step;
 
-        fn may_connect(&self, ctx: &Ctx<'_>) -> bool {
-            ctx.take_ticket()
+        fn may_connect(&mut self, ctx: &mut Ctx<'_>) -> Go {
+            match self.due {
+                Some(at) if ctx.now < at && !ctx.stopping => Go::At(at),
+                _ if ctx.take_ticket() => Go::Now,
+                _ => Go::Never,
+            }
         }
 
         fn open(&mut self, since: Instant, _ctx: &Ctx<'_>) -> Step {
             Step::First { since }
+        }
+
+        fn stopped(&mut self, _ctx: &mut Ctx<'_>) {
+            self.stops += 1;
         }
 
         fn advance(
@@ -567,7 +683,7 @@ mod tests {
 
     /// A client in CONNECTING (its connect may already have finished, unseen).
     fn connecting(h: &mut Harness) -> Connection<Script> {
-        let mut client = Connection::new(Script);
+        let mut client = Connection::new(SCRIPT);
         client.start(&mut h.ctx(Instant::now()));
         assert_eq!(client.state.name(), "CONNECTING");
         client
@@ -593,7 +709,7 @@ mod tests {
 
     /// A client that started once the load had stopped, so it found no ticket.
     fn finished(h: &mut Harness) -> Connection<Script> {
-        let mut client = Connection::new(Script);
+        let mut client = Connection::new(SCRIPT);
         h.stopping = true;
         client.start(&mut h.ctx(Instant::now()));
         h.stopping = false;
@@ -623,7 +739,7 @@ mod tests {
     #[should_panic(expected = "an event found IDLE")]
     fn an_event_that_finds_idle_is_a_bug() {
         let mut h = Harness::new(closed_port(), None);
-        Connection::new(Script).on_event(&leftover_event(), &mut h.ctx(Instant::now()));
+        Connection::new(SCRIPT).on_event(&leftover_event(), &mut h.ctx(Instant::now()));
     }
 
     // ---- CONNECTING ----
@@ -762,6 +878,83 @@ mod tests {
         assert!(h.tally.errors.get(TIMEOUT) == Some(&1) && h.tally.errors.len() == 1);
     }
 
+    // ---- SCHEDULED ----
+
+    /// A client whose next connection is due 50 ms from now, and that instant.
+    fn scheduled(h: &mut Harness) -> (Connection<Script>, Instant) {
+        let at = Instant::now() + Duration::from_millis(50);
+        let mut client = Connection::new(Script {
+            due: Some(at),
+            stops: 0,
+        });
+        h.call(&mut client, Instant::now(), Connection::start);
+        assert_eq!(client.state.name(), "SCHEDULED");
+        (client, at)
+    }
+
+    #[test]
+    fn a_connection_not_due_yet_waits_socketless_and_asks_for_a_wake_up() {
+        let mut h = Harness::new(server(b""), None);
+        let (client, at) = scheduled(&mut h);
+        assert_eq!(h.wake, Some(at));
+        assert!(client.state.into_socket().is_none());
+    }
+
+    #[test]
+    fn scheduled_connects_when_woken_once_due_and_not_before() {
+        let mut h = Harness::new(server(b""), None);
+        let (mut client, at) = scheduled(&mut h);
+        client.on_timer(&mut h.ctx(at - Duration::from_millis(1)));
+        assert_eq!(
+            client.state.name(),
+            "SCHEDULED",
+            "a wake-up that came early"
+        );
+        client.on_timer(&mut h.ctx(at));
+        assert_eq!(client.state.name(), "CONNECTING");
+    }
+
+    /// Ticks and leftover events find no socket and no deadline: only the wake-up moves it.
+    #[test]
+    fn scheduled_ignores_ticks_and_leftover_events() {
+        let mut h = Harness::new(server(b""), None);
+        let (mut client, at) = scheduled(&mut h);
+        client.on_tick(&mut h.ctx(at + OPERATION_TIMEOUT));
+        client.on_event(&leftover_event(), &mut h.ctx(at));
+        assert_eq!(client.state.name(), "SCHEDULED");
+    }
+
+    #[test]
+    fn the_next_connection_of_an_open_loop_is_scheduled_when_one_is_done() {
+        let mut h = Harness::new(server(b"d"), None);
+        let at = Instant::now() + Duration::from_secs(30);
+        let mut client = Connection::new(SCRIPT);
+        h.call(&mut client, Instant::now(), Connection::start);
+        client.protocol.due = Some(at);
+        h.run_until(&mut client, "SCHEDULED", is("SCHEDULED"));
+        assert_eq!(h.tally.operations, 1);
+        assert_eq!(h.wake, Some(at));
+    }
+
+    #[test]
+    fn a_wake_up_in_a_state_since_left_changes_nothing() {
+        let mut h = Harness::new(server(b""), None);
+        let (mut backing_off, until) = backing_off(&mut h);
+        backing_off.on_timer(&mut h.ctx(until));
+        assert_eq!(backing_off.state.name(), "BACKING-OFF");
+        let mut connecting = connecting(&mut h);
+        connecting.on_timer(&mut h.ctx(Instant::now()));
+        assert_eq!(connecting.state.name(), "CONNECTING");
+    }
+
+    #[test]
+    fn a_wake_up_while_connected_goes_to_the_session() {
+        // The script's session asks for no wake-up, so by default the timer changes nothing.
+        let (mut h, mut client) = connected(b"", "FIRST");
+        client.on_timer(&mut h.ctx(Instant::now()));
+        assert_eq!(client.state.name(), "FIRST");
+    }
+
     // ---- FINISHED ----
 
     #[test]
@@ -769,25 +962,32 @@ mod tests {
         let mut h = Harness::new(server(b""), None);
         let mut client = finished(&mut h);
         client.on_tick(&mut h.ctx(Instant::now() + OPERATION_TIMEOUT));
+        client.on_timer(&mut h.ctx(Instant::now()));
         client.on_stop(&mut h.ctx(Instant::now()));
         client.close(&mut h.ctx(Instant::now()));
         assert!(client.is_finished());
+        assert_eq!(client.protocol.stops, 0, "nothing was in progress");
         assert!(h.tally.errors.is_empty(), "{:?}", h.tally.errors);
     }
 
     // ---- stopping and closing, from every state ----
 
+    /// Stopping also tells the protocol once, so an open loop can count what it never started.
     #[test]
     fn stop_and_close_finish_every_state() {
         let mut h = Harness::new(server(b""), None);
         let mut connecting = connecting(&mut h);
         let (mut backing_off, _) = backing_off(&mut h);
+        let (mut scheduled, _) = scheduled(&mut h);
         let (mut h2, mut connected) = connected(b"", "FIRST");
-        for client in [&mut connecting, &mut backing_off] {
+        for client in [&mut connecting, &mut backing_off, &mut scheduled] {
             client.on_stop(&mut h.ctx(Instant::now()));
+            client.close(&mut h.ctx(Instant::now()));
             assert!(client.is_finished());
+            assert_eq!(client.protocol.stops, 1);
         }
         connected.close(&mut h2.ctx(Instant::now()));
         assert!(connected.is_finished());
+        assert_eq!(connected.protocol.stops, 1);
     }
 }

@@ -84,7 +84,7 @@ impl EventLoop {
             Phase::Stopped => {}
         }
         for token in self.table.tokens() {
-            if let Some((endpoint, notes)) = self.table.get_mut_active(token, now) {
+            if let Some((endpoint, notes)) = self.table.get_mut_active(token) {
                 endpoint.on_stop(&mut self.shared.context(now, token, notes));
             }
             let registry = self.poll.registry();

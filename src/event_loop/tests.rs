@@ -7,13 +7,13 @@ use std::sync::atomic::AtomicUsize;
 use std::time::{Duration, Instant};
 
 use mio::Token;
-use mio::net::TcpStream;
 
 use super::EventLoop;
 use crate::config::Config;
 use crate::listener::Listener;
 use crate::service::{Endpoint, FAIR_SHARE, Service, echo};
 use crate::stats::{CloseReason, Metric, Stats};
+use crate::sys::counted::TcpStream;
 use crate::sys::tcp_listener;
 use crate::token;
 
@@ -28,7 +28,7 @@ fn test_loop() -> (EventLoop, Arc<Stats>, SocketAddr) {
         Arc::new(AtomicUsize::new(0)),
     )
     .unwrap();
-    let socket = tcp_listener("127.0.0.1:0".parse().unwrap()).unwrap();
+    let socket = tcp_listener("127.0.0.1:0".parse().unwrap(), false).unwrap();
     let addr = socket.local_addr().unwrap();
     event_loop
         .insert(Endpoint::Listener {
@@ -67,7 +67,10 @@ fn accepted_pair() -> (StdStream, TcpStream) {
     let client = StdStream::connect(listener.local_addr().unwrap()).unwrap();
     let (server, _) = listener.accept().unwrap();
     server.set_nonblocking(true).unwrap();
-    (client, TcpStream::from_std(server))
+    (
+        client,
+        TcpStream::new(mio::net::TcpStream::from_std(server)),
+    )
 }
 
 /// The scenario the generation in each token exists for: within one batch, connection A's

@@ -4,9 +4,12 @@
 //! An admin connection lives inside the table, so its handler cannot borrow the table to list it.
 //! Instead the connection names the [`Content`] it needs and gives its turn back (it yields, as a
 //! connection that spent its budget does); before resuming it the loop renders that content here
-//! and hands it over. The hot path of the other services never comes this way. The table is rendered a piece at a
-//! time (about [`CHUNK_BYTES`]), each piece only once the previous one has left, so listing 10 000
-//! connections neither blocks the loop nor builds an unbounded buffer.
+//! and hands it over. The hot path of the other services never comes this way. The table is
+//! rendered a piece at a time (about [`CHUNK_BYTES`]), each piece only once the previous one has
+//! left, so listing 10 000 connections neither blocks the loop nor builds an unbounded buffer.
+//!
+//! The loop's own bookkeeping lives here too: each pass's time and system calls, the stats line,
+//! and the one-second samples `/stats.json` draws its history from.
 
 use std::net::SocketAddr;
 use std::time::{Instant, SystemTime};
@@ -20,6 +23,8 @@ use crate::endpoint::Entry;
 use crate::service::Endpoint;
 use crate::service::admin::http::Status;
 use crate::service::admin::{CHUNK_BYTES, Content, JSON, Supply, TEXT, history, metrics};
+use crate::stats::Metric;
+use crate::sys::counted;
 use crate::sys::process::Process;
 use crate::token::{self, Id};
 
@@ -41,12 +46,18 @@ struct Row<'a> {
 }
 
 impl EventLoop {
-    /// Starts the clocks of the periodic chores: the uptime, the stats line, the samples.
+    /// Starts the clocks of the periodic chores: the stats line, and the samples (whose start
+    /// dates the uptime).
     pub(super) fn start_periodic(&mut self, now: Instant) {
-        self.started = now;
+        // System calls made on this thread before it runs (binding, the first registrations) are
+        // nobody's passes: the count starts here.
+        counted::take();
         self.stats_line.start(now);
         if let Some(history) = &mut self.history {
             history.start(now, SystemTime::now(), &self.shared.stats);
+            // Measure the descriptors beside the table's while it is small, so that no scrape
+            // ever has to list 10 000 of them.
+            let _ = self.table.open_fds(0);
         }
     }
 
@@ -57,6 +68,15 @@ impl EventLoop {
         if let Some(history) = &mut self.history {
             history.sample_if_due(now, &self.shared.stats);
         }
+    }
+
+    /// Records the pass that began at `woke` (its time, its system calls) and returns the time it
+    /// ended: one clock read both ends this pass and starts the next poll's timeout.
+    pub(super) fn end_pass(&mut self, woke: Instant) -> Instant {
+        let now = Instant::now();
+        self.shared.stats.observe_pass(now - woke);
+        self.shared.stats.add_calls(counted::take());
+        now
     }
 
     /// Supplies what the admin connection behind `token` asked for, if it asked.
@@ -90,7 +110,13 @@ impl EventLoop {
             Content::Metrics => {
                 let mut body = String::new();
                 // Rendering into a String cannot fail.
-                let _ = metrics::render(self.shared.stats.snapshot(), Process::read(), &mut body);
+                let snapshot = self.shared.stats.snapshot();
+                let files = snapshot.get(Metric::OpenFiles);
+                let process = Process {
+                    open_fds: self.table.open_fds(files),
+                    ..Process::read_without_fds()
+                };
+                let _ = metrics::render(snapshot, process, &mut body);
                 Supply::Whole {
                     status: Status::Ok,
                     content_type: metrics::CONTENT_TYPE,
@@ -105,7 +131,7 @@ impl EventLoop {
                 let mut body = Vec::new();
                 if let Some(samples) = &self.history {
                     let snapshot = self.shared.stats.snapshot();
-                    let uptime = now.saturating_duration_since(self.started);
+                    let uptime = samples.uptime(now);
                     history::render_stats_json(uptime, phase, &snapshot, samples, &mut body);
                 }
                 Supply::Whole {

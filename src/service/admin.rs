@@ -40,7 +40,6 @@ use std::time::{Duration, Instant};
 
 use log::{debug, trace};
 use mio::Interest;
-use mio::net::TcpStream;
 
 use self::http::{Framing, Method, Parsed, Request, Status};
 use super::{Context, Handler, KEEP, Next, Settings, Stream, discard_input, io_failure};
@@ -48,6 +47,7 @@ use crate::access::{self, Answer, Close, Line};
 use crate::buffer::Buffer;
 use crate::stats::Moved;
 use crate::stats::{CloseReason, Metric, ServiceId, ServiceMetric};
+use crate::sys::counted::TcpStream;
 use crate::sys::{interrupted, would_block};
 use crate::token::Id;
 

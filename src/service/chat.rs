@@ -9,8 +9,13 @@
 //! [`members`]), send what it produces, and queue what the socket will not take yet in the bounded
 //! [`Outbox`], with writable interest only while something waits there. The relay runs on any
 //! datagram [`Socket`], so `chat/tests.rs` drives it with a scripted fake.
+//!
+//! With `--chat-bus` the relay is one node of a chat shared by several processes: [`bus`] carries
+//! what the chat asks of Redis to the two Redis links and brings back their replies and the other
+//! nodes' messages, which the relay hands to [`Chat`] as it does datagrams.
 
 pub mod bucket;
+pub mod bus;
 pub mod command;
 pub mod cookie;
 pub mod members;
@@ -25,11 +30,13 @@ use log::debug;
 use mio::Interest;
 use mio::net::UdpSocket;
 
+use self::bus::Exchange;
 use self::members::{Chat, Limits};
 use self::outbox::{Datagram, Outbox};
 use super::{Context, Handler, KEEP, Next};
 use crate::config::Config;
 use crate::stats::{Metric, ServiceId, ServiceMetric};
+use crate::sys::counted::{self, Call};
 use crate::sys::{interrupted, would_block};
 use crate::token::Id;
 
@@ -59,10 +66,12 @@ pub trait Socket {
 impl Socket for UdpSocket {
     // The inherent methods: mio's own, which take `&self`.
     fn recv_from(&mut self, buf: &mut [u8]) -> io::Result<(usize, SocketAddr)> {
+        counted::count(Call::Recvfrom);
         UdpSocket::recv_from(self, buf)
     }
 
     fn send_to(&mut self, buf: &[u8], to: SocketAddr) -> io::Result<usize> {
+        counted::count(Call::Sendto);
         UdpSocket::send_to(self, buf, to)
     }
 }
@@ -95,6 +104,26 @@ impl<S: Socket> Relay<S> {
         }
     }
 
+    /// Makes this relay a node of the chat bus: rooms, nicknames, `/who` and `/msg` reach the
+    /// other nodes through Redis.
+    pub fn join_bus(&mut self, settings: bus::Settings) {
+        self.chat.federate(settings);
+    }
+
+    /// Handles what the Redis links left: replies, the other nodes' messages, the bus going up
+    /// or down. Each costs budget like a datagram; what is left waits for the next turn.
+    pub fn on_mail(&mut self, ctx: &mut Context<'_>) {
+        while ctx.budget > 0 {
+            let Some(inbound) = ctx.bus.as_deref_mut().and_then(Exchange::take_inbound) else {
+                break;
+            };
+            ctx.budget = ctx.budget.saturating_sub(DATAGRAM_COST);
+            (self.chat).on_bus(inbound, ctx.now, ctx.stats, &mut self.produced);
+            self.send_produced(ctx);
+        }
+        self.forward(ctx);
+    }
+
     /// Datagrams waiting in the outbox.
     pub fn queued(&self) -> usize {
         self.outbox.len()
@@ -118,7 +147,26 @@ impl<S: Socket> Relay<S> {
     pub fn on_timeout(&mut self, ctx: &mut Context<'_>) -> Next {
         self.chat.expire(ctx.now, ctx.stats, &mut self.produced);
         self.send_produced(ctx);
+        self.forward(ctx);
         KEEP
+    }
+
+    /// Hands what the chat asked of the bus (commands, subscriptions) to the links.
+    fn forward(&mut self, ctx: &mut Context<'_>) {
+        let Some(requests) = self.chat.bus_requests() else {
+            return;
+        };
+        let Some(bus) = ctx.bus.as_deref_mut() else {
+            // No exchange to carry them (a relay tested alone): nothing may pile up.
+            requests.clear();
+            return;
+        };
+        for command in requests.commands.drain(..) {
+            bus.send(command, ctx.stats);
+        }
+        for (channel, on) in requests.subscriptions.drain(..) {
+            bus.subscribe(channel, on);
+        }
     }
 
     /// Sends (or queues) everything the last datagram or expiry produced.
@@ -171,12 +219,34 @@ impl<S: Socket> Relay<S> {
 }
 
 impl<S: Socket> Handler for Relay<S> {
-    /// Receives datagrams until `WouldBlock` (or the budget is spent) and handles each.
+    /// Receives datagrams until `WouldBlock` (or the budget is spent) and handles each; then
+    /// hands what they asked of the bus to the links, all at once.
     fn on_readable(&mut self, ctx: &mut Context<'_>) -> Next {
+        self.receive(ctx);
+        self.forward(ctx);
+        KEEP
+    }
+
+    /// Sends queued datagrams until the socket would block again.
+    fn on_writable(&mut self, ctx: &mut Context<'_>) -> Next {
+        while let Some(datagram) = self.outbox.front() {
+            let datagram = datagram.clone();
+            if self.send(datagram, ctx).is_some() {
+                return KEEP;
+            }
+            self.outbox.pop_front();
+        }
+        KEEP
+    }
+}
+
+impl<S: Socket> Relay<S> {
+    /// Receives datagrams until `WouldBlock` (or the budget is spent) and handles each.
+    fn receive(&mut self, ctx: &mut Context<'_>) {
         while ctx.budget > 0 {
             let (n, from) = match self.socket.recv_from(ctx.scratch) {
                 Ok(received) => received,
-                Err(e) if would_block(&e) => return KEEP,
+                Err(e) if would_block(&e) => return,
                 Err(e) if interrupted(&e) => continue,
                 Err(e) => {
                     // An error reported for an earlier send concerns that peer only. It still
@@ -203,19 +273,6 @@ impl<S: Socket> Handler for Relay<S> {
             );
             self.send_produced(ctx);
         }
-        KEEP
-    }
-
-    /// Sends queued datagrams until the socket would block again.
-    fn on_writable(&mut self, ctx: &mut Context<'_>) -> Next {
-        while let Some(datagram) = self.outbox.front() {
-            let datagram = datagram.clone();
-            if self.send(datagram, ctx).is_some() {
-                return KEEP;
-            }
-            self.outbox.pop_front();
-        }
-        KEEP
     }
 }
 

@@ -34,7 +34,6 @@ use std::time::{Duration, Instant};
 
 use log::{debug, info, trace, warn};
 use mio::Interest;
-use mio::net::TcpStream;
 
 use self::files::{Files, Progress, Transfer};
 use self::request::{MAX_LINE, Refusal, Request};
@@ -42,6 +41,7 @@ use super::{Context, Handler, KEEP, Next, Settings, Stream, discard_input, io_fa
 use crate::access::{self, Notes};
 use crate::buffer::{Buffer, write_ready};
 use crate::stats::{CloseReason, Metric, ServiceId, ServiceMetric};
+use crate::sys::counted::TcpStream;
 use crate::sys::{interrupted, peer_gone, would_block};
 use crate::token::Id;
 

@@ -30,11 +30,11 @@ use std::time::Instant;
 
 use log::trace;
 use mio::Interest;
-use mio::net::TcpStream;
 
 use super::{Context, Handler, KEEP, Next, Settings, Stream, discard_input, io_failure};
 use crate::buffer::{Buffer, Watermarks, write_ready};
 use crate::stats::{CloseReason, Metric, ServiceId, ServiceMetric};
+use crate::sys::counted::TcpStream;
 use crate::sys::{interrupted, would_block};
 use crate::token::Id;
 

@@ -207,6 +207,8 @@ impl<K> Harness<K> {
             budget: FAIR_SHARE,
             short_read_drains: !self.hangup,
             access: self.notes.as_mut(),
+            // The chat bus's exchange concerns the relay and its links, tested with their own.
+            bus: None,
         }
     }
 

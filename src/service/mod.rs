@@ -19,14 +19,13 @@ pub(crate) mod fake;
 use std::fmt;
 use std::fs::File;
 use std::io::{self, Read, Write};
-use std::net::{Shutdown, SocketAddr};
+use std::net::SocketAddr;
 use std::ops::ControlFlow;
 use std::os::fd::AsFd;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use mio::event::{Event, Source};
-use mio::net::TcpStream;
 use mio::{Interest, Token};
 use signal_hook_mio::v1_0::Signals;
 
@@ -38,6 +37,7 @@ use crate::buffer::Watermarks;
 use crate::config::Config;
 use crate::listener::Listener;
 use crate::stats::{CloseReason, ServiceId, Stats};
+use crate::sys::counted::TcpStream;
 use crate::sys::{self, interrupted, peer_gone, would_block};
 use crate::token::Id;
 
@@ -205,14 +205,17 @@ pub struct Context<'a> {
     /// The access log's notes on this connection, for what it asked and was answered. `None`
     /// while `--access-log` is off: a handler checks this one field before it formats anything.
     pub access: Option<&'a mut Notes>,
+    /// What the chat relay and its Redis links leave one another (`--chat-bus`); `None` while
+    /// the bus is off. Only those three endpoints look at it.
+    pub bus: Option<&'a mut chat::bus::Exchange>,
 }
 
 /// A handler's [`Context::budget`] per call: 256 KiB is a few socket buffers' worth, enough to
 /// amortise a pass of the loop, small enough that a pass stays well under a millisecond.
 pub const FAIR_SHARE: usize = 256 * 1024;
 
-/// A byte stream a connection can run on: a TCP stream in the server, a scripted fake in the
-/// state-machine tests.
+/// A byte stream a connection can run on: a TCP stream in the server (mio's, each of its system
+/// calls counted: [`TcpStream`]), a scripted fake in the state-machine tests.
 pub trait Stream: Read + Write {
     /// Sends FIN: no more output, while input may still be read.
     ///
@@ -238,20 +241,6 @@ pub trait Stream: Read + Write {
     fn send_file(&mut self, file: &File, offset: &mut u64, count: usize) -> io::Result<usize> {
         let _ = (file, offset, count);
         Err(io::ErrorKind::Unsupported.into())
-    }
-}
-
-impl Stream for TcpStream {
-    fn shutdown_write(&mut self) -> io::Result<()> {
-        self.shutdown(Shutdown::Write)
-    }
-
-    fn reset_on_close(&mut self) -> io::Result<()> {
-        sys::reset_on_close(self)
-    }
-
-    fn send_file(&mut self, file: &File, offset: &mut u64, count: usize) -> io::Result<usize> {
-        sys::sendfile(self, file, offset, count)
     }
 }
 
@@ -326,11 +315,12 @@ fn resume(connection: &mut impl Handler, ctx: &mut Context<'_>) -> Next {
 pub struct Description {
     /// The service it belongs to (`echo`, `files`, `chat`, `admin`); empty for signals and waker.
     pub service: &'static str,
-    /// `listener`, `connection`, `turned-away`, `relay`, `signals` or `waker`.
+    /// `listener`, `connection`, `turned-away`, `relay`, `redis-commands`, `redis-subscriber`,
+    /// `signals` or `waker`.
     pub kind: &'static str,
     /// Its state machine's state, spelled as in `docs/DESIGN.md`.
     pub state: String,
-    /// The client's address, for a connection.
+    /// The client's address, for a connection; Redis's, for a chat bus link.
     pub peer: Option<SocketAddr>,
     /// Output waiting for the socket: bytes for a connection, datagrams for the chat relay.
     pub buffered: usize,
@@ -347,7 +337,8 @@ pub enum Role {
     /// An admin HTTP client: counts against `--admin-max-conns`, and is served until the loop
     /// stops, draining included.
     Admin,
-    /// The server's own sources: listeners, the chat relay, signals, the waker.
+    /// The server's own sources: listeners, the chat relay and its Redis links, signals, the
+    /// waker.
     Own,
 }
 
@@ -375,6 +366,8 @@ pub enum Endpoint {
     /// The UDP chat relay: one socket for every member. Boxed: there is one relay, and every
     /// slot of the table is as large as the largest variant.
     Chat(Box<chat::Relay>),
+    /// One of the chat relay's two connections to Redis (`--chat-bus`). Boxed, as the relay is.
+    Bus(Box<chat::bus::link::Link>),
     /// SIGINT and SIGTERM, delivered as readiness.
     Signals(Signals),
     /// The `mio::Waker` that a [`Handle`](crate::Handle) uses to ask for shutdown; the waker
@@ -390,6 +383,7 @@ impl fmt::Debug for Endpoint {
             Endpoint::Download(connection) => connection.fmt(f),
             Endpoint::Admin(connection) => connection.fmt(f),
             Endpoint::Chat(relay) => relay.fmt(f),
+            Endpoint::Bus(link) => link.fmt(f),
             Endpoint::Signals(_) | Endpoint::Waker => f.write_str(self.kind()),
         }
     }
@@ -404,6 +398,7 @@ impl Endpoint {
             Endpoint::Download(_) => "download",
             Endpoint::Admin(_) => "admin",
             Endpoint::Chat(_) => "chat",
+            Endpoint::Bus(_) => "bus",
             Endpoint::Signals(_) => "signals",
             Endpoint::Waker => "waker",
         }
@@ -419,20 +414,24 @@ impl Endpoint {
             Endpoint::Admin(_) => Role::Admin,
             Endpoint::Listener { .. }
             | Endpoint::Chat(_)
+            | Endpoint::Bus(_)
             | Endpoint::Signals(_)
             | Endpoint::Waker => Role::Own,
         }
     }
 
     /// The service whose figures this endpoint's traffic counts in; `None` for a listener (its
-    /// accepting moves no bytes), signals and the waker.
+    /// accepting moves no bytes), a chat bus link (Redis is no client), signals and the waker.
     pub fn service_id(&self) -> Option<ServiceId> {
         match self {
             Endpoint::Echo(_) => Some(ServiceId::Echo),
             Endpoint::Download(_) => Some(ServiceId::Files),
             Endpoint::Admin(_) => Some(ServiceId::Admin),
             Endpoint::Chat(_) => Some(ServiceId::Chat),
-            Endpoint::Listener { .. } | Endpoint::Signals(_) | Endpoint::Waker => None,
+            Endpoint::Listener { .. }
+            | Endpoint::Bus(_)
+            | Endpoint::Signals(_)
+            | Endpoint::Waker => None,
         }
     }
 
@@ -442,6 +441,8 @@ impl Endpoint {
         match self {
             Endpoint::Listener { service, .. } => service.name(),
             Endpoint::Signals(_) | Endpoint::Waker => "",
+            // Redis is no client of the chat's, but its links are the chat's all the same.
+            Endpoint::Bus(_) => ServiceId::Chat.name(),
             Endpoint::Echo(_) | Endpoint::Download(_) | Endpoint::Admin(_) | Endpoint::Chat(_) => {
                 self.service_id().map_or("", ServiceId::name)
             }
@@ -474,12 +475,20 @@ impl Endpoint {
                 };
                 describe("relay", &state, None, relay.queued())
             }
+            Endpoint::Bus(link) => {
+                let kind = match link.kind() {
+                    chat::bus::link::Kind::Commands => "redis-commands",
+                    chat::bus::link::Kind::Subscriber => "redis-subscriber",
+                };
+                describe(kind, link.state(), Some(link.peer()), link.buffered())
+            }
             Endpoint::Signals(_) => describe("signals", &"WAITING", None, 0),
             Endpoint::Waker => describe("waker", &"WAITING", None, 0),
         }
     }
 
-    /// The I/O source to register, or `None` for the waker, which registers itself.
+    /// The I/O source to register, or `None` for the waker, which registers itself, and for a
+    /// chat bus link backing off, which has no socket then.
     pub fn source(&mut self) -> Option<&mut dyn Source> {
         match self {
             Endpoint::Listener { listener, .. } => Some(listener.source()),
@@ -487,6 +496,7 @@ impl Endpoint {
             Endpoint::Download(connection) => Some(connection.source()),
             Endpoint::Admin(connection) => Some(connection.source()),
             Endpoint::Chat(relay) => Some(relay.source()),
+            Endpoint::Bus(link) => link.source().map(|stream| stream as &mut dyn Source),
             Endpoint::Signals(signals) => Some(signals),
             Endpoint::Waker => None,
         }
@@ -501,6 +511,7 @@ impl Endpoint {
             Endpoint::Download(connection) => Some(connection.interest()),
             Endpoint::Admin(connection) => Some(connection.interest()),
             Endpoint::Chat(relay) => Some(relay.interest()),
+            Endpoint::Bus(link) => link.interest(),
             Endpoint::Signals(_) | Endpoint::Waker => Some(Interest::READABLE),
         }
     }
@@ -513,6 +524,7 @@ impl Endpoint {
             Endpoint::Download(connection) => Some(connection.deadline()),
             Endpoint::Admin(connection) => Some(connection.deadline()),
             Endpoint::Chat(relay) => relay.deadline(),
+            Endpoint::Bus(link) => link.deadline(),
             Endpoint::Signals(_) | Endpoint::Waker => None,
         }
     }
@@ -525,6 +537,7 @@ impl Endpoint {
             Endpoint::Download(connection) => deliver(connection, event, ctx),
             Endpoint::Admin(connection) => deliver(connection.as_mut(), event, ctx),
             Endpoint::Chat(relay) => deliver(relay.as_mut(), event, ctx),
+            Endpoint::Bus(link) => deliver(link.as_mut(), event, ctx),
             Endpoint::Listener { .. } | Endpoint::Signals(_) | Endpoint::Waker => KEEP,
         }
     }
@@ -540,17 +553,24 @@ impl Endpoint {
             Endpoint::Download(connection) => connection.on_timeout(ctx),
             Endpoint::Admin(connection) => connection.on_timeout(ctx),
             Endpoint::Chat(relay) => relay.on_timeout(ctx),
+            Endpoint::Bus(link) => link.on_timeout(ctx),
             Endpoint::Signals(_) | Endpoint::Waker => KEEP,
         }
     }
 
-    /// The endpoint used up its budget last time: carry on as if it were readable and writable.
+    /// The endpoint used up its budget last time, or another endpoint left it work (the chat
+    /// relay and its Redis links, through the exchange): carry on as if it were readable and
+    /// writable, after taking that work.
     pub fn on_resume(&mut self, ctx: &mut Context<'_>) -> Next {
         match self {
             Endpoint::Echo(connection) => resume(connection, ctx),
             Endpoint::Download(connection) => resume(connection, ctx),
             Endpoint::Admin(connection) => resume(connection.as_mut(), ctx),
-            Endpoint::Chat(relay) => resume(relay.as_mut(), ctx),
+            Endpoint::Chat(relay) => {
+                relay.on_mail(ctx);
+                resume(relay.as_mut(), ctx)
+            }
+            Endpoint::Bus(link) => link.on_resume(ctx),
             Endpoint::Listener { .. } | Endpoint::Signals(_) | Endpoint::Waker => KEEP,
         }
     }
@@ -565,6 +585,7 @@ impl Endpoint {
             | Endpoint::Echo(_)
             | Endpoint::Admin(_)
             | Endpoint::Chat(_)
+            | Endpoint::Bus(_)
             | Endpoint::Signals(_)
             | Endpoint::Waker => {}
         }
@@ -583,8 +604,8 @@ impl Endpoint {
             Endpoint::Echo(connection) => connection.on_shutdown(ctx),
             Endpoint::Download(connection) => connection.on_shutdown(ctx),
             Endpoint::Admin(connection) => connection.on_shutdown(ctx),
-            // Datagrams need no goodbye; the relay serves until the loop stops.
-            Endpoint::Chat(_) => KEEP,
+            // Datagrams need no goodbye; the relay and its links serve until the loop stops.
+            Endpoint::Chat(_) | Endpoint::Bus(_) => KEEP,
             Endpoint::Signals(_) | Endpoint::Waker => KEEP,
         }
     }
@@ -614,7 +635,7 @@ mod tests {
         };
         let files = Files::open(&config, Arc::new(Stats::default())).unwrap();
         let lowat = |service: Service| {
-            let listener = sys::tcp_listener("127.0.0.1:0".parse().unwrap()).unwrap();
+            let listener = sys::tcp_listener("127.0.0.1:0".parse().unwrap(), false).unwrap();
             service.tune_listener(&listener).unwrap();
             socket2::SockRef::from(&listener)
                 .tcp_notsent_lowat()

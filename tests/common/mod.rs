@@ -13,8 +13,10 @@
 
 pub mod binary;
 pub mod browser;
+pub mod chat_peer;
 pub mod http;
 pub mod prometheus;
+pub mod redis;
 
 use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpStream};

@@ -148,6 +148,13 @@ impl History {
         self.next = Some(now + INTERVAL);
     }
 
+    /// Time since `start`: the server's uptime, as `/stats.json` reports it.
+    pub fn uptime(&self, now: Instant) -> Duration {
+        self.epoch.map_or(Duration::ZERO, |(start, _)| {
+            now.saturating_duration_since(start)
+        })
+    }
+
     /// When the loop must wake up to take the next sample.
     pub fn deadline(&self) -> Option<Instant> {
         self.next

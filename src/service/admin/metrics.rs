@@ -4,8 +4,9 @@
 //! `_total`, units are part of names (`_bytes`, `_seconds`). Where several figures are one thing
 //! seen by a dimension, the dimension is a label: close reasons (`reason="idle"`), services
 //! (`service="echo"`), how download bodies were sent (`method="sendfile"`), why chat datagrams
-//! were dropped (`reason="rate"`). The three histograms come from [`stats`](crate::stats):
-//! `readyloop_loop_pass_seconds`, `readyloop_events_per_poll` and
+//! were dropped (`reason="rate"`), why chat bus connections closed (`reason="slow"`), which
+//! system call the loop made (`call="recvfrom"`). The three histograms come from
+//! [`stats`](crate::stats): `readyloop_loop_pass_seconds`, `readyloop_events_per_poll` and
 //! `readyloop_connection_lifetime_seconds{service=...}`.
 //!
 //! # Why the `prometheus-client` crate, and only its encoder
@@ -31,6 +32,7 @@ use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::registry::Registry;
 
 use crate::stats::{CloseReason, HistogramSnapshot, Metric, ServiceId, ServiceMetric, Snapshot};
+use crate::sys::counted::Call;
 use crate::sys::process::Process;
 use Members::{By, One};
 
@@ -206,6 +208,52 @@ const FAMILIES: &[Family] = &[
         "Chat rooms now.",
         One(Metric::ChatRooms),
     ),
+    gauge(
+        "readyloop_chat_bus_links_up",
+        "Chat bus connections to Redis ready now: 0, 1 or 2 (--chat-bus).",
+        One(Metric::ChatBusLinksUp),
+    ),
+    counter(
+        "readyloop_chat_bus_connects",
+        "Times a chat bus connection to Redis became ready.",
+        One(Metric::ChatBusConnects),
+    ),
+    counter(
+        "readyloop_chat_bus_closed",
+        "Chat bus connections closed, or attempts failed, by reason: Redis refused, reset or \
+         closed (gone), an answer came too late (slow), or it was not the answer (protocol).",
+        By(
+            "reason",
+            &[
+                (Metric::ChatBusClosedGone, "gone"),
+                (Metric::ChatBusClosedSlow, "slow"),
+                (Metric::ChatBusClosedProtocol, "protocol"),
+            ],
+        ),
+    ),
+    counter(
+        "readyloop_chat_bus_published",
+        "Chat messages published for other nodes and taken by Redis.",
+        One(Metric::ChatBusPublished),
+    ),
+    counter(
+        "readyloop_chat_bus_received",
+        "Chat messages from other nodes handled here.",
+        One(Metric::ChatBusReceived),
+    ),
+    counter(
+        "readyloop_chat_bus_dropped",
+        "Chat bus traffic dropped, by reason: a full queue (oldest first), the bus down, or a \
+         message from the bus that is not a valid envelope.",
+        By(
+            "reason",
+            &[
+                (Metric::ChatBusDroppedQueue, "queue"),
+                (Metric::ChatBusDroppedDown, "down"),
+                (Metric::ChatBusDroppedInvalid, "invalid"),
+            ],
+        ),
+    ),
     counter(
         "readyloop_accept_backoffs",
         "Times accept failed for lack of resources (EMFILE and the like) and the listener \
@@ -309,6 +357,15 @@ impl Collector for Scrape {
         for reason in CloseReason::ALL {
             let value = snapshot.get(reason.metric());
             let labels = [("reason", reason.name())];
+            encode(Kind::Counter, value, samples.encode_family(&labels)?)?;
+        }
+        let help = "System calls the loop made, by call as Linux names it: reads, writes, \
+                    polls and the rest that serving clients costs (file opens and the like not \
+                    included).";
+        let mut samples = describe(&mut out, "readyloop_syscalls", help, Kind::Counter)?;
+        for call in Call::ALL {
+            let value = snapshot.get(call.metric());
+            let labels = [("call", call.name())];
             encode(Kind::Counter, value, samples.encode_family(&labels)?)?;
         }
         for family in FAMILIES {

@@ -10,6 +10,14 @@
 //!
 //! With `--access-log`, every join (of the chat or of a room), nick change, leave and expiry is
 //! written to the access log where it happens, as a [`ChatLine`]; what members say never is.
+//!
+//! With `--chat-bus`, the chat is one node of several: every room notice and every message is
+//! also published for the other nodes, and some commands are answered through Redis. That part
+//! is in [`federation`], hooked in where each rule changes who is where.
+
+pub mod federation;
+
+use federation::Federation;
 
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::net::SocketAddr;
@@ -89,6 +97,8 @@ struct Member {
     bucket: TokenBucket,
     /// When the member was last told to slow down: at most once a second.
     slowed: Option<Instant>,
+    /// When its nickname claim and presence were last refreshed in Redis (`--chat-bus`).
+    refreshed: Instant,
 }
 
 impl Member {
@@ -118,6 +128,8 @@ pub struct Chat {
     /// Armed expiries, nearest first: one entry per member.
     expiries: BTreeSet<(Instant, SocketAddr)>,
     cookies: Cookies,
+    /// The chat's membership of the bus (`--chat-bus`); `None`: this process is the whole chat.
+    bus: Option<Federation>,
 }
 
 impl Chat {
@@ -130,6 +142,7 @@ impl Chat {
             rooms: HashMap::new(),
             expiries: BTreeSet::new(),
             cookies: Cookies::new(now),
+            bus: None,
         }
     }
 
@@ -160,6 +173,8 @@ impl Chat {
         if !self.members.contains_key(&from) && !self.admit(from, data, now, stats, out) {
             return;
         }
+        // Any datagram is a sign of life for the other nodes too (see below).
+        self.refresh_if_due(from, now);
         let limits = &self.limits;
         let Some(member) = self.members.get_mut(&from) else {
             return;
@@ -213,7 +228,7 @@ impl Chat {
             );
         }
         if text.starts_with('/') {
-            self.command(from, command::parse(text), stats, out);
+            self.command(from, command::parse(text), now, stats, out);
         } else {
             self.say(from, text, stats, out);
         }
@@ -241,7 +256,7 @@ impl Chat {
                 log(self.limits.access_log, member.line(addr, ChatEvent::Expire));
                 let (name, room) = (member.name(addr), member.room);
                 let line = format!("* {name} left {room} (silent for {idle:?})");
-                self.tell_room(&room, None, &line, out);
+                self.announce(&room, None, &line, stats, out);
             }
         }
     }
@@ -287,6 +302,7 @@ impl Chat {
                 armed: expires,
                 bucket: TokenBucket::full(self.limits.burst, now),
                 slowed: None,
+                refreshed: now,
             },
         );
         self.expiries.insert((expires, from));
@@ -301,7 +317,9 @@ impl Chat {
                 room: LOBBY,
             },
         );
-        self.tell_room(LOBBY, Some(from), &format!("* {from} joined {LOBBY}"), out);
+        self.present(from, now);
+        let line = format!("* {from} joined {LOBBY}");
+        self.announce(LOBBY, Some(from), &line, stats, out);
         // The `/verify` that made it a member is not a message to handle further.
         if verified {
             reply(
@@ -318,11 +336,13 @@ impl Chat {
         let Some(member) = self.members.get(&from) else {
             return;
         };
-        let line = format!("{}: {text}", member.name(from));
+        let name = member.name(from);
+        let line = format!("{name}: {text}");
         let skip = (!member.echo).then_some(from);
         let room = member.room.clone();
         let sent = self.tell_room(&room, skip, &line, out);
         stats.add(Metric::ChatRelayed, sent as u64);
+        self.publish_say(&room, &name, text, stats);
     }
 
     /// Carries out one command for `from`.
@@ -330,6 +350,7 @@ impl Chat {
         &mut self,
         from: SocketAddr,
         command: Command<'_>,
+        now: Instant,
         stats: &Stats,
         out: &mut Vec<Datagram>,
     ) {
@@ -338,25 +359,15 @@ impl Chat {
         };
         let name = member.name(from);
         match command {
-            Command::Nick(nick) => match self.nicks.get(nick) {
-                Some(owner) if *owner != from => {
+            Command::Nick(nick) => match self.nicks.get(nick).copied() {
+                Some(owner) if owner != from => {
                     reply(out, from, &format!("* nick {nick} is taken"))
                 }
-                _ => {
-                    let old = member.nick.replace(nick.to_string());
-                    let was = old.as_deref();
-                    log(
-                        self.limits.access_log,
-                        member.line(from, ChatEvent::Nick { was }),
-                    );
-                    if let Some(old) = old {
-                        self.nicks.remove(&old);
-                    }
-                    self.nicks.insert(nick.to_string(), from);
-                    let room = member.room.clone();
-                    reply(out, from, &format!("* you are now {nick}"));
-                    self.tell_room(&room, Some(from), &format!("* {name} is now {nick}"), out);
-                }
+                // Already this member's: nothing for the other nodes to say.
+                Some(_) => self.rename(from, nick, now, stats, out),
+                // Another node may hold it: the answer waits for Redis's.
+                None if self.ask_claim(from, nick) => {}
+                None => self.rename(from, nick, now, stats, out),
             },
             Command::Join(room) if room == member.room => {
                 reply(out, from, &format!("* you are already in {room}"));
@@ -375,41 +386,34 @@ impl Chat {
                 let moved = ChatEvent::Join { from: Some(&old) };
                 log(self.limits.access_log, member.line(from, moved));
                 self.quit(from, &old, stats);
-                self.tell_room(&old, None, &format!("* {name} left {old}"), out);
-                self.tell_room(room, None, &format!("* {name} joined {room}"), out);
+                self.announce(&old, None, &format!("* {name} left {old}"), stats, out);
+                self.announce(room, None, &format!("* {name} joined {room}"), stats, out);
                 self.enter(from, room, stats);
-                let others = self.rooms.get(room).map_or(0, |r| r.len() - 1);
-                let others = counted(others, "other", "others");
-                reply(out, from, &format!("* you joined {room} ({others} here)"));
+                self.absent(&name, &old);
+                self.present(from, now);
+                if !self.ask_joined(from, room) {
+                    let others = self.rooms.get(room).map_or(0, |r| r.len() - 1);
+                    self.tell_joined(from, room, others, out);
+                }
             }
             Command::Leave => {
                 if let Some(member) = self.remove(from, stats) {
                     log(self.limits.access_log, member.line(from, ChatEvent::Leave));
                     let (name, room) = (member.name(from), member.room);
-                    self.tell_room(&room, None, &format!("* {name} left {room}"), out);
+                    self.announce(&room, None, &format!("* {name} left {room}"), stats, out);
                 }
                 reply(out, from, "* you left the chat; send anything to come back");
             }
             Command::Who => {
                 let room = member.room.clone();
-                let mut names: Vec<String> = self
-                    .rooms
-                    .get(&room)
-                    .into_iter()
-                    .flatten()
-                    .map(|addr| self.members[addr].name(*addr))
-                    .collect();
-                names.sort();
-                reply(out, from, &bounded_list(&format!("* in {room}: "), names));
+                if !self.ask_who(from, &room) {
+                    reply(out, from, &self.local_who(&room));
+                }
             }
             Command::Rooms => {
-                let mut rooms: Vec<String> = self
-                    .rooms
-                    .iter()
-                    .map(|(name, members)| format!("{name} ({})", members.len()))
-                    .collect();
-                rooms.sort();
-                reply(out, from, &bounded_list("* rooms: ", rooms));
+                if !self.ask_rooms(from) {
+                    reply(out, from, &self.local_rooms());
+                }
             }
             Command::Msg { to, text } => {
                 let target = self.nicks.get(to).copied().or_else(|| {
@@ -425,6 +429,8 @@ impl Chat {
                             reply(out, from, &format!("* sent to {to}"));
                         }
                     }
+                    // A nickname may be held on another node; addresses are this node's own.
+                    None if command::is_name(to) && self.ask_lookup(from, &name, to, text) => {}
                     None => reply(out, from, &format!("* no such nick: {to}")),
                 }
             }
@@ -441,6 +447,67 @@ impl Chat {
         }
     }
 
+    /// Gives `from` the nickname `nick` (free here, and granted by Redis if the bus is up): it
+    /// is told, its room is told, and the other nodes learn the new name.
+    fn rename(
+        &mut self,
+        from: SocketAddr,
+        nick: &str,
+        now: Instant,
+        stats: &Stats,
+        out: &mut Vec<Datagram>,
+    ) {
+        let Some(member) = self.members.get_mut(&from) else {
+            return;
+        };
+        let name = member.name(from);
+        let old = member.nick.replace(nick.to_string());
+        let was = old.as_deref();
+        log(
+            self.limits.access_log,
+            member.line(from, ChatEvent::Nick { was }),
+        );
+        let room = member.room.clone();
+        if let Some(old) = &old {
+            self.nicks.remove(old);
+        }
+        self.nicks.insert(nick.to_string(), from);
+        reply(out, from, &format!("* you are now {nick}"));
+        let line = format!("* {name} is now {nick}");
+        self.announce(&room, Some(from), &line, stats, out);
+        if name != nick {
+            if let Some(old) = &old {
+                self.release(old);
+            }
+            self.absent(&name, &room);
+            self.present(from, now);
+        }
+    }
+
+    /// `/who` from what this node knows: the members of `room` here.
+    fn local_who(&self, room: &str) -> String {
+        let mut names: Vec<String> = self
+            .rooms
+            .get(room)
+            .into_iter()
+            .flatten()
+            .map(|addr| self.members[addr].name(*addr))
+            .collect();
+        names.sort();
+        bounded_list(&format!("* in {room}: "), names)
+    }
+
+    /// `/rooms` from what this node knows: its rooms and their sizes here.
+    fn local_rooms(&self) -> String {
+        let mut rooms: Vec<String> = self
+            .rooms
+            .iter()
+            .map(|(name, members)| format!("{name} ({})", members.len()))
+            .collect();
+        rooms.sort();
+        bounded_list("* rooms: ", rooms)
+    }
+
     /// Adds `addr` to a room's member set, creating the room.
     fn enter(&mut self, addr: SocketAddr, room: &str, stats: &Stats) {
         let members = self.rooms.entry(room.to_string()).or_insert_with(|| {
@@ -448,6 +515,9 @@ impl Chat {
             HashSet::new()
         });
         members.insert(addr);
+        if members.len() == 1 {
+            self.room_opened(room);
+        }
     }
 
     /// Takes `addr` out of a room's member set, removing the room once empty.
@@ -457,6 +527,7 @@ impl Chat {
             if members.is_empty() {
                 self.rooms.remove(room);
                 stats.sub(Metric::ChatRooms, 1);
+                self.room_closed(room);
             }
         }
     }
@@ -467,10 +538,28 @@ impl Chat {
         self.expiries.remove(&(member.armed, addr));
         if let Some(nick) = &member.nick {
             self.nicks.remove(nick);
+            self.release(nick);
+        }
+        if self.bus.is_some() {
+            self.absent(&member.name(addr), &member.room);
         }
         self.quit(addr, &member.room, stats);
         stats.sub(Metric::ChatMembers, 1);
         Some(member)
+    }
+
+    /// Tells a room something (`* bob joined dev`): its members here at once, and those on the
+    /// other nodes through the bus.
+    fn announce(
+        &mut self,
+        room: &str,
+        skip: Option<SocketAddr>,
+        line: &str,
+        stats: &Stats,
+        out: &mut Vec<Datagram>,
+    ) {
+        self.tell_room(room, skip, line, out);
+        self.publish_notice(room, line, stats);
     }
 
     /// Sends `line` to every member of `room` but `skip`; returns how many datagrams that made.
@@ -512,8 +601,15 @@ fn push(out: &mut Vec<Datagram>, to: SocketAddr, payload: Arc<[u8]>) {
 
 /// `prefix` and the items joined by `, `, cut to [`MAX_LIST_REPLY`] bytes with "and N more".
 fn bounded_list(prefix: &str, items: Vec<String>) -> String {
-    let mut line = prefix.to_string();
     let total = items.len();
+    bounded_list_of(prefix, items, total)
+}
+
+/// As [`bounded_list`], for the first items of `total`: those not given count among the more.
+fn bounded_list_of(prefix: &str, items: Vec<String>, total: usize) -> String {
+    let mut line = prefix.to_string();
+    let total = total.max(items.len());
+    let given = items.len();
     for (shown, item) in items.into_iter().enumerate() {
         if shown > 0 {
             line.push_str(", ");
@@ -523,6 +619,11 @@ fn bounded_list(prefix: &str, items: Vec<String>) -> String {
             return line;
         }
         line.push_str(&item);
+    }
+    if total > given {
+        let more = format!("and {} more", total - given);
+        line.push_str(if given > 0 { ", " } else { "" });
+        line.push_str(&more);
     }
     line
 }

@@ -54,10 +54,20 @@ struct Fake {
     window: usize,
     /// Answer the next send with this error, then carry on as before.
     send_error: Option<io::ErrorKind>,
+    /// Every call, in order: how far receiving ran ahead of sending.
+    calls: Vec<Step>,
+}
+
+/// One call on the fake socket.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Step {
+    Receive,
+    Send,
 }
 
 impl Socket for Fake {
     fn recv_from(&mut self, buf: &mut [u8]) -> io::Result<(usize, SocketAddr)> {
+        self.calls.push(Step::Receive);
         match self.input.pop_front() {
             None => Err(io::ErrorKind::WouldBlock.into()),
             Some(Input::Fail(kind)) => Err(kind.into()),
@@ -71,6 +81,7 @@ impl Socket for Fake {
     }
 
     fn send_to(&mut self, buf: &[u8], to: SocketAddr) -> io::Result<usize> {
+        self.calls.push(Step::Send);
         if let Some(kind) = self.send_error.take() {
             return Err(kind.into());
         }
@@ -185,6 +196,22 @@ fn empty_receives_until_would_block_and_sends_what_each_datagram_produces() {
     assert_eq!(r.interest(), Interest::READABLE);
     assert_eq!(h.stats.get(Metric::ChatIn), 3);
     assert_eq!(h.stats.get(Metric::ChatOut), 3);
+}
+
+/// The tokio relay's order, and the reason the first message of a burst is not held up by the
+/// rest: a datagram's whole fan-out leaves before the next datagram is received.
+#[test]
+fn empty_sends_each_datagrams_fan_out_before_receiving_the_next() {
+    let mut h = Harness::new();
+    let mut r = alice_and_bob(&mut h);
+    r.socket.calls.clear();
+    h.receive(&mut r, &[(ALICE, "one"), (ALICE, "two")]);
+    use Step::{Receive, Send};
+    assert_eq!(
+        r.socket.calls,
+        [Receive, Send, Send, Receive, Send, Send, Receive],
+        "one, to Alice and Bob; two, to Alice and Bob; WouldBlock"
+    );
 }
 
 #[test]

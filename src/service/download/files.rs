@@ -21,6 +21,7 @@ use crate::buffer::write_ready;
 use crate::config::Config;
 use crate::service::Stream;
 use crate::stats::{Metric, Stats};
+use crate::sys::counted::{self, Call};
 use crate::sys::{self, Opened, interrupted, would_block};
 
 /// How long one rendering of the listing serves later `LIST` requests: walking a large tree is
@@ -265,6 +266,7 @@ impl Transfer {
         want: usize,
     ) -> io::Result<usize> {
         let want = want.min(scratch.len());
+        counted::count(Call::Pread64);
         let read = self.file.read_at(&mut scratch[..want], self.pos)?;
         if read == 0 {
             return Ok(0);

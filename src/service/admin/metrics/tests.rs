@@ -60,6 +60,8 @@ fn the_body_has_the_families_and_labels_the_issue_names() {
         r#"readyloop_sent_bytes_total{service="echo"}"#,
         r#"readyloop_download_body_bytes_total{method="sendfile"}"#,
         r#"readyloop_chat_datagrams_dropped_total{reason="queue"}"#,
+        r#"readyloop_syscalls_total{call="epoll_wait"}"#,
+        r#"readyloop_syscalls_total{call="recvfrom"}"#,
         r#"readyloop_loop_pass_seconds_bucket{le="1e-06"}"#,
         r#"readyloop_loop_pass_seconds_bucket{le="+Inf"}"#,
         "readyloop_loop_pass_seconds_sum",
@@ -119,6 +121,7 @@ fn every_metric_is_exposed_exactly_once() {
         })
         .collect();
     exposed.extend(CloseReason::ALL.map(CloseReason::metric));
+    exposed.extend(Call::ALL.map(Call::metric));
     // Sums over services: exposed only through their per-service figures.
     exposed.extend([
         Metric::Accepted,
@@ -187,6 +190,7 @@ fn samples_move_by_exactly_what_was_recorded() {
     stats.add(Metric::BodyBytesSendfile, 1 << 20);
     stats.add(Metric::ChatDroppedQueue, 2);
     stats.add(Metric::ChatMembers, 1);
+    stats.add_calls(Call::ALL.map(|call| if call == Call::Sendto { 3 } else { 0 }));
     stats.observe_pass(Duration::from_micros(20));
     stats.observe_events(5);
     stats.observe_lifetime(ServiceId::Files, Duration::from_secs(2));
@@ -211,6 +215,7 @@ fn samples_move_by_exactly_what_was_recorded() {
             2.0,
         ),
         ("readyloop_chat_members", 1.0),
+        (r#"readyloop_syscalls_total{call="sendto"}"#, 3.0),
     ] {
         *expected.get_mut(series).expect(series) += by;
     }
