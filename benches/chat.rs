@@ -13,6 +13,11 @@
 //! message ([`floor`]). Its CPU time per datagram is what the kernel charges the sender for
 //! sending and delivering it on loopback, with nothing of a relay around it; readyloop's cost
 //! divided by it (`x floor`) is what the relay adds.
+//!
+//! With two or more cores, the relay and the floor's sender run on core 0 and every client on
+//! core 1, as in `benches/versus_tokio.rs`: on loopback the sender's core also delivers each
+//! datagram and wakes its receiver, which costs more across cores than within one, so both are
+//! measured in the same places.
 
 mod support;
 
@@ -25,6 +30,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use mio::{Events, Interest, Poll, Token};
+use readyloop::sys::pin_to_core;
 use support::{loopback_config, machine, median, start_readyloop, thread_cpu};
 
 /// Other members in the room besides the sender.
@@ -33,6 +39,11 @@ const MEMBERS: [usize; 2] = [10, 100];
 /// Messages the sender keeps in flight.
 const WINDOW: usize = 8;
 
+/// The core of the relay and of the floor's sender, when pinned.
+const SERVER_CORE: usize = 0;
+/// The core of every client, when pinned.
+const CLIENT_CORE: usize = 1;
+
 fn main() {
     let quick = std::env::args().any(|arg| arg == "--quick");
     let (window, rounds) = if quick {
@@ -40,14 +51,25 @@ fn main() {
     } else {
         (Duration::from_secs(2), 5)
     };
+    // Read before pinning: a pinned thread sees one core.
+    let machine = machine();
+    let pin = thread::available_parallelism().map_or(1, |n| n.get()) >= 2;
+    if pin {
+        // Every client thread spawned from here inherits the clients' core.
+        pin_to_core(CLIENT_CORE).expect("core 1 exists");
+    }
     let server = start_readyloop(readyloop::Config {
+        pin: pin.then_some(SERVER_CORE),
         chat_rate: 0,
         chat_max_members: 100_000,
         chat_max_rooms: 10_000,
         ..loopback_config()
     });
     println!("chat relay, 1 sender, {rounds} round(s) of {window:?}, medians");
-    println!("{}", machine());
+    println!("{machine}");
+    if pin {
+        println!("relay and floor sender on core {SERVER_CORE}, clients on core {CLIENT_CORE}");
+    }
     println!(
         "{:>8} | {:>15} | {:>22} | {:>9} | {:>14} | {:>14} | {:>8}",
         "members",
@@ -63,8 +85,8 @@ fn main() {
         let (mut floors, mut floors_mmsg) = (Vec::new(), Vec::new());
         for round in 0..rounds {
             // The floor in the same round, so both see the same machine.
-            floors.push(floor(members + 1, Fan::Sendto).expect("the sendto floor"));
-            floors_mmsg.push(floor(members + 1, Fan::Sendmmsg).expect("the sendmmsg floor"));
+            floors.push(floor(members + 1, Fan::Sendto, pin).expect("the sendto floor"));
+            floors_mmsg.push(floor(members + 1, Fan::Sendmmsg, pin).expect("the sendmmsg floor"));
             let room = format!("bench-{members}-{round}");
             let (rate, cost, ratio) = measure(
                 server.addresses.chat.expect("chat is on"),
@@ -107,8 +129,21 @@ const FLOOR_MESSAGES: u64 = 4_000;
 /// loopback sockets, [`FLOOR_MESSAGES`] times. Another thread drains the sockets, as the
 /// generator's members do, and the sender stays within [`WINDOW`] messages of it so no socket
 /// overflows (a dropped datagram costs less and would flatter the floor). Only the sending is
-/// timed, on the sender's own CPU clock: waiting for the drain costs nothing counted.
-fn floor(members: usize, fan: Fan) -> io::Result<f64> {
+/// timed, on the sender's own CPU clock: waiting for the drain costs nothing counted. With `pin`
+/// the sender runs on the relay's core and the drain on the clients'.
+fn floor(members: usize, fan: Fan, pin: bool) -> io::Result<f64> {
+    thread::spawn(move || {
+        if pin {
+            pin_to_core(SERVER_CORE)?;
+        }
+        fan_out(members, fan, pin)
+    })
+    .join()
+    .expect("the floor's sender")
+}
+
+/// The floor's sender and its drain: see [`floor`].
+fn fan_out(members: usize, fan: Fan, pin: bool) -> io::Result<f64> {
     let sender = UdpSocket::bind("127.0.0.1:0")?;
     let sockets: Vec<UdpSocket> = (0..members)
         .map(|_| UdpSocket::bind("127.0.0.1:0"))
@@ -124,7 +159,12 @@ fn floor(members: usize, fan: Fan) -> io::Result<f64> {
     let stop = Arc::new(AtomicBool::new(false));
     let draining = {
         let (received, stop) = (Arc::clone(&received), Arc::clone(&stop));
-        thread::spawn(move || drain(sockets, &received, &stop))
+        thread::spawn(move || {
+            if pin {
+                pin_to_core(CLIENT_CORE).expect("core 1 exists");
+            }
+            drain(sockets, &received, &stop)
+        })
     };
     let targets: Vec<libc::sockaddr_in> = addresses.iter().map(sockaddr).collect();
     while received.load(Ordering::Relaxed) == u64::MAX {
