@@ -210,8 +210,10 @@ metrics! {
     SyscallsAccept4 => "syscalls_accept4",
     /// `recvfrom`: reads from TCP clients and chat datagrams received, `WouldBlock` included.
     SyscallsRecvfrom => "syscalls_recvfrom",
-    /// `sendto`: writes to TCP clients and chat datagrams sent, `WouldBlock` included.
+    /// `sendto`: writes to TCP clients (and chat datagrams off Linux), `WouldBlock` included.
     SyscallsSendto => "syscalls_sendto",
+    /// `sendmmsg`: chat datagrams sent in batches (Linux), `WouldBlock` included.
+    SyscallsSendmmsg => "syscalls_sendmmsg",
     /// `sendfile`: download bodies sent from the page cache.
     SyscallsSendfile => "syscalls_sendfile",
     /// `pread64`: download bodies read on the copy path.

@@ -37,7 +37,7 @@ use super::{Context, Handler, KEEP, Next};
 use crate::config::Config;
 use crate::stats::{Metric, ServiceId, ServiceMetric};
 use crate::sys::counted::{self, Call};
-use crate::sys::{interrupted, would_block};
+use crate::sys::{self, interrupted, would_block};
 use crate::token::Id;
 
 /// Budget charged per datagram at the least, so a flood of tiny datagrams still yields the loop
@@ -55,24 +55,30 @@ pub trait Socket {
     /// `ECONNREFUSED`) reported by ICMP for an earlier send.
     fn recv_from(&mut self, buf: &mut [u8]) -> io::Result<(usize, SocketAddr)>;
 
-    /// Sends `buf` as one datagram to `to`.
+    /// Sends datagrams in order, as many in one call as the socket takes, and says how many it
+    /// took: at least one, unless `datagrams` is empty.
     ///
     /// # Errors
-    /// As `sendto(2)`: `WouldBlock` when the send buffer is full, and the kernel's reasons
-    /// otherwise.
-    fn send_to(&mut self, buf: &[u8], to: SocketAddr) -> io::Result<usize>;
+    /// The first datagram's, as `sendmmsg(2)` or `sendto(2)`: `WouldBlock` when the send buffer
+    /// is full, and the kernel's reasons otherwise.
+    fn send_many(&mut self, datagrams: &[Datagram]) -> io::Result<usize>;
 }
 
 impl Socket for UdpSocket {
-    // The inherent methods: mio's own, which take `&self`.
+    // The inherent method: mio's own, which takes `&self`.
     fn recv_from(&mut self, buf: &mut [u8]) -> io::Result<(usize, SocketAddr)> {
         counted::count(Call::Recvfrom);
         UdpSocket::recv_from(self, buf)
     }
 
-    fn send_to(&mut self, buf: &[u8], to: SocketAddr) -> io::Result<usize> {
-        counted::count(Call::Sendto);
-        UdpSocket::send_to(self, buf, to)
+    fn send_many(&mut self, datagrams: &[Datagram]) -> io::Result<usize> {
+        counted::count(if cfg!(target_os = "linux") {
+            Call::Sendmmsg
+        } else {
+            Call::Sendto
+        });
+        let each = datagrams.iter().map(|d| (&d.payload[..], d.to));
+        sys::send_datagrams(self, each)
     }
 }
 
@@ -172,43 +178,17 @@ impl<S: Socket> Relay<S> {
     /// Sends (or queues) everything the last datagram or expiry produced.
     fn send_produced(&mut self, ctx: &mut Context<'_>) {
         let mut produced = mem::take(&mut self.produced);
-        for datagram in produced.drain(..) {
-            if self.outbox.is_empty() {
-                if let Some(unsent) = self.send(datagram, ctx) {
-                    self.queue(unsent, ctx);
-                }
-            } else {
-                // Others wait ahead of it: keep the order.
-                self.queue(datagram, ctx);
-            }
+        // Others waiting ahead keep their place: then everything new queues behind them.
+        let done = if self.outbox.is_empty() {
+            send_all(&mut self.socket, &produced, ctx)
+        } else {
+            0
+        };
+        for datagram in produced.drain(done..) {
+            self.queue(datagram, ctx);
         }
+        produced.clear();
         self.produced = produced;
-    }
-
-    /// Sends one datagram; gives it back if the socket would block.
-    fn send(&mut self, datagram: Datagram, ctx: &Context<'_>) -> Option<Datagram> {
-        loop {
-            match self.socket.send_to(&datagram.payload, datagram.to) {
-                Ok(sent) => {
-                    ctx.stats.add(Metric::ChatOut, 1);
-                    ctx.stats
-                        .service_add(ServiceId::Chat, ServiceMetric::BytesOut, sent as u64);
-                    return None;
-                }
-                Err(e) if would_block(&e) => return Some(datagram),
-                Err(e) if interrupted(&e) => {}
-                Err(e) => {
-                    // One unreachable peer must not hold the queue up: drop, count, carry on.
-                    debug!(
-                        "{} chat: send to {} failed: {e}",
-                        Id(ctx.token),
-                        datagram.to
-                    );
-                    ctx.stats.add(Metric::ChatDroppedSend, 1);
-                    return None;
-                }
-            }
-        }
     }
 
     fn queue(&mut self, datagram: Datagram, ctx: &Context<'_>) {
@@ -229,15 +209,55 @@ impl<S: Socket> Handler for Relay<S> {
 
     /// Sends queued datagrams until the socket would block again.
     fn on_writable(&mut self, ctx: &mut Context<'_>) -> Next {
-        while let Some(datagram) = self.outbox.front() {
-            let datagram = datagram.clone();
-            if self.send(datagram, ctx).is_some() {
-                return KEEP;
+        while !self.outbox.is_empty() {
+            let waiting = self.outbox.oldest();
+            let done = send_all(&mut self.socket, waiting, ctx);
+            let blocked = done < waiting.len();
+            self.outbox.forget(done);
+            if blocked {
+                break;
             }
-            self.outbox.pop_front();
         }
         KEEP
     }
+}
+
+/// Sends `datagrams` in order, in as few calls as the socket allows, until it would block.
+/// Returns how many are done with: sent, or dropped because the kernel refused them.
+///
+/// Each call takes a run of datagrams (a room's fan-out is one run): on Linux one `sendmmsg`
+/// carries up to [`sys::SEND_BATCH`] of them, saving a system call's entry and exit per datagram
+/// after the first. A datagram the kernel refuses ends its call early; sent again at the head of
+/// the next, it reports its own error, and is dropped: one unreachable peer must not hold up the
+/// others.
+fn send_all(socket: &mut impl Socket, datagrams: &[Datagram], ctx: &Context<'_>) -> usize {
+    let mut done = 0;
+    while done < datagrams.len() {
+        match socket.send_many(&datagrams[done..]) {
+            Ok(sent) => {
+                let bytes = datagrams[done..done + sent]
+                    .iter()
+                    .map(|d| d.payload.len() as u64)
+                    .sum();
+                ctx.stats.add(Metric::ChatOut, sent as u64);
+                ctx.stats
+                    .service_add(ServiceId::Chat, ServiceMetric::BytesOut, bytes);
+                done += sent;
+            }
+            Err(e) if would_block(&e) => break,
+            Err(e) if interrupted(&e) => {}
+            Err(e) => {
+                debug!(
+                    "{} chat: send to {} failed: {e}",
+                    Id(ctx.token),
+                    datagrams[done].to
+                );
+                ctx.stats.add(Metric::ChatDroppedSend, 1);
+                done += 1;
+            }
+        }
+    }
+    done
 }
 
 impl<S: Socket> Relay<S> {

@@ -20,7 +20,7 @@
 //!   ([`crate::listener`]);
 //! - `recvfrom`, `sendto`, `sendfile`, `shutdown`, `setsockopt`, `getpeername`, `close`: every
 //!   call on a client's TCP socket, all made through [`TcpStream`] below, and the chat relay's
-//!   datagrams ([`crate::service::chat`]);
+//!   datagrams ([`crate::service::chat`]), which go out with `sendmmsg` on Linux;
 //! - `pread64`: the download body's reads on the copy path (`--no-sendfile`).
 //!
 //! Not counted: the calls that open, examine and close a requested file and walk the root for
@@ -66,8 +66,10 @@ pub enum Call {
     Accept4,
     /// Reading from a TCP client, or receiving a chat datagram.
     Recvfrom,
-    /// Writing to a TCP client, or sending a chat datagram.
+    /// Writing to a TCP client, or sending a chat datagram (off Linux).
     Sendto,
+    /// Sending chat datagrams, up to [`SEND_BATCH`](crate::sys::SEND_BATCH) in one call.
+    Sendmmsg,
     /// Sending download body bytes straight from the page cache.
     Sendfile,
     /// Reading download body bytes on the copy path.
@@ -84,12 +86,13 @@ pub enum Call {
 
 impl Call {
     /// Every kind, in the order of their metrics.
-    pub const ALL: [Call; 11] = [
+    pub const ALL: [Call; 12] = [
         Call::EpollWait,
         Call::EpollCtl,
         Call::Accept4,
         Call::Recvfrom,
         Call::Sendto,
+        Call::Sendmmsg,
         Call::Sendfile,
         Call::Pread64,
         Call::Shutdown,
@@ -106,6 +109,7 @@ impl Call {
             Call::Accept4 => "accept4",
             Call::Recvfrom => "recvfrom",
             Call::Sendto => "sendto",
+            Call::Sendmmsg => "sendmmsg",
             Call::Sendfile => "sendfile",
             Call::Pread64 => "pread64",
             Call::Shutdown => "shutdown",
@@ -123,6 +127,7 @@ impl Call {
             Call::Accept4 => Metric::SyscallsAccept4,
             Call::Recvfrom => Metric::SyscallsRecvfrom,
             Call::Sendto => Metric::SyscallsSendto,
+            Call::Sendmmsg => Metric::SyscallsSendmmsg,
             Call::Sendfile => Metric::SyscallsSendfile,
             Call::Pread64 => Metric::SyscallsPread64,
             Call::Shutdown => Metric::SyscallsShutdown,

@@ -46,14 +46,15 @@ impl Outbox {
         dropped
     }
 
-    /// The oldest waiting datagram.
-    pub fn front(&self) -> Option<&Datagram> {
-        self.queue.front()
+    /// The oldest waiting datagrams, in order: all of them, or as many as lie in one piece of
+    /// the ring (the rest come once these are forgotten).
+    pub fn oldest(&self) -> &[Datagram] {
+        self.queue.as_slices().0
     }
 
-    /// Forgets the oldest waiting datagram (sent, or failed for good).
-    pub fn pop_front(&mut self) {
-        self.queue.pop_front();
+    /// Forgets the `n` oldest waiting datagrams (sent, or failed for good).
+    pub fn forget(&mut self, n: usize) {
+        self.queue.drain(..n.min(self.queue.len()));
         if self.queue.is_empty() {
             // A burst's worth of capacity is not kept for the quiet hours.
             self.queue.shrink_to(0);
@@ -87,9 +88,9 @@ mod tests {
         let mut outbox = Outbox::new(3);
         assert_eq!(outbox.push(datagram(1)), None);
         assert_eq!(outbox.push(datagram(2)), None);
-        assert_eq!(outbox.front(), Some(&datagram(1)));
-        outbox.pop_front();
-        assert_eq!(outbox.front(), Some(&datagram(2)));
+        assert_eq!(outbox.oldest(), [datagram(1), datagram(2)]);
+        outbox.forget(1);
+        assert_eq!(outbox.oldest(), [datagram(2)]);
         assert_eq!(outbox.len(), 1);
     }
 
@@ -100,10 +101,8 @@ mod tests {
         outbox.push(datagram(2));
         assert_eq!(outbox.push(datagram(3)), Some(datagram(1)));
         assert_eq!(outbox.len(), 2);
-        assert_eq!(outbox.front(), Some(&datagram(2)));
-        outbox.pop_front();
-        assert_eq!(outbox.front(), Some(&datagram(3)));
-        outbox.pop_front();
+        assert_eq!(outbox.oldest(), [datagram(2), datagram(3)]);
+        outbox.forget(2);
         assert!(outbox.is_empty());
     }
 

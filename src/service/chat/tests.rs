@@ -14,6 +14,7 @@ use std::time::Duration;
 
 use mio::Interest;
 
+use super::outbox::Datagram;
 use super::{DATAGRAM_COST, Relay, Socket};
 use crate::config::Config;
 use crate::service::fake;
@@ -54,6 +55,9 @@ struct Fake {
     window: usize,
     /// Answer the next send with this error, then carry on as before.
     send_error: Option<io::ErrorKind>,
+    /// Refuse the next datagram to this port (`ECONNREFUSED`), as the kernel does once an ICMP
+    /// error says the port is closed.
+    refuse: Option<u16>,
     /// Every call, in order: how far receiving ran ahead of sending.
     calls: Vec<Step>,
 }
@@ -80,18 +84,33 @@ impl Socket for Fake {
         }
     }
 
-    fn send_to(&mut self, buf: &[u8], to: SocketAddr) -> io::Result<usize> {
+    /// As `sendmmsg`: takes as many datagrams as the window allows and says how many; an error is
+    /// the first datagram's, and a refused one further in ends the call before it.
+    fn send_many(&mut self, datagrams: &[Datagram]) -> io::Result<usize> {
         self.calls.push(Step::Send);
         if let Some(kind) = self.send_error.take() {
             return Err(kind.into());
         }
-        if self.window == 0 {
+        let refused = datagrams
+            .iter()
+            .position(|d| Some(d.to.port()) == self.refuse);
+        if refused == Some(0) {
+            self.refuse = None;
+            return Err(io::ErrorKind::ConnectionRefused.into());
+        }
+        let taken = datagrams
+            .len()
+            .min(self.window)
+            .min(refused.unwrap_or(usize::MAX));
+        if taken == 0 {
             return Err(io::ErrorKind::WouldBlock.into());
         }
-        self.window -= 1;
-        let line = String::from_utf8_lossy(buf).into_owned();
-        self.sent.push((to.port(), line));
-        Ok(buf.len())
+        self.window -= taken;
+        for d in &datagrams[..taken] {
+            let line = String::from_utf8_lossy(&d.payload).into_owned();
+            self.sent.push((d.to.port(), line));
+        }
+        Ok(taken)
     }
 }
 
@@ -199,19 +218,53 @@ fn empty_receives_until_would_block_and_sends_what_each_datagram_produces() {
 }
 
 /// The tokio relay's order, and the reason the first message of a burst is not held up by the
-/// rest: a datagram's whole fan-out leaves before the next datagram is received.
+/// rest: a datagram's whole fan-out leaves, in one call, before the next datagram is received.
 #[test]
-fn empty_sends_each_datagrams_fan_out_before_receiving_the_next() {
+fn empty_sends_each_datagrams_fan_out_in_one_call_before_receiving_the_next() {
     let mut h = Harness::new();
     let mut r = alice_and_bob(&mut h);
     r.socket.calls.clear();
+    let before = h.stats.get(Metric::ChatOut);
     h.receive(&mut r, &[(ALICE, "one"), (ALICE, "two")]);
     use Step::{Receive, Send};
     assert_eq!(
         r.socket.calls,
-        [Receive, Send, Send, Receive, Send, Send, Receive],
+        [Receive, Send, Receive, Send, Receive],
         "one, to Alice and Bob; two, to Alice and Bob; WouldBlock"
     );
+    let sent = h.stats.get(Metric::ChatOut) - before;
+    assert_eq!(sent, 4, "every datagram of a call counts");
+}
+
+/// The kernel refuses a datagram in the middle of a fan-out (its peer's port is closed): the call
+/// ends before it, the next starts with it and fails, and the rest still go.
+#[test]
+fn empty_a_refused_datagram_inside_a_fan_out_is_dropped_and_the_rest_sent() {
+    let mut h = Harness::new();
+    let mut r = alice_and_bob(&mut h);
+    r.socket.calls.clear();
+    r.socket.refuse = Some(ALICE);
+    h.receive(&mut r, &[(BOB, "hey")]);
+    let to: Vec<u16> = sent(&mut r).into_iter().map(|(port, _)| port).collect();
+    assert!(!to.contains(&ALICE) && to.contains(&BOB), "{to:?}");
+    assert_eq!(h.stats.get(Metric::ChatDroppedSend), 1);
+    assert!(r.outbox.is_empty(), "a refused datagram is not retried");
+}
+
+/// A fan-out larger than the socket takes at once: the rest waits, in order, for writable.
+#[test]
+fn empty_a_fan_out_the_socket_takes_in_part_queues_the_rest() {
+    let mut h = Harness::new();
+    let mut r = alice_and_bob(&mut h);
+    r.socket.window = 1;
+    h.receive(&mut r, &[(BOB, "hey")]);
+    assert_eq!(sent(&mut r).len(), 1);
+    assert_eq!(r.outbox.len(), 1);
+    assert_eq!(r.interest(), Interest::READABLE | Interest::WRITABLE);
+    r.socket.window = usize::MAX;
+    assert_eq!(r.on_writable(&mut h.ctx()), KEEP);
+    assert_eq!(sent(&mut r).len(), 1);
+    assert!(r.outbox.is_empty());
 }
 
 #[test]
