@@ -195,7 +195,13 @@ impl EventLoop {
             self.dispatch(event, now);
         }
         self.events = events;
-        for token in mem::take(&mut self.yielded) {
+        let mut yielded = mem::take(&mut self.yielded);
+        // A token may be queued twice: its budget spent in two calls since the last pass (an
+        // event and a deadline), or work left for it by another endpoint besides. It is resumed
+        // once, as if the two were one readiness event; order among tokens does not matter.
+        yielded.sort_unstable();
+        yielded.dedup();
+        for token in yielded {
             // An admin connection that needs content from the loop yields to ask for it.
             self.supply_admin(token, now);
             self.call(token, now, Endpoint::on_resume);

@@ -176,6 +176,45 @@ fn a_connection_that_spends_its_budget_at_shutdown_is_resumed() {
     });
 }
 
+/// Queued twice for resumption before a pass (say by an event and a deadline), a connection is
+/// resumed once in it: one budget's worth of work, not two. Shown on a draining connection, the
+/// state in which a budget is surely spent before the input is.
+#[test]
+fn a_connection_queued_twice_is_resumed_once_in_a_pass() {
+    let (mut event_loop, stats, addr) = test_loop();
+    let mut client = StdStream::connect(addr).unwrap();
+    turn_until(&mut event_loop, |l| !echo_tokens(l).is_empty());
+    let token = echo_tokens(&mut event_loop)[0];
+    client.set_nonblocking(true).unwrap();
+    let chunk = vec![7; 64 * 1024];
+    let mut sent = 0;
+    while sent < 5 * FAIR_SHARE {
+        match client.write(&chunk) {
+            Ok(n) => sent += n,
+            Err(e) if e.kind() == ErrorKind::WouldBlock => break,
+            Err(e) => panic!("send failed: {e}"),
+        }
+    }
+    assert!(
+        sent > 4 * FAIR_SHARE,
+        "only {sent} bytes fit in the kernel's buffers"
+    );
+    // Stopping reads a budget's worth (draining, short reads do not end the drain) and queues
+    // the connection for resumption.
+    event_loop.request_stop(Instant::now());
+    assert_eq!(event_loop.yielded, [token]);
+    // The batch is handled: forget it, and queue the connection again, as a deadline would.
+    event_loop.events.clear();
+    event_loop.yielded.push(token);
+    let before = stats.get(Metric::BytesIn);
+    event_loop.handle_events(Instant::now());
+    let read = stats.get(Metric::BytesIn) - before;
+    assert!(
+        read > 0 && read <= FAIR_SHARE as u64,
+        "read {read} bytes in one pass: more than one budget"
+    );
+}
+
 /// Each `poll` records its batch: the histogram's count is the number of polls and its sum the
 /// number of events, on the loop's own thread exactly.
 #[test]
