@@ -126,9 +126,9 @@ metrics! {
     ClosedError => "closed_error",
     /// Closed: the server shut down.
     ClosedShutdown => "closed_shutdown",
-    /// Bytes read from clients.
+    /// Bytes read from clients (chat datagrams included).
     BytesIn => "bytes_in",
-    /// Bytes written to clients.
+    /// Bytes written to clients (chat datagrams included).
     BytesOut => "bytes_out",
     /// The most bytes any one connection has held in its output buffer.
     BufferedPeak => "buffered_peak",

@@ -86,6 +86,30 @@ fn connections_lists_a_thousand_open_echo_clients_each_with_its_state_and_peer()
     }
 }
 
+/// The chat relay is one row however many members talk through it, and it counts the bytes of
+/// every datagram it received and sent, as a connection's row does.
+#[test]
+fn connections_lists_the_chat_relay_with_the_bytes_of_its_datagrams() {
+    let server = TestServer::start(|c| c.chat_rate = 0);
+    let chat = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    chat.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
+    let mut heard = 0;
+    for _ in 0..3 {
+        chat.send_to(b"hello", server.chat).unwrap();
+        let mut line = [0; 512];
+        heard += chat.recv_from(&mut line).expect("the relayed line").0;
+    }
+    let relay = rows(server.admin, "", "chat", "relay");
+    assert_eq!(relay.len(), 1, "{relay:?}");
+    assert_eq!(relay[0]["bytes_in"], 15, "{}", relay[0]);
+    let sent = get(server.admin, "/stats.json").json()["services"]["chat"]["bytes_out"].clone();
+    assert_eq!(relay[0]["bytes_out"], sent, "the row and the service agree");
+    assert!(
+        sent.as_u64() >= Some(heard as u64),
+        "{sent} < {heard} heard"
+    );
+}
+
 #[test]
 fn a_client_that_never_reads_is_listed_as_throttled_with_its_buffered_bytes() {
     let server = TestServer::start(|c| {

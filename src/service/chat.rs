@@ -240,8 +240,8 @@ fn send_all(socket: &mut impl Socket, datagrams: &[Datagram], ctx: &Context<'_>)
                     .map(|d| d.payload.len() as u64)
                     .sum();
                 ctx.stats.add(Metric::ChatOut, sent as u64);
-                ctx.stats
-                    .service_add(ServiceId::Chat, ServiceMetric::BytesOut, bytes);
+                // The loop credits the bytes to the relay's row and to the chat service.
+                ctx.stats.add(Metric::BytesOut, bytes);
                 done += sent;
             }
             Err(e) if would_block(&e) => break,
@@ -280,8 +280,7 @@ impl<S: Socket> Relay<S> {
             ctx.stats.add(Metric::ChatIn, 1);
             ctx.stats
                 .service_add(ServiceId::Chat, ServiceMetric::Requests, 1);
-            ctx.stats
-                .service_add(ServiceId::Chat, ServiceMetric::BytesIn, n as u64);
+            ctx.stats.add(Metric::BytesIn, n as u64);
             // The scratch buffer holds 64 KiB, the largest UDP payload: `n` is the whole datagram,
             // never a truncated one, so an oversize message is seen as such.
             self.chat.on_datagram(
