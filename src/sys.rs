@@ -316,8 +316,9 @@ impl mio::event::Source for Timer {
 /// What [`open_beneath`] found at a name.
 #[derive(Debug)]
 pub enum Opened {
-    /// A regular file, opened for reading.
-    Regular(File),
+    /// A regular file, opened for reading, and its length when it was opened: from the `statx`
+    /// that found it regular, so the size costs no call of its own.
+    Regular(File, u64),
     /// A directory: not served.
     Directory,
     /// A FIFO, socket or device: not served, and never opened in a way that could block.
@@ -369,9 +370,10 @@ fn classify_open(result: io::Result<Opened>) -> io::Result<Opened> {
 }
 
 fn kind_of(file: File) -> io::Result<Opened> {
-    let file_type = file.metadata()?.file_type();
+    let metadata = file.metadata()?;
+    let file_type = metadata.file_type();
     Ok(if file_type.is_file() {
-        Opened::Regular(file)
+        Opened::Regular(file, metadata.len())
     } else if file_type.is_dir() {
         Opened::Directory
     } else {
@@ -472,7 +474,7 @@ mod linux {
         let name = CString::new(name).map_err(|_| io::Error::from_raw_os_error(libc::ENOENT))?;
         let look = openat2(root, &name, libc::O_PATH)?;
         match kind_of(File::from(look))? {
-            Opened::Regular(_) => {}
+            Opened::Regular(..) => {}
             other => return Ok(other),
         }
         let file = openat2(

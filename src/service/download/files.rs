@@ -98,8 +98,9 @@ impl Files {
             );
             return Err(Refusal::Busy);
         }
-        let file = match sys::open_beneath(&self.dir, &self.path, name) {
-            Ok(Opened::Regular(file)) => file,
+        let (file, size) = match sys::open_beneath(&self.dir, &self.path, name) {
+            // The size is taken now: if the file grows, only this much is sent.
+            Ok(Opened::Regular(file, size)) => (file, size),
             Ok(Opened::Missing) => return Err(Refusal::NotFound),
             Ok(Opened::Directory) => return Err(Refusal::Forbidden("is a directory")),
             Ok(Opened::Special) => return Err(Refusal::Forbidden("not a regular file")),
@@ -110,11 +111,6 @@ impl Files {
                 return Err(Refusal::Forbidden("cannot be opened"));
             }
         };
-        // The size is taken now: if the file grows, only this much is sent.
-        let size = file
-            .metadata()
-            .map_err(|_| Refusal::Forbidden("cannot be read"))?
-            .len();
         if offset > size {
             return Err(Refusal::OffsetPastEnd);
         }
