@@ -1161,9 +1161,9 @@ impl Results {
             }
         }
         check(
-            "connect churn: CPU/connection <= 0.90x".into(),
+            "connect churn: CPU/connection <= 0.85x".into(),
             ratio("connect churn", "server CPU / connection"),
-            &|r| r <= 0.90,
+            &|r| r <= 0.85,
         );
         let placements = DOWNLOAD_PARALLEL
             .iter()
