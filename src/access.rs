@@ -39,7 +39,8 @@
 //!   connection's [`Notes`]. A client closed at once past `--max-conns` gets its line where it is
 //!   turned down, in the loop's accept.
 //! - Admin requests: by the admin connection itself, when a response has gone out (or is cut
-//!   short), since one connection carries many requests.
+//!   short, by an error, a timeout or the loop's stop), since one connection carries many
+//!   requests.
 //! - Chat: by the chat (`service::chat::members`) at the change itself.
 //!
 //! # What it costs

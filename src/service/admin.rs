@@ -310,6 +310,12 @@ impl<S: Stream> Connection<S> {
         }
     }
 
+    /// The loop stops, and the connection is closed right after: a response under way is cut
+    /// short by the stop, and its request still gets its access line.
+    pub fn on_stop(&mut self, ctx: &mut Context<'_>) {
+        self.log_request(Close::Reason(CloseReason::Shutdown), ctx);
+    }
+
     /// The deadline passed.
     pub fn on_timeout(&mut self, ctx: &mut Context<'_>) -> Next {
         match self.state {

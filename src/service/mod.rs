@@ -576,14 +576,15 @@ impl Endpoint {
     }
 
     /// The loop stops: every endpoint is closed right after this. A download still sending a
-    /// file makes its close a reset, so its client knows it got less than was promised.
+    /// file makes its close a reset, so its client knows it got less than was promised; an admin
+    /// response under way writes its request's access line.
     pub fn on_stop(&mut self, ctx: &mut Context<'_>) {
         match self {
             Endpoint::Download(connection) => connection.on_stop(ctx),
+            Endpoint::Admin(connection) => connection.on_stop(ctx),
             // Nothing promised that a plain close would misrepresent.
             Endpoint::Listener { .. }
             | Endpoint::Echo(_)
-            | Endpoint::Admin(_)
             | Endpoint::Chat(_)
             | Endpoint::Bus(_)
             | Endpoint::Signals(_)

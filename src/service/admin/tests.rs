@@ -1087,6 +1087,26 @@ fn with_the_access_log_on_a_response_keeps_its_request_status_and_bytes_until_it
     );
 }
 
+/// The loop stops (the shutdown grace is over) while a response is still going out: its line is
+/// written then, closed by the shutdown, and nothing is kept for it.
+#[test]
+fn with_the_access_log_on_a_stop_writes_the_line_of_a_response_under_way() {
+    let mut h = Harness::new();
+    h.log_access("admin");
+    let head = b"GET /nope HTTP/1.1\r\n\r\n";
+    let mut fake = Fake::with_input(&[head]);
+    fake.window = 10;
+    let mut c = h.connection(fake);
+    assert_eq!(c.on_readable(&mut h.ctx()), KEEP);
+    assert!(logged(&c).is_some(), "under way: the line is owed");
+    c.on_stop(&mut h.ctx());
+    assert!(
+        matches!(c.state(), State::Writing { logged: None, .. }),
+        "the line is written: {}",
+        c.state()
+    );
+}
+
 #[test]
 fn with_the_access_log_on_a_supplied_status_is_the_one_logged() {
     let mut h = Harness::new();
