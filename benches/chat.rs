@@ -3,8 +3,8 @@
 //! Run with `cargo bench --bench chat` (add `-- --quick` for short rounds).
 //!
 //! One sender and N other members share a room on an in-process readyloop (rate limit off). The
-//! sender keeps a window of messages in flight, paced by its own copies coming back, so the
-//! measurement is closed-loop and nothing is lost to overrun buffers. Every message is delivered
+//! sender keeps a window of messages in flight, paced by the thread that receives every copy (its
+//! own included), so the measurement is closed-loop and nothing is lost to overrun buffers. Every message is delivered
 //! N + 1 times (the sender gets its copy); the table gives deliveries per second, the server
 //! thread's CPU time per delivery, and the share of expected deliveries that arrived.
 //!
@@ -14,10 +14,13 @@
 //! sending and delivering it on loopback, with nothing of a relay around it; readyloop's cost
 //! divided by it (`x floor`) is what the relay adds.
 //!
-//! With two or more cores, the relay and the floor's sender run on core 0 and every client on
-//! core 1, as in `benches/versus_tokio.rs`: on loopback the sender's core also delivers each
-//! datagram and wakes its receiver, which costs more across cores than within one, so both are
-//! measured in the same places.
+//! The two are measured alike, since on loopback the sender's core also delivers each datagram
+//! and wakes its receiver: with two or more cores the relay and the floor's sender run on core 0
+//! and every client on core 1, as in `benches/versus_tokio.rs` (waking a thread on another core
+//! costs more than on one's own); and on both sides one thread receives every datagram, on one
+//! mio loop, and paces the sender ([`Pacer`]). When the relay's sender instead blocked in `recv`
+//! for its own copies, the relay paid for waking a second thread each message, which the floor
+//! never did: that made the relay look 1.3x the floor at 10 members where it is 1.05x.
 
 mod support;
 
@@ -25,7 +28,8 @@ use std::io;
 use std::net::{SocketAddr, UdpSocket};
 use std::os::fd::AsRawFd;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Condvar, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -154,35 +158,22 @@ fn fan_out(members: usize, fan: Fan, pin: bool) -> io::Result<f64> {
         .collect::<io::Result<_>>()?;
     // The line the relay sends: `<ip:port>: <text>\n`.
     let line = format!("{}: benchmark message\n", sender.local_addr()?);
-    // `u64::MAX` until the draining thread is ready: what it drains before is not counted.
-    let received = Arc::new(AtomicU64::new(u64::MAX));
+    let progress = Arc::new(Progress::default());
     let stop = Arc::new(AtomicBool::new(false));
     let draining = {
-        let (received, stop) = (Arc::clone(&received), Arc::clone(&stop));
+        let (progress, stop) = (Arc::clone(&progress), Arc::clone(&stop));
         thread::spawn(move || {
             if pin {
                 pin_to_core(CLIENT_CORE).expect("core 1 exists");
             }
-            drain(sockets, &received, &stop)
+            count_until(sockets, &stop, &progress)
         })
     };
     let targets: Vec<libc::sockaddr_in> = addresses.iter().map(sockaddr).collect();
-    while received.load(Ordering::Relaxed) == u64::MAX {
-        thread::yield_now();
-    }
+    let mut pacer = Pacer::new(&progress, members as u64);
     let mut spent = Duration::ZERO;
-    // Pacing stops for good if the drain stalls: a lost datagram never arrives.
-    let mut paced = true;
     for message in 0..FLOOR_MESSAGES {
-        let ahead = (WINDOW as u64) * members as u64;
-        let deadline = Instant::now() + Duration::from_secs(1);
-        while paced && message * members as u64 > received.load(Ordering::Relaxed) + ahead {
-            if Instant::now() > deadline {
-                eprintln!("floor: datagrams lost; the rest of this measurement is not paced");
-                paced = false;
-            }
-            thread::yield_now();
-        }
+        pacer.wait(message, WINDOW as u64 - 1);
         let before = own_cpu();
         match fan {
             Fan::Sendto => {
@@ -264,12 +255,6 @@ fn own_cpu() -> Duration {
     Duration::new(now.tv_sec as u64, now.tv_nsec as u32)
 }
 
-/// Receives on `sockets` until `stop`, adding each datagram to `received`.
-fn drain(sockets: Vec<UdpSocket>, received: &AtomicU64, stop: &AtomicBool) {
-    let count = count_until(sockets, stop, Some(received));
-    received.store(count, Ordering::Relaxed);
-}
-
 /// One measurement: returns deliveries per second, server CPU nanoseconds per delivery, and the
 /// share of expected deliveries that arrived.
 fn measure(
@@ -284,42 +269,108 @@ fn measure(
         .map(|_| member(server, room))
         .collect::<io::Result<_>>()?;
 
+    // The sender's copies are counted with the members': the relay's sends wake one receiving
+    // thread, as the floor's do, and the sender waits for that thread, on its own core.
+    let mut receivers = listeners;
+    receivers.push(sender.try_clone()?);
+    let progress = Arc::new(Progress::default());
     let stop = Arc::new(AtomicBool::new(false));
     let counting = {
-        let stop = Arc::clone(&stop);
-        thread::spawn(move || count_until(listeners, &stop, None))
+        let (progress, stop) = (Arc::clone(&progress), Arc::clone(&stop));
+        thread::spawn(move || count_until(receivers, &stop, &progress))
     };
-
-    sender.set_read_timeout(Some(Duration::from_secs(1)))?;
-    let mut buf = [0u8; 2048];
-    let (mut sent, mut echoed) = (0u64, 0u64);
+    let mut pacer = Pacer::new(&progress, members as u64 + 1);
+    let mut sent = 0;
     let cpu_before = thread_cpu(tid);
     let start = Instant::now();
-    while start.elapsed() < window {
-        while sent - echoed < WINDOW as u64 {
-            sender.send(b"benchmark message")?;
-            sent += 1;
-        }
-        match sender.recv(&mut buf) {
-            Ok(_) => echoed += 1,
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => break, // a lost copy: stop here
+    while start.elapsed() < window && pacer.wait(sent, WINDOW as u64 - 1) {
+        // The counting thread made the shared socket non-blocking: a full buffer is a pause.
+        match sender.send(b"benchmark message") {
+            Ok(_) => sent += 1,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => thread::yield_now(),
             Err(e) => return Err(e),
         }
     }
     // Let the last window arrive.
-    while echoed < sent && sender.recv(&mut buf).is_ok() {
-        echoed += 1;
-    }
+    pacer.wait(sent, 0);
     let elapsed = start.elapsed().as_secs_f64();
     let cpu = (thread_cpu(tid) - cpu_before).as_nanos() as f64;
     stop.store(true, Ordering::Relaxed);
-    let received = counting.join().expect("the counting thread") + echoed;
+    let received = counting.join().expect("the counting thread");
     let expected = sent * (members as u64 + 1);
     Ok((
         received as f64 / elapsed,
         cpu / received.max(1) as f64,
         received as f64 / expected as f64,
     ))
+}
+
+/// Datagrams a receiving thread has counted so far, published after each batch, for a sender to
+/// wait on. `None` until the thread is ready: what it drains before is not counted.
+#[derive(Default)]
+struct Progress {
+    count: Mutex<Option<u64>>,
+    changed: Condvar,
+}
+
+impl Progress {
+    fn publish(&self, count: u64) {
+        *self.count.lock().expect("not poisoned") = Some(count);
+        self.changed.notify_all();
+    }
+}
+
+/// Holds a sender to a window of messages ahead of its receivers. The floor and the relay's
+/// measurement are paced alike, so their receivers are woken alike: a sender's CPU time, which
+/// on loopback includes waking the receiver, then compares.
+struct Pacer<'a> {
+    progress: &'a Progress,
+    /// Datagrams each message becomes.
+    per_message: u64,
+    /// False once deliveries stalled: a lost datagram is never counted, so waiting stops.
+    paced: bool,
+}
+
+impl<'a> Pacer<'a> {
+    /// Waits (at most a second) for the receiving thread to be ready.
+    fn new(progress: &'a Progress, per_message: u64) -> Pacer<'a> {
+        let ready = progress.count.lock().expect("not poisoned");
+        let wait = Duration::from_secs(1);
+        let ready = progress
+            .changed
+            .wait_timeout_while(ready, wait, |c| c.is_none());
+        assert!(
+            ready.expect("not poisoned").0.is_some(),
+            "the receiver never started"
+        );
+        Pacer {
+            progress,
+            per_message,
+            paced: true,
+        }
+    }
+
+    /// Waits until no more than `ahead` of `sent` messages are still on their way, or a second
+    /// passes without that: then it says so, stops pacing for good, and returns false.
+    fn wait(&mut self, sent: u64, ahead: u64) -> bool {
+        if !self.paced {
+            return true;
+        }
+        let target = sent.saturating_sub(ahead) * self.per_message;
+        let count = self.progress.count.lock().expect("not poisoned");
+        let wait = Duration::from_secs(1);
+        let (count, waited) = self
+            .progress
+            .changed
+            .wait_timeout_while(count, wait, |c| c.is_some_and(|c| c < target))
+            .expect("not poisoned");
+        drop(count);
+        if waited.timed_out() {
+            eprintln!("datagrams lost; the rest of this measurement is not paced");
+            self.paced = false;
+        }
+        self.paced
+    }
 }
 
 /// A socket that has joined `room` and read the replies to joining.
@@ -341,8 +392,8 @@ fn member(server: SocketAddr, room: &str) -> io::Result<UdpSocket> {
 }
 
 /// Counts datagrams arriving on `sockets` until `stop`, with one mio loop; publishes the count
-/// so far in `progress` as it goes.
-fn count_until(sockets: Vec<UdpSocket>, stop: &AtomicBool, progress: Option<&AtomicU64>) -> u64 {
+/// so far in `progress` after each batch, and returns the total.
+fn count_until(sockets: Vec<UdpSocket>, stop: &AtomicBool, progress: &Progress) -> u64 {
     let mut poll = Poll::new().expect("a poll");
     let mut sockets: Vec<mio::net::UdpSocket> = sockets
         .into_iter()
@@ -361,9 +412,7 @@ fn count_until(sockets: Vec<UdpSocket>, stop: &AtomicBool, progress: Option<&Ato
     for socket in &sockets {
         while socket.recv(&mut buf).is_ok() {}
     }
-    if let Some(progress) = progress {
-        progress.store(0, Ordering::Relaxed);
-    }
+    progress.publish(0);
     let mut events = Events::with_capacity(1024);
     let mut count = 0;
     let mut quiet_since = None;
@@ -384,8 +433,8 @@ fn count_until(sockets: Vec<UdpSocket>, stop: &AtomicBool, progress: Option<&Ato
                 count += 1;
             }
         }
-        if let Some(progress) = progress {
-            progress.store(count, Ordering::Relaxed);
+        if !events.is_empty() {
+            progress.publish(count);
         }
     }
 }
