@@ -135,20 +135,21 @@ fn connections_past_max_conns_are_closed_at_once_and_counted() {
     assert!(matches!(refused.read(&mut buf), Ok(0) | Err(_)));
 }
 
-/// At shutdown a busy echo connection goes on reading, and may spend its budget there as in any
-/// handler: the loop must then resume it, since no new edge comes for the input left behind.
-#[test]
-fn a_connection_that_spends_its_budget_at_shutdown_is_resumed() {
-    let (mut event_loop, stats, addr) = test_loop();
+/// An echo client of `event_loop` that has sent up to `shares` fair shares while no pass of the
+/// loop ran to read them, and more than `shares - 1` (the kernel's buffers permitting): the
+/// client (which never reads), its connection's token, and the bytes sent.
+fn flood_unread(
+    event_loop: &mut EventLoop,
+    addr: SocketAddr,
+    shares: usize,
+) -> (StdStream, Token, usize) {
     let mut client = StdStream::connect(addr).unwrap();
-    turn_until(&mut event_loop, |l| !echo_tokens(l).is_empty());
-    let token = echo_tokens(&mut event_loop)[0];
-
-    // More than one fair share, sent while no pass of the loop runs to read it.
+    turn_until(event_loop, |l| !echo_tokens(l).is_empty());
+    let token = echo_tokens(event_loop)[0];
     client.set_nonblocking(true).unwrap();
     let chunk = vec![7; 64 * 1024];
     let mut sent = 0;
-    while sent < 2 * FAIR_SHARE {
+    while sent < shares * FAIR_SHARE {
         match client.write(&chunk) {
             Ok(n) => sent += n,
             Err(e) if e.kind() == ErrorKind::WouldBlock => break,
@@ -156,9 +157,18 @@ fn a_connection_that_spends_its_budget_at_shutdown_is_resumed() {
         }
     }
     assert!(
-        sent > FAIR_SHARE,
+        sent > (shares - 1) * FAIR_SHARE,
         "only {sent} bytes fit in the kernel's buffers"
     );
+    (client, token, sent)
+}
+
+/// At shutdown a busy echo connection goes on reading, and may spend its budget there as in any
+/// handler: the loop must then resume it, since no new edge comes for the input left behind.
+#[test]
+fn a_connection_that_spends_its_budget_at_shutdown_is_resumed() {
+    let (mut event_loop, stats, addr) = test_loop();
+    let (_client, token, sent) = flood_unread(&mut event_loop, addr, 2);
 
     event_loop.request_stop(Instant::now());
     let read = stats.get(Metric::BytesIn);
@@ -182,23 +192,7 @@ fn a_connection_that_spends_its_budget_at_shutdown_is_resumed() {
 #[test]
 fn a_connection_queued_twice_is_resumed_once_in_a_pass() {
     let (mut event_loop, stats, addr) = test_loop();
-    let mut client = StdStream::connect(addr).unwrap();
-    turn_until(&mut event_loop, |l| !echo_tokens(l).is_empty());
-    let token = echo_tokens(&mut event_loop)[0];
-    client.set_nonblocking(true).unwrap();
-    let chunk = vec![7; 64 * 1024];
-    let mut sent = 0;
-    while sent < 5 * FAIR_SHARE {
-        match client.write(&chunk) {
-            Ok(n) => sent += n,
-            Err(e) if e.kind() == ErrorKind::WouldBlock => break,
-            Err(e) => panic!("send failed: {e}"),
-        }
-    }
-    assert!(
-        sent > 4 * FAIR_SHARE,
-        "only {sent} bytes fit in the kernel's buffers"
-    );
+    let (_client, token, _) = flood_unread(&mut event_loop, addr, 5);
     // Stopping reads a budget's worth (draining, short reads do not end the drain) and queues
     // the connection for resumption.
     event_loop.request_stop(Instant::now());
