@@ -905,8 +905,8 @@ fn serve_as_peer_child() {
     let root = std::env::temp_dir();
     let peer = start_tokio_peer(root, None);
     println!(
-        "tokio-peer listening echo={} files={}",
-        peer.echo, peer.files
+        "tokio-peer listening echo={} files={} chat={}",
+        peer.echo, peer.files, peer.chat
     );
     let _ = std::io::stdout().flush();
     let mut sink = Vec::new();
