@@ -184,10 +184,9 @@ impl<S: Socket> Relay<S> {
         } else {
             0
         };
-        for datagram in produced.drain(done..) {
+        for datagram in produced.drain(..).skip(done) {
             self.queue(datagram, ctx);
         }
-        produced.clear();
         self.produced = produced;
     }
 
