@@ -195,6 +195,7 @@ pub struct Context<'a> {
     /// Bytes this call may still move. A handler that uses it up stops before `WouldBlock`, and
     /// the loop calls it again once the other events of the batch have been handled, since no new
     /// edge need come for what is left. So one fast client cannot hold the loop while others wait.
+    /// The read or write that spends it may cross it, by less than one `scratch`'s worth.
     pub budget: usize,
     /// Whether a read that returns fewer bytes than asked proves the socket drained, saving the
     /// read that would only say `WouldBlock`. epoll(7) allows it for stream sockets: the next
