@@ -69,7 +69,9 @@ impl Distribution {
 
     /// The latency at quantile `q` (0 to 1); zero when nothing was measured.
     pub fn quantile(&self, q: f64) -> Duration {
-        Duration::from_nanos(self.histogram.value_at_quantile(q))
+        self.steps_at([q])
+            .next()
+            .map_or(Duration::ZERO, |step| step.value)
     }
 
     /// The slowest operation.
@@ -90,18 +92,53 @@ impl Distribution {
     /// The percentile spectrum, from the fastest operation to the slowest, in the steps of
     /// `.hgrm` files; empty when nothing was measured.
     pub fn spectrum(&self) -> Vec<Step> {
-        let mut count = 0;
-        self.histogram
-            .iter_quantiles(TICKS_PER_HALF_DISTANCE)
-            .map(|step| {
-                count += step.count_since_last_iteration();
-                Step {
-                    quantile: step.quantile_iterated_to(),
-                    value: Duration::from_nanos(step.value_iterated_to()),
-                    count,
-                }
+        let mut steps = Vec::new();
+        for step in self.steps_at(ticks()) {
+            steps.push(step);
+            if step.count == self.count() {
+                break;
+            }
+        }
+        // Ticks only approach 100 %: the slowest operation's row says 100 %, as HdrHistogram's do.
+        if let Some(&last) = steps.last() {
+            if last.quantile < 1.0 {
+                steps.push(Step {
+                    quantile: 1.0,
+                    ..last
+                });
+            }
+        }
+        steps
+    }
+
+    /// The step at each of `quantiles`, which ascend: the smallest value that at least that
+    /// fraction of the operations took no longer than. One walk up the buckets serves them all.
+    ///
+    /// A bucket holds the quantile once `count / total >= q` in floating point, which names the
+    /// operation a quantile written in decimal means (the 900th of 1 000 at 0.9, since 900 / 1 000
+    /// rounds to the same double as 0.9 does) for any run of fewer than 10^15 operations.
+    fn steps_at(&self, quantiles: impl IntoIterator<Item = f64>) -> impl Iterator<Item = Step> {
+        let total = self.count() as f64;
+        let mut buckets = self
+            .histogram
+            .iter_recorded()
+            .scan(0, |count, bucket| {
+                *count += bucket.count_at_value();
+                Some((bucket.value_iterated_to(), *count))
             })
-            .collect()
+            .peekable();
+        quantiles.into_iter().map_while(move |quantile| {
+            while buckets
+                .next_if(|&(_, count)| (count as f64) / total < quantile)
+                .is_some()
+            {}
+            let &(value, count) = buckets.peek()?;
+            Some(Step {
+                quantile,
+                value: Duration::from_nanos(value),
+                count,
+            })
+        })
     }
 
     /// The spectrum in HdrHistogram's percentile-distribution text format (see the module doc).
@@ -178,6 +215,25 @@ fn nanos(ns: f64) -> Duration {
     }
 }
 
+/// The quantiles of the spectrum's steps, where HdrHistogram puts them: `TICKS_PER_HALF_DISTANCE`
+/// equal steps to 50 %, as many from there to 75 %, to 87.5 %, and so on towards 100 %. Each is
+/// one division of whole numbers, so 75 % is 0.75 exactly: hdrhistogram's own iterator adds its
+/// steps up and reaches 0.7500000000000002, where the step holds one operation too many.
+fn ticks() -> impl Iterator<Item = f64> {
+    let per_half = u128::from(TICKS_PER_HALF_DISTANCE);
+    // Tick `k` of `of`: `of` doubles at each half distance. It stays far from overflowing, as
+    // past 53 halvings `k / of` rounds to 1.0, which every run's slowest bucket holds.
+    let (mut k, mut of) = (0, 2 * per_half);
+    std::iter::from_fn(move || {
+        let quantile = k as f64 / of as f64;
+        k += 1;
+        if of - k == per_half {
+            (k, of) = (2 * k, 2 * of);
+        }
+        Some(quantile)
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -218,6 +274,53 @@ mod tests {
         assert!(steps.iter().filter(|s| s.quantile > 0.99).count() >= 5);
     }
 
+    /// A step holds the operation its quantile names, as the report's percentiles do: at 75 %
+    /// the 750th of 1 000. hdrhistogram's iterator reaches its ticks by repeated addition, 75 %
+    /// as 0.7500000000000002, which is one operation further.
+    #[test]
+    fn each_step_holds_the_value_the_report_gives_for_its_quantile() {
+        let d = uniform();
+        let steps = d.spectrum();
+        for q in [0.5, 0.75, 0.9] {
+            let step = steps
+                .iter()
+                .find(|s| s.quantile == q)
+                .unwrap_or_else(|| panic!("no step at {q}: {steps:?}"));
+            let rank = (q * 1000.0) as u64;
+            assert_eq!((step.value, step.count), (d.quantile(q), rank), "at {q}");
+        }
+    }
+
+    /// The steps stand where HdrHistogram's iterator puts its own, less its rounding, and as
+    /// many of them: on a long-tailed run of 100 000 operations and on a run of one.
+    #[test]
+    fn the_steps_stand_where_hdrhistograms_do() {
+        let mut long_tailed = histogram();
+        for i in 1..=100_000u64 {
+            long_tailed
+                .record(1_000 + i * i / 1_000)
+                .expect("within bounds");
+        }
+        let mut one = histogram();
+        one.record(42_000).expect("within bounds");
+        for h in [long_tailed, one] {
+            let theirs: Vec<f64> = h
+                .iter_quantiles(TICKS_PER_HALF_DISTANCE)
+                .map(|step| step.quantile_iterated_to())
+                .collect();
+            let ours: Vec<f64> = Distribution::new(h)
+                .spectrum()
+                .iter()
+                .map(|s| s.quantile)
+                .collect();
+            assert_eq!(ours.len(), theirs.len(), "{ours:?}\n{theirs:?}");
+            assert!(
+                ours.iter().zip(&theirs).all(|(a, b)| (a - b).abs() < 1e-12),
+                "{ours:?}\n{theirs:?}"
+            );
+        }
+    }
+
     #[test]
     fn hgrm_has_the_header_rows_and_footer_hdrhistogram_prints() {
         let text = uniform().to_hgrm();
@@ -256,6 +359,7 @@ mod tests {
             (d.count(), d.mean(), d.stdev()),
             (0, Duration::ZERO, Duration::ZERO)
         );
+        assert_eq!(d.quantile(0.99), Duration::ZERO);
         assert!(d.spectrum().is_empty());
         let text = d.to_hgrm();
         assert!(text.contains("Total count    =            0]"), "{text}");
